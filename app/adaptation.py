@@ -1,0 +1,46 @@
+"""One adaptation from a stored support set: the worker's job and the API's
+re-adaptation after a cache eviction both go through `run_adaptation`, which
+calls models' `adapt`. Deterministic: the same support set gives the same weights."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+
+from models import registry
+from models.adapt import adapt
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@lru_cache(maxsize=None)
+def base_on(name: str, dev: str):
+    """The base once per process and device."""
+    model, _ = registry.load(name)
+    return model.to(dev) if dev != "cpu" else model
+
+
+def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None):
+    """-> (fast weights on CPU, metrics). Raises ValueError for a support set `adapt` refuses."""
+    dev = dev or torch.device("cpu")
+    model = base_on(record["model"], dev.type)
+    x, y = support["x"].to(dev), support["y"].to(dev)
+    n_ways = len(record["classes"]) if record.get("classes") else None
+    started = time.perf_counter()
+    adapted = adapt(model, x, y, record["steps"], n_ways=n_ways)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - started) * 1000
+    fast = {k: v.cpu() for k, v in adapted.fast.items()}
+    metrics = {
+        "steps": adapted.steps,
+        "support_loss_before": round(adapted.loss_before.item(), 6),
+        "support_loss_after": round(adapted.loss_after.item(), 6),
+        "adaptation_ms": round(ms, 3),
+        "device": dev.type,
+    }
+    return fast, metrics

@@ -1,0 +1,90 @@
+"""Turn request bodies into tensors, naming the offending field in every error."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import torch
+
+from models.preprocess import ImageError, decode_image
+
+from .errors import invalid
+from .schemas import Example, ImageInput
+
+
+def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
+    shape = spec["input"]["shape"]
+    if isinstance(value, ImageInput):
+        if spec["input"]["kind"] != "image":
+            raise invalid("invalid_input", f"{spec['name']} takes numeric arrays of shape {shape}, not images", *field)
+        try:
+            data = base64.b64decode(value.image, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
+        try:
+            return decode_image(data, max_pixels)
+        except ImageError as exc:
+            raise invalid(exc.code, str(exc), *field, "image") from None
+    try:
+        t = torch.tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise invalid("invalid_input", f"input must be a numeric array of shape {shape}", *field) from None
+    if list(t.shape) != shape:
+        raise invalid("invalid_shape", f"input has shape {list(t.shape)}, expected {shape}", *field)
+    if not torch.isfinite(t).all():
+        raise invalid("non_finite", "input contains NaN or infinite values", *field)
+    return t
+
+
+def batch(values: list, spec: dict, max_pixels: int, *field) -> torch.Tensor:
+    return torch.stack([to_tensor(v, spec, max_pixels, [*field, i]) for i, v in enumerate(values)])
+
+
+def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tuple[dict, dict]:
+    """-> ({x, y} tensors, record fields: classes or target_shape)."""
+    x = torch.stack([to_tensor(e.input, spec, max_pixels, ["support", i, "input"]) for i, e in enumerate(support)])
+    if spec["task"] == "classification":
+        classes: list = []
+        index: dict = {}
+        ys = []
+        for i, e in enumerate(support):
+            if e.label is None:
+                raise invalid("missing_label", "a classification example needs a label", "support", i, "label")
+            if e.target is not None:
+                raise invalid("unexpected_target", "a classification example takes a label, not a target",
+                              "support", i, "target")
+            key = str(e.label)  # scores are keyed by this string
+            if key not in index:
+                index[key] = len(classes)
+                classes.append(e.label)
+            elif classes[index[key]] != e.label or type(classes[index[key]]) is not type(e.label):
+                raise invalid("ambiguous_labels", f"labels {classes[index[key]]!r} and {e.label!r} would share the "
+                              f"score key {key!r}; use one or the other", "support", i, "label")
+            ys.append(index[key])
+        if len(classes) < 2:
+            raise invalid("too_few_classes", "the support set needs at least 2 different labels", "support")
+        if len(classes) > spec["max_ways"]:
+            raise invalid("too_many_classes", f"{len(classes)} classes, more than max_ways {spec['max_ways']}", "support")
+        return {"x": x, "y": torch.tensor(ys)}, {"classes": classes}
+    targets, shape = [], None
+    for i, e in enumerate(support):
+        if e.target is None:
+            raise invalid("missing_target", "a regression example needs a target", "support", i, "target")
+        if e.label is not None:
+            raise invalid("unexpected_label", "a regression example takes a target, not a label", "support", i, "label")
+        try:
+            t = torch.tensor(e.target, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise invalid("invalid_target", "target must be a number or a numeric array", "support", i, "target") from None
+        if t.numel() != 1:
+            raise invalid("invalid_shape", f"{spec['name']} predicts one value: target must be a number or [v]",
+                          "support", i, "target")
+        if shape is not None and list(t.shape) != shape:
+            raise invalid("invalid_shape", f"target shape {list(t.shape)} differs from the first one {shape}",
+                          "support", i, "target")
+        if not torch.isfinite(t).all():
+            raise invalid("non_finite", "target is NaN or infinite", "support", i, "target")
+        shape = list(t.shape)
+        targets.append(t.reshape(1))
+    return {"x": x, "y": torch.stack(targets)}, {"target_shape": shape}

@@ -1,0 +1,163 @@
+"""The ASGI app, `app.main:app`: wiring of settings, store, queue and predictor,
+the error envelope, body-size limit, metrics, and the health endpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+import anyio
+import redis
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse, PlainTextResponse
+from kombu.exceptions import OperationalError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models import registry
+
+from . import metrics
+from .errors import ApiError, unavailable
+from .jobs import Queue
+from .predictor import Predictor
+from .routes import router
+from .settings import Settings, get_settings
+from .store import Store
+
+log = logging.getLogger("rapid_adapt.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 100
+        for name in registry.names():
+            registry.load(name)  # every base in memory before the first request
+        if settings.auth == "off":
+            log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
+        yield
+
+    app = FastAPI(title="Rapid Adapt", version="1.0.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+                  description="Post a small labelled support set for a new task; a worker adapts a meta-trained "
+                              "base in a few learned gradient steps; ask for predictions on query data.")
+    app.state.settings = settings
+    app.state.tenants = settings.tenants_by_key()
+    if settings.auth == "on" and not app.state.tenants:
+        raise RuntimeError("RAPID_ADAPT_API_KEYS is empty: set tenant:key pairs, or RAPID_ADAPT_AUTH=off explicitly")
+    app.state.store = Store(settings)
+    app.state.queue = Queue(settings)
+    app.state.predictor = Predictor(settings, app.state.store)
+    app.include_router(router)
+    install_error_handlers(app)
+    install_middleware(app, settings)
+
+    @app.get("/healthz", summary="Alive")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Redis reachable, bases loaded, a worker answering; else 503")
+    def readyz(request: Request):
+        checks = {"bases": registry.names()}
+        try:
+            request.app.state.store.ping()
+            checks["redis"] = "ok"
+            checks["workers"] = len(request.app.state.store.workers_alive(3 * settings.worker_heartbeat_seconds + 1))
+        except redis.RedisError:
+            checks["redis"], checks["workers"] = "unreachable", 0
+        ready = checks["redis"] == "ok" and checks["workers"] > 0 and bool(checks["bases"])
+        return ORJSONResponse({"status": "ready" if ready else "not_ready", **checks}, status_code=200 if ready else 503,
+                              headers=None if ready else {"Retry-After": "1"})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus():
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def reply(exc: ApiError) -> ORJSONResponse:
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, exc: ApiError):
+        return reply(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_, exc: RequestValidationError):
+        first = exc.errors()[0]
+        loc = list(first["loc"])
+        field = loc[1:] if loc and loc[0] == "body" else loc
+        code = "invalid_json" if first["type"] == "json_invalid" else "invalid_request"
+        message = f"{'.'.join(map(str, field)) or 'body'}: {first['msg']}"
+        return reply(ApiError(422, code, message, field))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return reply(ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_, exc):
+        log.warning("redis unavailable: %s", exc)
+        return reply(unavailable("storage"))
+
+    @app.exception_handler(OperationalError)
+    async def broker_down(_, exc):
+        log.warning("broker unavailable: %s", exc)
+        return reply(unavailable("the job queue"))
+
+    @app.exception_handler(TimeoutError)
+    async def timed_out(_, exc):
+        return reply(ApiError(503, "timeout", "the service is overloaded; retry shortly", [], {"Retry-After": "1"}))
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    limit = settings.max_body_bytes
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            response = ORJSONResponse(ApiError(413, "body_too_large", f"request body over {limit} bytes").body(), 413)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.REQUESTS.labels(request.method, path, response.status_code).inc()
+        metrics.LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    class BodyLimit:
+        """Refuse chunked bodies that grow past the limit (Content-Length is checked above)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            seen = 0
+
+            async def limited():
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
+                return message
+
+            return await self.inner(scope, limited, send)
+
+    app.add_middleware(BodyLimit)
+
+
+app = create_app()

@@ -1,0 +1,65 @@
+"""Every knob of the service, read from the environment with the prefix
+RAPID_ADAPT_ (pydantic-settings), e.g. RAPID_ADAPT_API_KEYS=acme:s3cret."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.checkpoint import CHECKPOINT_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPID_ADAPT_", env_file=".env", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"  # Celery's queue: must never evict
+    redis_url: str = "redis://127.0.0.1:6379/1"  # adaptations, support sets, idempotency keys, tenant index
+    cache_url: str | None = None  # adapted weights, may evict (allkeys-lru); default: redis_url
+    redis_timeout_seconds: float = 1.0  # connect/read timeout: Redis down answers 503 quickly
+
+    auth: Literal["on", "off"] = "on"
+    api_keys: str = ""  # "tenant:key,tenant2:key2"
+
+    checkpoint_dir: Path = CHECKPOINT_DIR
+    max_body_bytes: int = 8 * 2**20
+    max_support: int = 500  # examples per support set
+    max_query: int = 1000  # inputs per prediction request
+    max_image_pixels: int = 4_000_000  # decoded pixels per image (decompression bombs)
+    default_ttl_seconds: int = 3600
+    max_ttl_seconds: int = 7 * 24 * 3600
+    max_wait_seconds: float = 30.0
+    list_page_size: int = 20
+
+    lru_size: int = 4096  # adapted weights held in the API process
+    predict_max_batch: int = 512  # images per batched forward pass
+    torch_threads: int = 0  # 0: torch's default
+
+    job_soft_time_limit: float = 60.0
+    job_hard_time_limit: float = 90.0
+    visibility_timeout: float = 300.0  # > hard limit: a killed worker's job is redelivered after this
+    restore_interval_seconds: int = 10  # how often workers look for jobs a dead worker left
+    worker_heartbeat_seconds: float = 2.0
+    fault_job_delay_seconds: float = Field(0.0, description="fault tests only: sleep inside each job")
+
+    @property
+    def weights_url(self) -> str:
+        return self.cache_url or self.redis_url
+
+    def tenants_by_key(self) -> dict[str, str]:
+        pairs = [p.strip() for p in self.api_keys.split(",") if p.strip()]
+        out = {}
+        for pair in pairs:
+            tenant, sep, key = pair.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError("RAPID_ADAPT_API_KEYS must be tenant:key pairs separated by commas")
+            out[key] = tenant
+        return out
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

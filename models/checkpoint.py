@@ -1,0 +1,38 @@
+"""Checkpoints: NAME.safetensors holds θ and φ (tensors only, nothing pickled);
+NAME.json holds everything needed to rebuild the network and to describe it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .nets import ARCHITECTURES, Base
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+
+
+def build(meta: dict) -> Base:
+    model = ARCHITECTURES[meta["architecture"]](**meta["architecture_kwargs"])
+    model.default_steps = meta.get("default_steps", model.max_steps)
+    return model
+
+
+def save(model: Base, meta: dict, path: Path) -> None:
+    """Write PATH.safetensors and PATH.json (meta must carry architecture and kwargs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path.with_suffix(".safetensors")), metadata={"name": path.stem})
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load(path: Path) -> tuple[Base, dict]:
+    path = Path(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    model = build(meta)
+    model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    model.eval().requires_grad_(False)
+    return model, meta

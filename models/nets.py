@@ -1,0 +1,121 @@
+"""The two base networks. Each splits into a frozen part (`embed`, run once per
+support set) and fast weights (`init_fast`, `fast_forward`) that the inner loop
+adapts, with learned per-step, per-element step sizes (`step_sizes`, φ).
+
+Every fast-weight tensor carries a leading task dimension T so that a batch of
+tasks adapts in one pass (meta-training) and serving is the case T = 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+
+class Base(nn.Module):
+    """What `adapt` needs from a network. Subclasses set `task`, `input_shape`,
+    `max_ways` and fill `step_sizes` with one [steps, *broadcastable] tensor per
+    fast weight."""
+
+    task: str  # "classification" | "regression"
+    input_shape: tuple[int, ...]
+    max_ways: int = 0
+
+    def __init__(self, steps: int, step_size: float):
+        super().__init__()
+        self.max_steps = self.default_steps = steps
+        self.init_step_size = step_size
+        self.step_sizes = nn.ParameterDict()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part: [B, *input_shape] -> [B, D]."""
+        raise NotImplementedError
+
+    def init_fast(self, feats: torch.Tensor, y: torch.Tensor, n_ways: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def fast_forward(self, fast: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean loss per task: out [T, S, ...], y [T, S, ...] -> [T]."""
+        if self.task == "classification":
+            return F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1)
+        return ((out - y) ** 2).flatten(1).mean(1)
+
+    def step_size(self, name: str, step: int) -> torch.Tensor:
+        return self.step_sizes[name][step]
+
+
+class Conv4(Base):
+    """Omniglot base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool),
+    28x28 -> a 64-d embedding. Group norm normalises each image on its own, so a
+    prediction never depends on the other images in the batch.
+
+    Fast weights are a linear head built per task from the class prototypes of
+    the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, which is the
+    prototype classifier by squared distance), so any N from 2 to `max_ways`, any
+    labels and unequal shots work. Only the head adapts (ANIL): the embedding is
+    computed once per support set and the adapted state is N x 65 floats."""
+
+    task = "classification"
+    input_shape = (1, 28, 28)
+
+    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1, max_ways: int = 50):
+        super().__init__(steps, step_size)
+        self.max_ways = max_ways
+        blocks, c_in = [], 1
+        for _ in range(4):
+            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = channels
+        self.body = nn.Sequential(*blocks, nn.Flatten())
+        self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, channels), step_size))
+        self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
+
+    def embed(self, x):
+        return self.body(x)
+
+    def init_fast(self, feats, y, n_ways):
+        onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
+        protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
+        return {"weight": 2 * protos, "bias": -(protos**2).sum(-1)}
+
+    def fast_forward(self, fast, feats):
+        return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
+
+
+class SinusoidMLP(Base):
+    """MAML's regression network, 1-40-40-1 with ReLU. With adapt="all" every
+    weight adapts (the embedding is the identity and the fast weights start from
+    θ itself); with adapt="head" only the last layer does, on features computed once."""
+
+    task = "regression"
+    input_shape = (1,)
+
+    def __init__(self, hidden: int = 40, steps: int = 10, step_size: float = 0.01, adapt: str = "all"):
+        super().__init__(steps, step_size)
+        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.scope = adapt
+        for name, p in self.fast_module.named_parameters():
+            self.step_sizes[name.replace(".", "_")] = nn.Parameter(torch.full((steps, *p.shape), step_size))
+
+    @property
+    def fast_module(self) -> nn.Module:
+        return self.net[4:] if self.scope == "head" else self.net
+
+    def embed(self, x):
+        return self.net[:4](x) if self.scope == "head" else x
+
+    def init_fast(self, feats, y, n_ways):
+        return {n: p.expand(feats.shape[0], *p.shape) for n, p in self.fast_module.named_parameters()}
+
+    def fast_forward(self, fast, feats):
+        return vmap(lambda p, x: functional_call(self.fast_module, p, (x,)))(fast, feats)
+
+    def step_size(self, name, step):
+        return self.step_sizes[name.replace(".", "_")][step]
+
+
+ARCHITECTURES = {"conv4": Conv4, "mlp": SinusoidMLP}

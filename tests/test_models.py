@@ -1,0 +1,184 @@
+"""Unit tests of the ML core: the inner loop, the bases, data, checkpoints, evaluation."""
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models import checkpoint, evaluate, omniglot, registry, sinusoid
+from models.adapt import adapt, predict
+from models.nets import Conv4, SinusoidMLP
+from models.preprocess import ImageError, decode_image
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return omniglot.load()
+
+
+@pytest.fixture
+def conv4():
+    torch.manual_seed(0)
+    return Conv4(steps=5)
+
+
+def episode(ds, n_way=5, k_shot=1, n_query=2, seed=0, split="train"):
+    return omniglot.EpisodeSampler(ds, split).sample(n_way, k_shot, n_query, torch.Generator().manual_seed(seed))
+
+
+def test_omniglot_counts(ds):
+    assert len(ds.alphabets) == 8
+    assert len(ds.char_names) == 242
+    assert ds.images.shape == (4840, 1, 28, 28)
+    assert torch.bincount(ds.char).eq(20).all()
+    splits = [set(ds.chars_of(a)) for a in omniglot.SPLITS.values()]
+    assert sum(map(len, splits)) == 242 and not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
+
+
+def test_served_png_is_preprocessed_exactly_as_in_training(ds):
+    for i in (0, 1234, 4839):
+        assert torch.equal(decode_image(omniglot.original_png(ds.files[i]), 10**6), ds.images[i])
+
+
+def test_any_size_jpeg_and_bad_images():
+    img = Image.new("L", (300, 120), 255)
+    img.paste(0, (140, 20, 160, 100))  # a dark vertical stroke on white
+    buf = io.BytesIO(); img.save(buf, "JPEG")
+    x = decode_image(buf.getvalue(), 10**6)
+    assert x.shape == (1, 28, 28) and x.max() > 0.5 and x[0, :, :5].max() < 0.05  # ink is 1, paper 0
+    with pytest.raises(ImageError) as e:
+        decode_image(b"not an image", 10**6)
+    assert e.value.code == "invalid_image"
+    with pytest.raises(ImageError) as e:
+        decode_image(buf.getvalue(), 1000)
+    assert e.value.code == "image_too_large"
+
+
+def test_adapt_lowers_support_loss(ds, conv4):
+    sx, sy, _, _ = episode(ds, 5, 3)
+    a = adapt(conv4, sx, sy, 5)
+    assert a.loss_after.item() < a.loss_before.item()
+    m = SinusoidMLP(steps=5)
+    x, y, _, _ = sinusoid.sample_tasks(1, 10, 1, torch.Generator().manual_seed(0))
+    a = adapt(m, x[0], y[0], 5)
+    assert a.loss_after.item() < a.loss_before.item()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_gradients_reach_theta_and_phi(ds, conv4, first_order):
+    sx, sy, qx, qy = episode(ds, 5, 1, 3)
+    a = adapt(conv4, sx, sy, 3, train=True, first_order=first_order)
+    loss = conv4.loss(conv4.fast_forward(a.fast, conv4.embed(qx).unsqueeze(0)), qy.unsqueeze(0)).sum()
+    loss.backward()
+    assert conv4.body[0].weight.grad.abs().sum() > 0
+    for alpha in conv4.step_sizes.values():
+        assert alpha.grad[:3].abs().sum() > 0 and alpha.grad[3:].abs().sum() == 0  # only the steps taken
+
+
+def test_second_order_terms_change_the_meta_gradient():
+    m = SinusoidMLP(steps=2)
+    x, y, qx, qy = sinusoid.sample_tasks(2, 5, 5, torch.Generator().manual_seed(1))
+    grads = []
+    for first_order in (False, True):
+        m.zero_grad()
+        a = adapt(m, x, y, 2, train=True, first_order=first_order)
+        m.loss(m.fast_forward(a.fast, qx), qy).sum().backward()
+        grads.append(m.net[0].weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("n_way", [2, 3, 7, 13, 20])
+def test_any_ways_unequal_shots(ds, conv4, n_way):
+    gen = torch.Generator().manual_seed(n_way)
+    sampler = omniglot.EpisodeSampler(ds, "train", rotations=True)
+    sx, sy, qx, qy = sampler.sample(n_way, 3, 1, gen)
+    keep = torch.ones(len(sy), dtype=torch.bool)
+    keep[torch.arange(0, len(sy), 3)[::2] + 1] = False  # drop one shot from every other class
+    keep[torch.arange(0, len(sy), 3)[::2] + 2] = False
+    a = adapt(conv4, sx[keep], sy[keep])
+    assert a.fast["weight"].shape == (1, n_way, 64)
+    assert predict(conv4, a.fast, qx).shape == (n_way, n_way)
+
+
+def test_predictions_do_not_depend_on_the_batch(ds):
+    model, _ = registry.load("omniglot-conv4")
+    sx, sy, qx, _ = episode(ds, 20, 1, 1, split="val")
+    fast = adapt(model, sx, sy).fast
+    others = ds.images[:499]
+    alone = predict(model, fast, qx[:1])
+    among = predict(model, fast, torch.cat([qx[:1], others]))[:1]
+    torch.testing.assert_close(alone, among, rtol=1e-4, atol=1e-4)
+    assert alone.argmax() == among.argmax()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: (x[:0], y[:0]), "empty"),
+    (lambda x, y: (x, torch.zeros_like(y)), "at least 2 classes"),
+    (lambda x, y: (x[..., :20], y), "shape"),
+    (lambda x, y: (x.clone().index_fill_(0, torch.tensor([0]), float("nan")), y), "NaN"),
+    (lambda x, y: (x, y[:-1]), "labels"),
+    (lambda x, y: (x, y.float()), "integer"),
+])
+def test_bad_support_raises_clear_errors(ds, conv4, bad, message):
+    sx, sy, _, _ = episode(ds, 5, 1)
+    x, y = bad(sx, sy)
+    with pytest.raises(ValueError, match=message):
+        adapt(conv4, x, y)
+
+
+def test_steps_out_of_range(ds, conv4):
+    sx, sy, _, _ = episode(ds, 5, 1)
+    with pytest.raises(ValueError, match="steps"):
+        adapt(conv4, sx, sy, conv4.max_steps + 1)
+
+
+def test_checkpoint_round_trips_bit_for_bit(tmp_path):
+    model, meta = checkpoint.load(checkpoint.CHECKPOINT_DIR / "omniglot-conv4")
+    checkpoint.save(model, meta, tmp_path / "a" / "omniglot-conv4")
+    again, meta2 = checkpoint.load(tmp_path / "a" / "omniglot-conv4")
+    assert meta2 == meta
+    assert list(model.state_dict()) == list(again.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    original = (checkpoint.CHECKPOINT_DIR / "omniglot-conv4.safetensors").read_bytes()
+    assert (tmp_path / "a" / "omniglot-conv4.safetensors").read_bytes() == original
+
+
+def test_registry_serves_both_bases():
+    assert registry.names() == ["omniglot-conv4", "sinusoid-mlp"]
+    model, spec = registry.load("omniglot-conv4")
+    assert spec["task"] == "classification" and spec["max_ways"] >= 20 and spec["input"]["shape"] == [1, 28, 28]
+    assert not any(p.requires_grad for p in model.parameters())
+    model, spec = registry.load("sinusoid-mlp")
+    assert spec["task"] == "regression" and spec["input"]["shape"] == [1]
+    for name in registry.names():
+        assert (checkpoint.CHECKPOINT_DIR / f"{name}.safetensors").stat().st_size < 2 * 2**20
+
+
+def test_evaluation_is_reproducible_from_a_seed(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint.save(SinusoidMLP(steps=2), {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression",
+                                           "algorithm": "metasgd"}, tmp_path / "sinusoid-mlp")
+    checkpoint.save(SinusoidMLP(steps=2), {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression",
+                                           "algorithm": "transfer"}, tmp_path / "sinusoid-transfer")
+    argv = ["sinusoid", "--episodes", "20", "--shots", "5", "--dir", str(tmp_path), "--seed", "3"]
+    evaluate.main(argv)
+    first = (tmp_path / "sinusoid-mlp.eval.json").read_text()
+    evaluate.main(argv)
+    assert (tmp_path / "sinusoid-mlp.eval.json").read_text() == first
+    evaluate.main(argv[:-1] + ["4"])
+    assert (tmp_path / "sinusoid-mlp.eval.json").read_text() != first
+    assert (tmp_path / "sinusoid-mlp.eval.png").exists()
+
+
+def test_official_run_format_scores_the_base(tmp_path, ds, capsys):
+    omniglot.make_runs(ds, "test", tmp_path, n_runs=2, seed=0)
+    lines = (tmp_path / "run01" / "class_labels.txt").read_text().splitlines()
+    assert len(lines) == 20 and lines[0].startswith("run01/test/item01.png run01/training/class")
+    assert Image.open(tmp_path / "run01" / "training" / "class01.png").size == (105, 105)
+    args = type("A", (), {"base": "omniglot-conv4", "runs": str(tmp_path), "dir": str(checkpoint.CHECKPOINT_DIR)})
+    error = evaluate.omniglot_runs(args)
+    assert 0.0 <= error < 0.3  # chance is 95% error
+    assert "error rate over 2 runs" in capsys.readouterr().out

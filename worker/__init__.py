@@ -1,0 +1,1 @@
+"""Celery workers that adapt bases to support sets (`worker.celery_app:app`)."""

@@ -1,0 +1,73 @@
+"""The adaptation job: support set from Redis -> `adapt` -> changed tensors to Redis.
+
+Runs under late acks: if the worker dies mid-job the broker redelivers it and
+another worker redoes it from the stored support set; since adaptation is
+deterministic, a job done twice writes the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from app.adaptation import base_on, device, run_adaptation
+from app.jobs import TASK_NAME
+from app.settings import get_settings
+from app.store import Store
+from models import registry
+
+from .celery_app import app
+
+log = logging.getLogger("rapid_adapt.worker")
+_store: Store | None = None
+
+
+def store() -> Store:
+    global _store
+    if _store is None:
+        _store = Store(get_settings())
+    return _store
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def warm_up() -> None:
+    """Load every base once per worker process, on the GPU when there is one."""
+    for name in registry.names():
+        base_on(name, device().type)
+
+
+@app.task(name=TASK_NAME)
+def adapt_job(adaptation_id: str) -> str:
+    s, settings = store(), get_settings()
+    record = s.get(adaptation_id)
+    if record is None:
+        return "gone"  # deleted or expired before it ran
+    if record["status"] == "succeeded" and s.weights(adaptation_id) is not None:
+        return "duplicate"
+    s.update(adaptation_id, status="running", started_at=now(), attempts=record.get("attempts", 0) + 1)
+    if settings.fault_job_delay_seconds:
+        time.sleep(settings.fault_job_delay_seconds)
+    support = s.support(adaptation_id)
+    if support is None:
+        return "gone"
+    try:
+        fast, metrics = run_adaptation(record, support, device())
+    except ValueError as exc:
+        s.update(adaptation_id, status="failed", finished_at=now(), error={"code": "invalid_support", "message": str(exc)})
+        return "failed"
+    except SoftTimeLimitExceeded:
+        s.update(adaptation_id, status="failed", finished_at=now(),
+                 error={"code": "timeout", "message": f"adaptation took longer than {settings.job_soft_time_limit}s"})
+        return "failed"
+    metrics["weights_bytes"] = s.put_weights(adaptation_id, fast, s.ttl(adaptation_id))
+    if not s.update(adaptation_id, status="succeeded", finished_at=now(), metrics=metrics):
+        s.drop_weights(adaptation_id)  # deleted while running: leave nothing behind
+        return "gone"
+    log.info("adaptation %s succeeded in %.1f ms", adaptation_id, metrics["adaptation_ms"])
+    return "succeeded"
