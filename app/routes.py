@@ -22,7 +22,7 @@ from .schemas import (Adaptation, AdaptationCreate, AdaptationList, ErrorBody, M
 from .settings import Settings
 from .store import Store
 
-router = APIRouter(prefix="/v1", default_response_class=ORJSONResponse, responses={
+router = APIRouter(prefix="/v1", default_response_class=ORJSONResponse, dependencies=[Depends(deps.tenant)], responses={
     401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 DONE = ("succeeded", "failed")
 

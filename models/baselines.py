@@ -16,10 +16,10 @@ from .nets import Base
 class Classifier(nn.Module):
     """A standard classifier: a base's embedding plus a linear head of N outputs."""
 
-    def __init__(self, base: Base, n_ways: int, dim: int = 64):
+    def __init__(self, base: Base, n_ways: int):
         super().__init__()
         self.body = copy.deepcopy(base.body)
-        self.head = nn.Linear(dim, n_ways)
+        self.head = nn.Linear(base.dim, n_ways)
 
     def forward(self, x):
         return self.head(self.body(x))

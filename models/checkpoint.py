@@ -26,6 +26,7 @@ def save(model: Base, meta: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(path.with_suffix(".safetensors")), metadata={"name": path.stem})
+    path.with_suffix(".safetensors").chmod(0o644)  # safetensors writes 0600; images run as another user
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 

@@ -63,15 +63,18 @@ class Conv4(Base):
     task = "classification"
     input_shape = (1, 28, 28)
 
-    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1, max_ways: int = 50):
+    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1, max_ways: int = 50,
+                 final_pool: bool = True):
         super().__init__(steps, step_size)
         self.max_ways = max_ways
         blocks, c_in = [], 1
-        for _ in range(4):
-            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU(), nn.MaxPool2d(2)]
+        for i in range(4):
+            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU()]
+            blocks += [nn.MaxPool2d(2)] if i < 3 or final_pool else []
             c_in = channels
         self.body = nn.Sequential(*blocks, nn.Flatten())
-        self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, channels), step_size))
+        self.dim = channels * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
+        self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
 
     def embed(self, x):

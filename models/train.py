@@ -85,6 +85,13 @@ class SinusoidFamily(Family):
             return -model.loss(model.fast_forward(fast, qx), qy).mean().item()
 
 
+def architecture_kwargs(args) -> dict:
+    kwargs = {"steps": args.steps, "step_size": args.step_size}
+    if args.family.startswith("omniglot"):
+        return kwargs | {"final_pool": not args.no_final_pool}
+    return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
+
+
 def step_weights(kind: str, steps: int) -> torch.Tensor:
     """Weights of the query loss after 0..steps inner steps in the outer objective."""
     if kind == "linear":
@@ -99,7 +106,8 @@ def meta_train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     if args.family == "omniglot":
-        model, family = Conv4(steps=args.steps, step_size=args.step_size), OmniglotFamily(args)
+        model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
+        family = OmniglotFamily(args)
     else:
         model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
     learn_phi = args.algorithm == "metasgd"
@@ -110,7 +118,7 @@ def meta_train(args) -> None:
     opt = torch.optim.Adam(groups, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
     weights = step_weights(args.step_weights, args.steps)
-    best, best_state, log = -math.inf, None, {"iteration": [], "train_loss": [], "val": []}
+    best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
     started, running, skipped = time.time(), None, 0
     bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
     for it in bar:
@@ -124,10 +132,106 @@ def meta_train(args) -> None:
             loss = loss + args.reg_lambda * torch.stack([a.pow(2).mean() for a in model.step_sizes.values()]).mean()
         opt.zero_grad()
         loss.backward()
-        if not torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), args.clip)):
+        if torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), args.clip)):
+            opt.step()
+        else:
             skipped += 1  # an inner loop that diverged on this batch: no usable gradient
-            continue
-        opt.step()
+        sched.step()
+        running = losses[-1].item() if running is None else 0.98 * running + 0.02 * losses[-1].item()
+        if it % args.val_every == 0 or it == args.iterations:
+            model.eval()
+            score = family.validate(model)
+            log["iteration"].append(it); log["train_loss"].append(running); log["val"].append(score)
+            if score > best:
+                best = score
+                save(model, args, family, best, log, started, skipped)  # the best so far is always on disk
+            bar.set_postfix(loss=f"{running:.3f}", val=f"{score:.4f}", best=f"{best:.4f}", skipped=skipped)
+    out = Path(args.out) / args.name
+    plot_curves(log, family.metric, out.with_suffix(".training.png"))
+    print(f"saved {out}.safetensors ({out.with_suffix('.safetensors').stat().st_size} bytes); best {family.metric} {best:.4f}")
+
+
+def save(model: Base, args, family: Family, best: float, log: dict, started: float, skipped: int) -> None:
+    arch = "conv4" if args.family == "omniglot" else "mlp"
+    meta = {
+        "name": args.name,
+        "task": model.task,
+        "family": args.family,
+        "architecture": arch,
+        "architecture_kwargs": architecture_kwargs(args),
+        "algorithm": args.algorithm + ("-first-order" if args.first_order and args.algorithm != "fomaml" else ""),
+        "adapted": sorted(model.step_sizes.keys()),
+        "default_steps": args.steps,
+        "learned_step_sizes": {
+            n: {"per_step_mean": [round(v, 5) for v in a.detach().flatten(1).mean(1).tolist()],
+                "min": round(a.min().item(), 5), "max": round(a.max().item(), 5)}
+            for n, a in model.step_sizes.items()
+        },
+        "training": {k: v for k, v in vars(args).items() if k != "func"},
+        "training_seconds_to_best": round(time.time() - started, 1),
+        "best_iteration": log["iteration"][-1],
+        "skipped_non_finite_batches": skipped,
+        "validation": {"metric": family.metric, "best": round(best, 5),
+                       "curve": dict(zip(log["iteration"], [round(v, 5) for v in log["val"]]))},
+        "torch": torch.__version__,
+    }
+    if args.family == "omniglot":
+        meta["data"] = {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS}
+        meta["max_ways"] = model.max_ways
+    checkpoint.save(model, meta, Path(args.out) / args.name)
+
+
+def architecture_kwargs(args) -> dict:
+    kwargs = {"steps": args.steps, "step_size": args.step_size}
+    if args.family.startswith("omniglot"):
+        return kwargs | {"final_pool": not args.no_final_pool}
+    return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
+
+
+def step_weights(kind: str, steps: int) -> torch.Tensor:
+    """Weights of the query loss after 0..steps inner steps in the outer objective."""
+    if kind == "linear":
+        w = torch.arange(1, steps + 2, dtype=torch.float32)
+    else:
+        w = torch.full((steps + 1,), 0.1)
+        w[0], w[1], w[-1] = 0.1, 1.0, 1.0
+    return w / w.sum()
+
+
+def meta_train(args) -> None:
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.family == "omniglot":
+        model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
+        family = OmniglotFamily(args)
+    else:
+        model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
+    learn_phi = args.algorithm == "metasgd"
+    model.step_sizes.requires_grad_(learn_phi)
+    first_order = args.first_order or args.algorithm == "fomaml"
+    theta = [p for n, p in model.named_parameters() if not n.startswith("step_sizes.")]
+    groups = [{"params": theta}] + ([{"params": list(model.step_sizes.parameters()), "lr": args.phi_lr}] if learn_phi else [])
+    opt = torch.optim.Adam(groups, lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
+    weights = step_weights(args.step_weights, args.steps)
+    best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
+    started, running, skipped = time.time(), None, 0
+    bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
+    for it in bar:
+        model.train()
+        sx, sy, qx, qy = family.train_batch(gen)
+        adapted = adapt(model, sx, sy, args.steps, train=True, first_order=first_order, trajectory=True)
+        q_feats = model.embed(qx.flatten(0, 1)).unflatten(0, qx.shape[:2])
+        losses = torch.stack([model.loss(model.fast_forward(f, q_feats), qy).mean() for f in adapted.trajectory])
+        loss = (weights * losses).sum()
+        if args.reg_lambda and learn_phi:
+            loss = loss + args.reg_lambda * torch.stack([a.pow(2).mean() for a in model.step_sizes.values()]).mean()
+        opt.zero_grad()
+        loss.backward()
+        if torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), args.clip)):
+            opt.step()
+        else:
+            skipped += 1  # an inner loop that diverged on this batch: no usable gradient
         sched.step()
         running = losses[-1].item() if running is None else 0.98 * running + 0.02 * losses[-1].item()
         if it % args.val_every == 0 or it == args.iterations:
@@ -140,7 +244,7 @@ def meta_train(args) -> None:
     model.load_state_dict(best_state)
     model.eval()
     arch = "conv4" if args.family == "omniglot" else "mlp"
-    kwargs = {"steps": args.steps, "step_size": args.step_size} | ({"adapt": args.adapt} if arch == "mlp" else {})
+    kwargs = architecture_kwargs(args)
     meta = {
         "name": args.name,
         "task": model.task,
@@ -187,8 +291,8 @@ def train_transfer(args) -> None:
     x, c = ds.images[keep], ds.char[keep]
     remap = {ch: i for i, ch in enumerate(chars)}
     labels = torch.tensor([remap[int(v)] for v in c])
-    model = Conv4(steps=args.steps, step_size=args.step_size)
-    head = nn.Linear(64, 4 * len(chars))
+    model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
+    head = nn.Linear(model.dim, 4 * len(chars))
     opt = torch.optim.Adam([*model.body.parameters(), *head.parameters()], lr=args.lr)
     n = x.shape[0]
     for epoch in tqdm(range(args.epochs), desc="transfer pre-training"):
@@ -199,7 +303,7 @@ def train_transfer(args) -> None:
             loss = F.cross_entropy(head(model.embed(xb)), labels[idx] * 4 + rot)
             opt.zero_grad(); loss.backward(); opt.step()
     meta = {"name": args.name, "task": "classification", "family": "omniglot", "architecture": "conv4",
-            "architecture_kwargs": {"steps": args.steps, "step_size": args.step_size}, "algorithm": "transfer",
+            "architecture_kwargs": architecture_kwargs(args), "algorithm": "transfer",
             "default_steps": args.steps, "training": {k: v for k, v in vars(args).items() if k != "func"},
             "data": {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS}, "max_ways": model.max_ways}
     checkpoint.save(model, meta, Path(args.out) / args.name)
@@ -245,6 +349,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=10, help="inner steps (the base's default and maximum)")
     p.add_argument("--step-size", type=float, default=None, help="initial (MAML: fixed) inner step size")
     p.add_argument("--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts")
+    p.add_argument("--no-final-pool", action="store_true",
+                   help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--queries", type=int, default=None)

@@ -98,7 +98,7 @@ def test_any_ways_unequal_shots(ds, conv4, n_way):
     keep[torch.arange(0, len(sy), 3)[::2] + 1] = False  # drop one shot from every other class
     keep[torch.arange(0, len(sy), 3)[::2] + 2] = False
     a = adapt(conv4, sx[keep], sy[keep])
-    assert a.fast["weight"].shape == (1, n_way, 64)
+    assert a.fast["weight"].shape == (1, n_way, conv4.dim)
     assert predict(conv4, a.fast, qx).shape == (n_way, n_way)
 
 

@@ -1,0 +1,316 @@
+"""The benchmark: `python -m bench.run` (about 5 minutes on 2 cores).
+
+Every figure is a median with its spread, next to the naive baseline
+(bench/naive.py) measured in the same run, and reported as a ratio:
+  A. adaptation compute: `adapt` vs the classic loop, same steps, same tasks
+  B. adaptation end to end: HTTP POST ?wait= to succeeded through Redis and a
+     real Celery worker; jobs per second with 1 and 2 workers
+  C. prediction: 20 images against a warm adaptation; one-image throughput
+     spread over 100 and 10,000 adaptations; served images/s vs the bare
+     forward pass of the base on the same cores
+  D. Redis bytes per adaptation vs the pickled adapted model
+Writes bench/results/latest.md, latest.json and latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import redis
+import torch
+from tqdm import tqdm
+
+from app.adaptation import run_adaptation
+from app.settings import Settings
+from app.store import Store
+from models import omniglot, registry, sinusoid
+from models.adapt import adapt, predict
+from tests.stack import KEYS, Stack
+
+from . import naive
+
+RESULTS = Path(__file__).parent / "results"
+KEY = KEYS["acme"]
+
+
+def stats(ms: list[float]) -> dict:
+    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [ms[0]] * 99
+    return {"median": statistics.median(ms), "p25": q[24], "p75": q[74], "p95": q[94], "p99": q[98], "n": len(ms)}
+
+
+def fmt(s: dict) -> str:
+    return f"{s['median']:.2f} ({s['p25']:.2f}-{s['p75']:.2f})"
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return (time.perf_counter() - t) * 1000, out
+
+
+def png_b64(ds, i) -> dict:
+    return {"image": base64.b64encode(omniglot.original_png(ds.files[i])).decode()}
+
+
+# ---- A. adaptation compute ----------------------------------------------------
+
+def bench_adapt_compute(reps: int) -> list[dict]:
+    rows = []
+    model, _ = registry.load("omniglot-conv4")
+    ds = omniglot.load()
+    sampler = omniglot.EpisodeSampler(ds, "test")
+    for n_way in (5, 20):
+        gen = torch.Generator().manual_seed(n_way)
+        ours, base, acc_ours, acc_base = [], [], [], []
+        for _ in tqdm(range(reps), desc=f"A. adapt omniglot {n_way}-way 1-shot", mininterval=2):
+            sx, sy, qx, qy = sampler.sample(n_way, 1, 5, gen)
+            ms, a = timed(adapt, model, sx, sy)
+            ours.append(ms)
+            acc_ours.append((predict(model, a.fast, qx).argmax(-1) == qy).float().mean().item())
+            ms, m = timed(naive.adapt, model, sx, sy, model.default_steps)
+            base.append(ms)
+            with torch.no_grad():
+                acc_base.append((m(qx).argmax(-1) == qy).float().mean().item())
+        rows.append({"what": f"omniglot-conv4 {n_way}-way 1-shot, {model.default_steps} steps", "ours": stats(ours),
+                     "naive": stats(base), "quality": f"accuracy {statistics.mean(acc_ours):.3f} vs {statistics.mean(acc_base):.3f}"})
+    model, _ = registry.load("sinusoid-mlp")
+    gen = torch.Generator().manual_seed(0)
+    sx, sy, qx, qy = sinusoid.sample_tasks(reps, 5, 100, gen)
+    ours, base, mse_ours, mse_base = [], [], [], []
+    for i in tqdm(range(reps), desc="A. adapt sinusoid 5-shot", mininterval=2):
+        ms, a = timed(adapt, model, sx[i], sy[i])
+        ours.append(ms)
+        mse_ours.append(((predict(model, a.fast, qx[i]) - qy[i]) ** 2).mean().item())
+        ms, m = timed(naive.adapt, model, sx[i], sy[i], model.default_steps, 1e-2)
+        base.append(ms)
+        with torch.no_grad():
+            mse_base.append(((m(qx[i]) - qy[i]) ** 2).mean().item())
+    rows.append({"what": f"sinusoid-mlp 5-shot, {model.default_steps} steps", "ours": stats(ours), "naive": stats(base),
+                 "quality": f"MSE {statistics.mean(mse_ours):.3f} vs {statistics.mean(mse_base):.3f}"})
+    return rows
+
+
+# ---- B. adaptation end to end ----------------------------------------------------
+
+def omniglot_bodies(n: int, n_way: int = 20) -> list[dict]:
+    ds = omniglot.load()
+    sampler = omniglot.EpisodeSampler(ds, "test")
+    gen = torch.Generator().manual_seed(1)
+    bodies = []
+    for _ in range(n):
+        support, _ = sampler.sample_ids(n_way, 1, 0, gen)
+        bodies.append({"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": l} for i, _, l in support]})
+    return bodies
+
+
+def bench_end_to_end(stack: Stack, jobs: int) -> dict:
+    bodies = omniglot_bodies(10)
+    out = {}
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        for b in bodies[:3]:
+            c.post("/v1/adaptations?wait=10", json=b)  # warm up
+        lat = []
+        for i in tqdm(range(jobs), desc="B. POST ?wait= to succeeded", mininterval=2):
+            t = time.perf_counter()
+            r = c.post("/v1/adaptations?wait=10", json=bodies[i % len(bodies)])
+            lat.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+        out["latency"] = stats(lat)
+        out["worker_compute"] = stats([c.get(f"/v1/adaptations/{x['id']}").json()["metrics"]["adaptation_ms"]
+                                       for x in c.get("/v1/adaptations?limit=100").json()["data"]])
+        for workers in (1, 2):
+            while len(stack.workers) < workers:
+                stack.start_worker()
+                time.sleep(8)
+            out[f"jobs_per_s_{workers}_workers"] = throughput(c, bodies, jobs)
+    r = redis.Redis(port=stack.redis_port, db=2)
+    model, _ = registry.load("omniglot-conv4")
+    ds = omniglot.load()
+    sampler = omniglot.EpisodeSampler(ds, "test")
+    gen = torch.Generator().manual_seed(1)
+    naive_ms = []
+    for i in range(30):
+        sx, sy, _, _ = sampler.sample(20, 1, 0, gen)
+        t = time.perf_counter()
+        naive.store(r, f"naive:{i}", naive.adapt(model, sx, sy, model.default_steps))
+        naive_ms.append((time.perf_counter() - t) * 1000)
+    out["naive_job"] = stats(naive_ms)
+    return out
+
+
+def throughput(c: httpx.Client, bodies: list[dict], jobs: int) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"], range(jobs)))
+        for aid in ids:
+            while c.get(f"/v1/adaptations/{aid}?wait=10").json()["status"] not in ("succeeded", "failed"):
+                pass
+    return jobs / (time.perf_counter() - started)
+
+
+# ---- C. prediction -------------------------------------------------------------
+
+def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
+    ds = omniglot.load()
+    sampler = omniglot.EpisodeSampler(ds, "test")
+    support, query = sampler.sample_ids(20, 1, 1, torch.Generator().manual_seed(2))
+    body = {"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": l} for i, _, l in support]}
+    q20 = {"inputs": [png_b64(ds, i) for i, _, _ in query]}
+    q1 = {"inputs": [png_b64(ds, query[0][0])]}
+    out = {}
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        aid = c.post("/v1/adaptations?wait=10", json=body).json()["id"]
+        c.post(f"/v1/adaptations/{aid}/predictions", json=q20)
+        lat = []
+        for _ in tqdm(range(reps), desc="C. 20 images, warm", mininterval=2):
+            t = time.perf_counter()
+            assert c.post(f"/v1/adaptations/{aid}/predictions", json=q20).status_code == 200
+            lat.append((time.perf_counter() - t) * 1000)
+        out["warm_20_images"] = stats(lat)
+        ids100 = [c.post("/v1/adaptations?wait=10", json=body).json()["id"] for _ in range(100)]
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "ids100").write_text("\n".join(ids100)); (tmp / "q1").write_text(json.dumps(q1)); (tmp / "q20").write_text(json.dumps(q20))
+    (tmp / "ids1").write_text(aid)
+    (tmp / "ids10k").write_text("\n".join(seed_adaptations(stack, body, 10_000)))
+    load = lambda ids, q, conc: json.loads(subprocess.run(
+        [sys.executable, "-m", "bench.load", stack.url, KEY, str(tmp / ids), str(tmp / q), "--seconds", str(seconds),
+         "--concurrency", str(conc)], capture_output=True, text=True, check=True).stdout)
+    for name, ids, q, conc in [("one_image_100_adaptations", "ids100", "q1", 32),
+                               ("one_image_10000_adaptations", "ids10k", "q1", 32),
+                               ("twenty_images_1_adaptation", "ids1", "q20", 8)]:
+        print(f"C. load: {name} for {seconds:.0f} s")
+        r = load(ids, q, conc)
+        n_img = len(json.loads((tmp / q).read_text())["inputs"])
+        out[name] = {"requests_per_s": r["requests"] / r["seconds"], "images_per_s": n_img * r["requests"] / r["seconds"],
+                     "errors": r["errors"], "latency": stats(r["latencies_ms"])}
+    model, _ = registry.load("omniglot-conv4")
+    x = ds.images[:20]
+    fast = adapt(model, ds.images[:20], torch.arange(20)).fast
+    bare = [timed(predict, model, fast, x)[0] for _ in range(200)]
+    out["bare_forward_images_per_s"] = 20 / (statistics.median(bare) / 1000)
+    r = redis.Redis(port=stack.redis_port, db=2)
+    naive.store(r, "naive:p", naive.adapt(model, ds.images[:20], torch.arange(20), model.default_steps))
+    out["naive_20_images"] = stats([timed(naive.predict, r, "naive:p", x)[0] for _ in range(100)])
+    out["naive_one_image_per_s"] = 1000 / statistics.median([timed(naive.predict, r, "naive:p", x[:1])[0] for _ in range(100)])
+    return out
+
+
+def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
+    """n adaptations written straight through the store (the worker's output format),
+    so the 10,000-adaptation load test does not wait for 10,000 jobs."""
+    store = Store(Settings(redis_url=stack.env["RAPID_ADAPT_REDIS_URL"], broker_url=stack.env["RAPID_ADAPT_BROKER_URL"]))
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        template = c.post("/v1/adaptations?wait=10", json=body).json()
+    record = store.get(template["id"])
+    support = store.support(template["id"])
+    fast, metrics = run_adaptation(record, support)
+    ids = []
+    for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
+        r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
+        store.create(r, support, 3600)
+        store.update(r["id"], status="succeeded")
+        store.put_weights(r["id"], fast, 3600)
+        ids.append(r["id"])
+    return ids
+
+
+# ---- D. size -----------------------------------------------------------------------
+
+def bench_size(stack: Stack) -> dict:
+    body = omniglot_bodies(1)[0]
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        aid = c.post("/v1/adaptations?wait=10", json=body).json()["id"]
+    r = redis.Redis(port=stack.redis_port, db=1)
+    sizes = {k: int(r.memory_usage(f"ra:{k}:{aid}") or 0) for k in ("a", "s", "w")}
+    model, _ = registry.load("omniglot-conv4")
+    ds = omniglot.load()
+    import pickle
+    pickled = len(pickle.dumps(naive.adapt(model, ds.images[:20], torch.arange(20), 1)))
+    return {"record": sizes["a"], "support": sizes["s"], "weights": sizes["w"], "total": sum(sizes.values()),
+            "naive_pickled_model": pickled}
+
+
+# ---- report ----------------------------------------------------------------------------
+
+def report(res: dict) -> str:
+    A, B, C, D = res["adapt"], res["e2e"], res["predict"], res["size"]
+    L = [f"# Rapid Adapt benchmark", "", f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, "
+         f"{torch.get_num_threads()} threads, {res['date']}. Medians (25th-75th percentile) in ms unless stated.", "",
+         "## A. Adaptation compute (in process)", "", "| task | `adapt` | classic loop | speed-up | quality (ours vs classic) |",
+         "| --- | --- | --- | --- | --- |"]
+    L += [f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['naive'])} | {r['naive']['median'] / r['ours']['median']:.1f}x | {r['quality']} |" for r in A]
+    L += ["", "## B. Adaptation end to end (HTTP POST ?wait= to succeeded, Redis, 1 Celery worker, 20-way 1-shot PNGs)", "",
+          "| figure | value |", "| --- | --- |",
+          f"| p50 / p95 / p99 | {B['latency']['median']:.1f} / {B['latency']['p95']:.1f} / {B['latency']['p99']:.1f} ms (n={B['latency']['n']}) |",
+          f"| worker compute (adaptation_ms) | {fmt(B['worker_compute'])} |",
+          f"| jobs/s, 1 worker / 2 workers | {B['jobs_per_s_1_workers']:.1f} / {B['jobs_per_s_2_workers']:.1f} |",
+          f"| naive job in process (copy, Adam loop, pickle to Redis), no HTTP | {fmt(B['naive_job'])} |",
+          f"| ratio naive job / our whole HTTP round trip | {B['naive_job']['median'] / B['latency']['median']:.1f}x |", "",
+          "## C. Prediction (omniglot-conv4, PNG inputs over HTTP)", "", "| figure | ours | naive (unpickle per request) | ratio |",
+          "| --- | --- | --- | --- |",
+          f"| 20 images, warm adaptation: p50 / p99 | {C['warm_20_images']['median']:.1f} / {C['warm_20_images']['p99']:.1f} ms | "
+          f"{C['naive_20_images']['median']:.1f} ms (in process, no HTTP) | {C['naive_20_images']['median'] / C['warm_20_images']['median']:.1f}x |",
+          f"| one-image requests/s over 100 adaptations (32 clients) | {C['one_image_100_adaptations']['requests_per_s']:.0f} | "
+          f"{C['naive_one_image_per_s']:.0f} (in process) | {C['one_image_100_adaptations']['requests_per_s'] / C['naive_one_image_per_s']:.1f}x |",
+          f"| one-image requests/s over 10,000 adaptations (32 clients) | {C['one_image_10000_adaptations']['requests_per_s']:.0f} | | |",
+          f"| served images/s (20-image requests, 8 clients) vs bare forward | {C['twenty_images_1_adaptation']['images_per_s']:.0f} | "
+          f"bare forward {C['bare_forward_images_per_s']:.0f} | {C['twenty_images_1_adaptation']['images_per_s'] / C['bare_forward_images_per_s']:.2f} |",
+          "", "## D. Redis bytes per Omniglot adaptation (20-way 1-shot, MEMORY USAGE)", "",
+          "| record | support set | adapted weights | total | naive pickled model | ratio |", "| --- | --- | --- | --- | --- | --- |",
+          f"| {D['record']} | {D['support']} | {D['weights']} | {D['total']} | {D['naive_pickled_model']} | {D['naive_pickled_model'] / D['total']:.1f}x |", ""]
+    return "\n".join(L)
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    A = res["adapt"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names = [r["what"].split(",")[0] for r in A]
+    x = range(len(A))
+    ax.bar([i - 0.2 for i in x], [r["ours"]["median"] for r in A], 0.4, label="adapt (ours)")
+    ax.bar([i + 0.2 for i in x], [r["naive"]["median"] for r in A], 0.4, label="classic loop")
+    ax.set_xticks(list(x), names, fontsize=8); ax.set_ylabel("ms (median)"); ax.set_yscale("log")
+    ax.set_title("adaptation compute, default steps"); ax.legend(); ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=100)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=10.0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    res["adapt"] = bench_adapt_compute(args.reps)
+    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=2).start()
+    try:
+        res["e2e"] = bench_end_to_end(stack, args.jobs)
+        res["predict"] = bench_prediction(stack, args.reps, args.seconds)
+        res["size"] = bench_size(stack)
+    finally:
+        stack.stop()
+    text = report(res)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(json.dumps(res, indent=2, default=float))
+    plot(res, RESULTS / "latest.png")
+
+
+if __name__ == "__main__":
+    main()
