@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 import anyio
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models import registry
 
-from . import metrics
+from . import logs, metrics
 from .errors import ApiError, unavailable
 from .jobs import Queue
 from .predictor import Predictor
@@ -32,6 +33,7 @@ log = logging.getLogger("rapid_adapt.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.configure()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -54,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = Store(settings)
     app.state.queue = Queue(settings)
     app.state.predictor = Predictor(settings, app.state.store)
+    registry_ = metrics.CollectorRegistry()
+    registry_.register(metrics.StoreCollector(app.state.store, app.state.queue, 3 * settings.worker_heartbeat_seconds + 1))
+    app.state.metrics_registries = [metrics.REGISTRY, registry_]
     app.include_router(router)
     install_error_handlers(app)
     install_middleware(app, settings)
@@ -76,8 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               headers=None if ready else {"Retry-After": "1"})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def prometheus():
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def prometheus(request: Request):
+        text = b"".join(generate_latest(r) for r in request.app.state.metrics_registries)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -125,6 +131,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             response = ORJSONResponse(ApiError(413, "body_too_large", f"request body over {limit} bytes").body(), 413)
@@ -133,7 +140,13 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.REQUESTS.labels(request.method, path, response.status_code).inc()
-        metrics.LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.LATENCY.labels(request.method, path).observe(elapsed)
+        response.headers["X-Request-ID"] = request_id
+        aid = request.path_params.get("aid") or response.headers.get("x-adaptation-id")
+        log.info("request", extra={"request_id": request_id, "method": request.method, "route": path,
+                                   "status": response.status_code, "duration_ms": round(1000 * elapsed, 2),
+                                   **({"adaptation_id": aid} if aid else {})})
         return response
 
     class BodyLimit:

@@ -1,6 +1,6 @@
 """Prometheus metrics of the API process (served at /metrics)."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("rapid_adapt_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -10,3 +10,35 @@ CACHE = Counter("rapid_adapt_weights_cache_total", "adapted-weights lookups by w
                 ["result"])  # lru_hit, redis_hit, miss_readapt
 PREDICT_BATCH = Histogram("rapid_adapt_predict_batch_images", "images per batched forward pass",
                           buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+
+
+class StoreCollector:
+    """Figures that live in Redis, read at scrape time: jobs by final status and
+    their duration (written by the workers), queue depth, adaptations stored, workers alive."""
+
+    def __init__(self, store, queue, heartbeat_window: float):
+        self.store, self.queue, self.window = store, queue, heartbeat_window
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        try:
+            stats = self.store.stats()
+            stored = self.store.count_adaptations()
+            workers = len(self.store.workers_alive(self.window))
+            depth = self.queue.depth()
+        except Exception:
+            return  # Redis away: /readyz says so; the other metrics still answer
+        finished = CounterMetricFamily("rapid_adapt_adaptations_finished", "adaptation jobs by final status",
+                                       labels=["status"])
+        for status in ("succeeded", "failed"):
+            finished.add_metric([status], stats.get(f"status:{status}", 0.0))
+        yield finished
+        buckets = [(str(le), stats.get(f"le:{le}", 0.0)) for le in self.store.DURATION_BUCKETS]
+        buckets.append(("+Inf", stats.get("duration_count", 0.0)))
+        yield HistogramMetricFamily("rapid_adapt_adaptation_duration_seconds",
+                                    "time from a job's start to its end on a worker",
+                                    buckets=buckets, sum_value=stats.get("duration_sum", 0.0))
+        yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting in the broker", value=depth)
+        yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
+        yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)

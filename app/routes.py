@@ -118,6 +118,7 @@ def create_adaptation(
             store.delete(record)
             raise
         metrics.ADAPTATIONS.labels(body.model).inc()
+    response.headers["X-Adaptation-ID"] = aid
     record = store.get(aid) or record
     if wait:
         record = wait_for(store, aid, wait, record)

@@ -137,6 +137,32 @@ class Store:
     def drop_weights(self, aid: str) -> None:
         self.cache.delete(f"ra:w:{aid}")
 
+    # ---- statistics for /metrics ---------------------------------------------
+    DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def record_outcome(self, status: str, seconds: float | None) -> None:
+        """Count a finished job (and its duration histogram) for every API process to report."""
+        p = self.r.pipeline(transaction=False)
+        p.hincrby("ra:stats", f"status:{status}", 1)
+        if seconds is not None:
+            for le in self.DURATION_BUCKETS:
+                if seconds <= le:
+                    p.hincrby("ra:stats", f"le:{le}", 1)
+            p.hincrbyfloat("ra:stats", "duration_sum", seconds)
+            p.hincrby("ra:stats", "duration_count", 1)
+        p.execute()
+
+    def stats(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.r.hgetall("ra:stats").items()}
+
+    def count_adaptations(self, cap: int = 1_000_000) -> int:
+        n = 0
+        for _ in self.r.scan_iter(match="ra:a:*", count=1000):
+            n += 1
+            if n >= cap:
+                break
+        return n
+
     # ---- health ------------------------------------------------------------
     def ping(self) -> None:
         self.r.ping()

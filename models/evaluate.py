@@ -45,6 +45,15 @@ def base_curve(model: Base, sx, sy, qx, steps: int) -> list[torch.Tensor]:
         return [model.fast_forward(f, feats)[0] for f in adapted.trajectory]
 
 
+def summarize(metric: str, scores: dict, curve: list, zero_steps: str, base: str) -> dict:
+    """Baseline rows, then the base after 0, 1 and its default steps, each as mean ± 95% CI."""
+    steps = len(curve) - 1
+    scores = scores | {zero_steps: curve[0], f"{base}, 1 step": curve[1], f"{base}, {steps} steps (default)": curve[steps]}
+    return {"metric": metric,
+            "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
+            "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve]}
+
+
 def evaluate_omniglot(args) -> dict:
     model, _ = registry.load(args.base, Path(args.dir))
     transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
@@ -70,14 +79,7 @@ def evaluate_omniglot(args) -> dict:
             with torch.no_grad():
                 scores.setdefault("scratch (classic loop, all weights)", []).append(acc(scratch(qx)))
                 scores.setdefault("transfer (pre-trained, new head)", []).append(acc(tuned(qx)))
-        scores[f"{args.base}, 0 steps (prototypes)"] = curve[0]
-        scores[f"{args.base}, 1 step"] = curve[1]
-        scores[f"{args.base}, {steps} steps (default)"] = curve[steps]
-        results[f"{n_way}-way {k_shot}-shot"] = {
-            "metric": "accuracy",
-            "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
-            "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve],
-        }
+        results[f"{n_way}-way {k_shot}-shot"] = summarize("accuracy", scores, curve, f"{args.base}, 0 steps (prototypes)", args.base)
     return results
 
 
@@ -104,14 +106,7 @@ def evaluate_sinusoid(args) -> dict:
             with torch.no_grad():
                 scores.setdefault("scratch (classic loop, all weights)", []).append(mse(scratch(qx[i]), i))
                 scores.setdefault("transfer (pre-trained, new head)", []).append(mse(tuned(qx[i]), i))
-        scores[f"{args.base}, 0 steps"] = curve[0]
-        scores[f"{args.base}, 1 step"] = curve[1]
-        scores[f"{args.base}, {steps} steps (default)"] = curve[steps]
-        results[f"{k_shot}-shot"] = {
-            "metric": "mse",
-            "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
-            "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve],
-        }
+        results[f"{k_shot}-shot"] = summarize("mse", scores, curve, f"{args.base}, 0 steps", args.base)
     return results
 
 

@@ -15,7 +15,6 @@ checkpoint is kept and written with its JSON, and the curves go to a PNG.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -179,100 +178,6 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
         meta["data"] = {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS}
         meta["max_ways"] = model.max_ways
     checkpoint.save(model, meta, Path(args.out) / args.name)
-
-
-def architecture_kwargs(args) -> dict:
-    kwargs = {"steps": args.steps, "step_size": args.step_size}
-    if args.family.startswith("omniglot"):
-        return kwargs | {"final_pool": not args.no_final_pool}
-    return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
-
-
-def step_weights(kind: str, steps: int) -> torch.Tensor:
-    """Weights of the query loss after 0..steps inner steps in the outer objective."""
-    if kind == "linear":
-        w = torch.arange(1, steps + 2, dtype=torch.float32)
-    else:
-        w = torch.full((steps + 1,), 0.1)
-        w[0], w[1], w[-1] = 0.1, 1.0, 1.0
-    return w / w.sum()
-
-
-def meta_train(args) -> None:
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.family == "omniglot":
-        model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
-        family = OmniglotFamily(args)
-    else:
-        model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
-    learn_phi = args.algorithm == "metasgd"
-    model.step_sizes.requires_grad_(learn_phi)
-    first_order = args.first_order or args.algorithm == "fomaml"
-    theta = [p for n, p in model.named_parameters() if not n.startswith("step_sizes.")]
-    groups = [{"params": theta}] + ([{"params": list(model.step_sizes.parameters()), "lr": args.phi_lr}] if learn_phi else [])
-    opt = torch.optim.Adam(groups, lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
-    weights = step_weights(args.step_weights, args.steps)
-    best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
-    started, running, skipped = time.time(), None, 0
-    bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
-    for it in bar:
-        model.train()
-        sx, sy, qx, qy = family.train_batch(gen)
-        adapted = adapt(model, sx, sy, args.steps, train=True, first_order=first_order, trajectory=True)
-        q_feats = model.embed(qx.flatten(0, 1)).unflatten(0, qx.shape[:2])
-        losses = torch.stack([model.loss(model.fast_forward(f, q_feats), qy).mean() for f in adapted.trajectory])
-        loss = (weights * losses).sum()
-        if args.reg_lambda and learn_phi:
-            loss = loss + args.reg_lambda * torch.stack([a.pow(2).mean() for a in model.step_sizes.values()]).mean()
-        opt.zero_grad()
-        loss.backward()
-        if torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), args.clip)):
-            opt.step()
-        else:
-            skipped += 1  # an inner loop that diverged on this batch: no usable gradient
-        sched.step()
-        running = losses[-1].item() if running is None else 0.98 * running + 0.02 * losses[-1].item()
-        if it % args.val_every == 0 or it == args.iterations:
-            model.eval()
-            score = family.validate(model)
-            log["iteration"].append(it); log["train_loss"].append(running); log["val"].append(score)
-            if score > best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-            bar.set_postfix(loss=f"{running:.3f}", val=f"{score:.4f}", best=f"{best:.4f}", skipped=skipped)
-    model.load_state_dict(best_state)
-    model.eval()
-    arch = "conv4" if args.family == "omniglot" else "mlp"
-    kwargs = architecture_kwargs(args)
-    meta = {
-        "name": args.name,
-        "task": model.task,
-        "family": args.family,
-        "architecture": arch,
-        "architecture_kwargs": kwargs,
-        "algorithm": args.algorithm + ("-first-order" if args.first_order and args.algorithm != "fomaml" else ""),
-        "adapted": sorted(model.step_sizes.keys()),
-        "default_steps": args.steps,
-        "learned_step_sizes": {
-            n: {"per_step_mean": [round(v, 5) for v in a.detach().flatten(1).mean(1).tolist()],
-                "min": round(a.min().item(), 5), "max": round(a.max().item(), 5)}
-            for n, a in model.step_sizes.items()
-        },
-        "training": {k: v for k, v in vars(args).items() if k != "func"},
-        "training_seconds": round(time.time() - started, 1),
-        "skipped_non_finite_batches": skipped,
-        "validation": {"metric": family.metric, "best": round(best, 5),
-                       "curve": dict(zip(log["iteration"], [round(v, 5) for v in log["val"]]))},
-        "torch": torch.__version__,
-    }
-    if args.family == "omniglot":
-        meta["data"] = {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS}
-        meta["max_ways"] = model.max_ways
-    out = Path(args.out) / args.name
-    checkpoint.save(model, meta, out)
-    plot_curves(log, family.metric, out.with_suffix(".training.png"))
-    print(f"saved {out}.safetensors ({out.with_suffix('.safetensors').stat().st_size} bytes); best {family.metric} {best:.4f}")
 
 
 def train_transfer(args) -> None:

@@ -137,8 +137,25 @@ def test_health_ready_metrics_openapi(stack):
     assert httpx.get(stack.url + "/healthz").json() == {"status": "ok"}
     r = httpx.get(stack.url + "/readyz").json()
     assert r["status"] == "ready" and r["workers"] >= 1
+    with Client(stack.url, api_key=KEYS["acme"]) as c:
+        c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
     text = httpx.get(stack.url + "/metrics").text
-    assert "rapid_adapt_http_request_duration_seconds_bucket" in text and "rapid_adapt_weights_cache_total" in text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] >= 1
+    assert values["rapid_adapt_adaptation_duration_seconds_count"] >= 1
+    assert values["rapid_adapt_adaptations_stored"] >= 1 and values["rapid_adapt_queue_depth"] >= 0
+    assert values["rapid_adapt_workers_alive"] >= 1
+    assert any(k.startswith("rapid_adapt_http_request_duration_seconds_bucket{") and 'route="/v1/adaptations"' in k
+               for k in values)
+    # structured logs: one JSON object per request, with its id
+    r = httpx.get(stack.url + "/healthz", headers={"X-Request-ID": "req-123"})
+    assert r.headers["x-request-id"] == "req-123"
+    time.sleep(0.2)
+    events = [json.loads(line) for line in (stack.tmp / "api.log").read_text().splitlines() if line.startswith("{")]
+    assert any(e.get("request_id") == "req-123" and e["route"] == "/healthz" and e["status"] == 200 for e in events)
+    worker_events = [json.loads(line) for line in (stack.tmp / "worker0.log").read_text().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "adaptation succeeded" and e["adaptation_id"].startswith("ad_") for e in worker_events)
     doc = httpx.get(stack.url + "/openapi.json").json()
     schemas = doc["components"]["schemas"]
     for name in ("AdaptationCreate", "Adaptation", "AdaptationList", "PredictionRequest", "PredictionResponse",

@@ -16,6 +16,14 @@ app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
 
 
+@signals.setup_logging.connect
+def _logging(**_):
+    """JSON lines instead of Celery's own log format."""
+    from app.logs import configure
+
+    configure()
+
+
 @signals.worker_process_init.connect
 def _init_process(**_):
     from . import tasks

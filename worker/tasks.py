@@ -11,6 +11,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.adaptation import base_on, device, run_adaptation
@@ -38,6 +39,8 @@ def now() -> str:
 
 def warm_up() -> None:
     """Load every base once per worker process, on the GPU when there is one."""
+    if get_settings().torch_threads:
+        torch.set_num_threads(get_settings().torch_threads)
     for name in registry.names():
         base_on(name, device().type)
 
@@ -50,6 +53,7 @@ def adapt_job(adaptation_id: str) -> str:
         return "gone"  # deleted or expired before it ran
     if record["status"] == "succeeded" and s.weights(adaptation_id) is not None:
         return "duplicate"
+    started = time.perf_counter()
     s.update(adaptation_id, status="running", started_at=now(), attempts=record.get("attempts", 0) + 1)
     if settings.fault_job_delay_seconds:
         time.sleep(settings.fault_job_delay_seconds)
@@ -59,15 +63,21 @@ def adapt_job(adaptation_id: str) -> str:
     try:
         fast, metrics = run_adaptation(record, support, device())
     except ValueError as exc:
-        s.update(adaptation_id, status="failed", finished_at=now(), error={"code": "invalid_support", "message": str(exc)})
-        return "failed"
+        return fail(s, adaptation_id, started, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:
-        s.update(adaptation_id, status="failed", finished_at=now(),
-                 error={"code": "timeout", "message": f"adaptation took longer than {settings.job_soft_time_limit}s"})
-        return "failed"
+        return fail(s, adaptation_id, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
     metrics["weights_bytes"] = s.put_weights(adaptation_id, fast, s.ttl(adaptation_id))
     if not s.update(adaptation_id, status="succeeded", finished_at=now(), metrics=metrics):
         s.drop_weights(adaptation_id)  # deleted while running: leave nothing behind
         return "gone"
-    log.info("adaptation %s succeeded in %.1f ms", adaptation_id, metrics["adaptation_ms"])
+    s.record_outcome("succeeded", time.perf_counter() - started)
+    log.info("adaptation succeeded", extra={"adaptation_id": adaptation_id, "status": "succeeded",
+                                            "duration_ms": metrics["adaptation_ms"]})
     return "succeeded"
+
+
+def fail(s: Store, adaptation_id: str, started: float, code: str, message: str) -> str:
+    s.update(adaptation_id, status="failed", finished_at=now(), error={"code": code, "message": message})
+    s.record_outcome("failed", time.perf_counter() - started)
+    log.warning("adaptation failed", extra={"adaptation_id": adaptation_id, "status": "failed", "error": code})
+    return "failed"
