@@ -41,6 +41,7 @@ def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.de
         "support_loss_before": round(adapted.loss_before.item(), 6),
         "support_loss_after": round(adapted.loss_after.item(), 6),
         "adaptation_ms": round(ms, 3),
+        "stopped_early": bool(adapted.stopped_early.any()),
         "device": dev.type,
     }
     return fast, metrics

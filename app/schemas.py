@@ -55,6 +55,8 @@ class AdaptationMetrics(BaseModel):
     support_loss_before: float
     support_loss_after: float
     adaptation_ms: float
+    stopped_early: bool = Field(False, description="the support loss blew up (data unlike the base's tasks): "
+                                                   "the weights with the lowest support loss were kept")
     device: str
     weights_bytes: int
 
@@ -65,7 +67,7 @@ class Adaptation(BaseModel):
         "steps": 10, "created_at": "2026-11-27T12:00:00.000Z", "expires_at": "2026-11-27T13:00:00.000Z",
         "started_at": "2026-11-27T12:00:00.004Z", "finished_at": "2026-11-27T12:00:00.020Z", "error": None,
         "metrics": {"steps": 10, "support_loss_before": 0.02, "support_loss_after": 0.004, "adaptation_ms": 9.1,
-                    "device": "cpu", "weights_bytes": 832}}]})
+                    "stopped_early": False, "device": "cpu", "weights_bytes": 832}}]})
     id: str
     status: Status
     model: str

@@ -5,7 +5,9 @@ gradient steps on the fast weights: fast <- fast - φ[k] * grad. In `train` mode
 the steps stay on the autograd graph (second order; `first_order` cuts the
 gradient's own graph, as first-order MAML does) so the outer loop can
 differentiate through them. In serving mode the embedding runs once without a
-graph and only the fast weights ever get a gradient.
+graph and only the fast weights ever get a gradient, and a divergence guard
+stops a task whose support loss blows up (inputs far from what the base was
+meta-trained on) at its lowest-loss weights instead of returning garbage.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Adapted:
     loss_after: torch.Tensor  # [T] support loss after the last step
     steps: int
     trajectory: list[dict[str, torch.Tensor]] | None = None  # fast weights after 0..K steps
+    stopped_early: torch.Tensor | None = None  # [T] bool: the divergence guard kept earlier weights
 
 
 def check_support(model: Base, x: torch.Tensor, y: torch.Tensor, n_ways: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -83,26 +86,43 @@ def adapt(
     t, s = x.shape[:2]
     with torch.set_grad_enabled(train):
         feats = model.embed(x.flatten(0, 1)).unflatten(0, (t, s))
+    stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
     with torch.enable_grad():
         fast = model.init_fast(feats, y, n_ways)
         if not train:
             fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
         path = [fast] if trajectory else None
-        loss_before = None
+        loss_before, best, best_loss = None, fast, torch.full((t,), float("inf"), device=x.device)
         for k in range(steps):
             loss = model.loss(model.fast_forward(fast, feats), y)
             loss_before = loss.detach() if loss_before is None else loss_before
             grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=train and not first_order)
-            fast = {n: p - model.step_size(n, k) * g for (n, p), g in zip(fast.items(), grads)}
-            if not train:
-                fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
+            stepped = {n: p - model.step_size(n, k) * g for (n, p), g in zip(fast.items(), grads)}
+            if not train:  # divergence guard: a task whose loss blew up stops at its lowest-loss weights
+                better = loss.detach() < best_loss
+                best, best_loss = pick(better, fast, best), torch.where(better, loss.detach(), best_loss)
+                stopped |= diverged(loss.detach(), loss_before)
+                stepped = {n: p.detach().requires_grad_() for n, p in pick(stopped, best, stepped).items()}
+            fast = stepped
             if path is not None:
                 path.append(fast)
-    if not train:
-        fast = {n: p.detach() for n, p in fast.items()}
     with torch.no_grad():
         loss_after = model.loss(model.fast_forward(fast, feats.detach()), y)
-    return Adapted(fast, loss_after if loss_before is None else loss_before, loss_after, steps, path)
+        if not train and steps:
+            stopped |= diverged(loss_after, loss_before)
+            fast = {n: p.detach() for n, p in pick(stopped, best, fast).items()}
+            loss_after = model.loss(model.fast_forward(fast, feats), y)
+    return Adapted(fast, loss_after if loss_before is None else loss_before, loss_after, steps, path, stopped)
+
+
+def diverged(loss: torch.Tensor, loss_before: torch.Tensor) -> torch.Tensor:
+    """A support loss that is no longer finite or rose far above where it started."""
+    return ~torch.isfinite(loss) | (loss > 10 * loss_before + 1)
+
+
+def pick(mask: torch.Tensor, a: dict, b: dict) -> dict:
+    """Per task: a where mask, else b."""
+    return {n: torch.where(mask.view(-1, *[1] * (b[n].dim() - 1)), a[n], b[n]) for n in b}
 
 
 @torch.inference_mode()

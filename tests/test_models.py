@@ -128,6 +128,18 @@ def test_bad_support_raises_clear_errors(ds, conv4, bad, message):
         adapt(conv4, x, y)
 
 
+def test_divergence_guard_keeps_the_lowest_loss_weights():
+    model, _ = registry.load("sinusoid-mlp")
+    x = torch.tensor([[-4.0], [-2.0], [0.5], [2.0], [3.5]])
+    odd = torch.tensor([[2.1], [-1.3], [-2.9], [-1.0], [2.2]])  # no sinusoid of the family fits these
+    losses = [adapt(model, x, odd, k).loss_after.item() for k in range(model.default_steps + 1)]
+    a = adapt(model, x, odd)
+    assert a.stopped_early.item() and torch.isfinite(a.loss_after).all()
+    assert a.loss_after.item() == pytest.approx(min(losses[: losses.index(max(losses))]))
+    fine = adapt(model, x, 2 * torch.sin(x - 1))  # in the family: the guard stays out of the way
+    assert not fine.stopped_early.item() and fine.loss_after.item() < 0.01
+
+
 def test_steps_out_of_range(ds, conv4):
     sx, sy, _, _ = episode(ds, 5, 1)
     with pytest.raises(ValueError, match="steps"):
