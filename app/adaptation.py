@@ -24,6 +24,16 @@ def base_on(name: str, dev: str):
     return model.to(dev) if dev != "cpu" else model
 
 
+def warm_up(dev: torch.device) -> None:
+    """Load every base and run one tiny adaptation on each, so the first real job
+    does not pay for allocator and thread-pool start-up."""
+    for name in registry.names():
+        model = base_on(name, dev.type)
+        x = torch.zeros(2, *model.input_shape, device=dev)
+        y = torch.arange(2, device=dev) if model.task == "classification" else torch.zeros(2, 1, device=dev)
+        adapt(model, x, y)
+
+
 def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None):
     """-> (fast weights on CPU, metrics). Raises ValueError for a support set `adapt` refuses."""
     dev = dev or torch.device("cpu")

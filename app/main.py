@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models import registry
 
 from . import logs, metrics
+from .adaptation import warm_up
 from .errors import ApiError, unavailable
 from .jobs import Queue
 from .predictor import Predictor
@@ -40,8 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = 100
-        for name in registry.names():
-            registry.load(name)  # every base in memory before the first request
+        warm_up(torch.device("cpu"))  # every base in memory, and run once, before the first request
         if settings.auth == "off":
             log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
         yield

@@ -142,7 +142,7 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
     gen = torch.Generator().manual_seed(1)
     naive_ms = []
     for i in range(30):
-        sx, sy, _, _ = sampler.sample(20, 1, 0, gen)
+        sx, sy, _, _ = sampler.sample(20, 1, 1, gen)
         t = time.perf_counter()
         naive.store(r, f"naive:{i}", naive.adapt(model, sx, sy, model.default_steps))
         naive_ms.append((time.perf_counter() - t) * 1000)

@@ -29,8 +29,10 @@ def classic_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: 
                      params=None) -> nn.Module:
     """Deep-copy `model` and train it on (x, y) for `steps` Adam steps; `params`
     picks which of the copy's parameters train (a callable of the copy; all by default)."""
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).train().requires_grad_(False)
     trainable = list(params(model) if params else model.parameters())
+    for p in trainable:
+        p.requires_grad_(True)
     opt = torch.optim.Adam(trainable, lr=lr)
     with torch.enable_grad():
         for _ in range(steps):

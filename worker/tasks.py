@@ -14,12 +14,11 @@ from datetime import datetime, timezone
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.adaptation import base_on, device, run_adaptation
+from app.adaptation import device, run_adaptation
+from app.adaptation import warm_up as warm
 from app.jobs import TASK_NAME
 from app.settings import get_settings
 from app.store import Store
-from models import registry
-
 from .celery_app import app
 
 log = logging.getLogger("rapid_adapt.worker")
@@ -41,8 +40,7 @@ def warm_up() -> None:
     """Load every base once per worker process, on the GPU when there is one."""
     if get_settings().torch_threads:
         torch.set_num_threads(get_settings().torch_threads)
-    for name in registry.names():
-        base_on(name, device().type)
+    warm(device())
 
 
 @app.task(name=TASK_NAME)
