@@ -179,8 +179,8 @@ def predict(aid: str, body: PredictionRequest,
         probs = torch.softmax(out, -1).tolist()
         classes = record["classes"]
         keys = [str(c) for c in classes]
-        return {"predictions": [{"label": classes[max(range(len(p)), key=p.__getitem__)],
-                                 "scores": dict(zip(keys, p))} for p in probs]}
+        return ORJSONResponse({"predictions": [{"label": classes[max(range(len(p)), key=p.__getitem__)],
+                                                "scores": dict(zip(keys, p))} for p in probs]})
     values = out[:, 0].tolist()
     shaped = (lambda v: [v]) if record["target_shape"] == [1] else (lambda v: v)
-    return {"predictions": [{"value": shaped(v)} for v in values]}
+    return ORJSONResponse({"predictions": [{"value": shaped(v)} for v in values]})  # built to the schema above

@@ -1,6 +1,7 @@
 """Unit tests of the ML core: the inner loop, the bases, data, checkpoints, evaluation."""
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -177,12 +178,14 @@ def test_evaluation_is_reproducible_from_a_seed(tmp_path, capsys):
                                            "algorithm": "transfer"}, tmp_path / "sinusoid-transfer")
     argv = ["sinusoid", "--episodes", "20", "--shots", "5", "--dir", str(tmp_path), "--seed", "3"]
     evaluate.main(argv)
-    first = (tmp_path / "sinusoid-mlp.eval.json").read_text()
+    first = (tmp_path / "sinusoid-mlp-tasks-seed3.eval.json").read_text()
     evaluate.main(argv)
-    assert (tmp_path / "sinusoid-mlp.eval.json").read_text() == first
+    assert (tmp_path / "sinusoid-mlp-tasks-seed3.eval.json").read_text() == first
     evaluate.main(argv[:-1] + ["4"])
-    assert (tmp_path / "sinusoid-mlp.eval.json").read_text() != first
-    assert (tmp_path / "sinusoid-mlp.eval.png").exists()
+    other = (tmp_path / "sinusoid-mlp-tasks-seed4.eval.json").read_text()
+    assert json.loads(other)["results"] != json.loads(first)["results"]
+    assert (tmp_path / "sinusoid-mlp-tasks-seed3.eval.png").exists()
+    assert not (tmp_path / "sinusoid-mlp.eval.json").exists()  # only seed 0 writes what the API serves
 
 
 def test_official_run_format_scores_the_base(tmp_path, ds, capsys):
