@@ -244,11 +244,11 @@ def bench_size(stack: Stack) -> dict:
 
 # ---- report ----------------------------------------------------------------------------
 
-def report(res: dict) -> str:
+def report(res: dict, threads: int) -> str:
     A, B, C, D = res["adapt"], res["e2e"], res["predict"], res["size"]
     L = [f"# Rapid Adapt benchmark", "", f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, {res['date']}; "
          f"in-process figures with {torch.get_num_threads()} torch threads; the service with {os.environ['WEB_CONCURRENCY']} "
-         f"uvicorn processes and Celery workers of 1 torch thread each. Medians (25th-75th percentile) in ms unless stated.", "",
+         f"uvicorn processes and Celery workers of {threads} torch thread(s) each. Medians (25th-75th percentile) in ms unless stated.", "",
          "## A. Adaptation compute (in process)", "", "| task | `adapt` | classic loop | speed-up | quality (ours vs classic) |",
          "| --- | --- | --- | --- | --- |"]
     L += [f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['naive'])} | {r['naive']['median'] / r['ours']['median']:.1f}x | {r['quality']} |" for r in A]
@@ -300,14 +300,15 @@ def main(argv=None) -> None:
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     res["adapt"] = bench_adapt_compute(args.reps)
     os.environ.setdefault("WEB_CONCURRENCY", "2")  # uvicorn worker processes: the GIL, not the cores, limits one
-    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=1).start()
+    threads = int(os.environ.get("RAPID_ADAPT_TORCH_THREADS", "1"))
+    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=threads).start()
     try:
         res["e2e"] = bench_end_to_end(stack, args.jobs)
         res["predict"] = bench_prediction(stack, args.reps, args.seconds)
         res["size"] = bench_size(stack)
     finally:
         stack.stop()
-    text = report(res)
+    text = report(res, threads)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(text)
