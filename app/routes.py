@@ -119,7 +119,8 @@ def create_adaptation(
             raise
         metrics.ADAPTATIONS.labels(body.model).inc()
     response.headers["X-Adaptation-ID"] = aid
-    record = store.get(aid) or record
+    if not created:  # an idempotent retry: answer with the stored adaptation
+        record = store.get(aid) or record
     if wait:
         record = wait_for(store, aid, wait, record)
     if record["status"] in DONE:

@@ -27,8 +27,10 @@ INPUT_SPECS = {
 }
 
 
-def names(directory: Path = checkpoint.CHECKPOINT_DIR) -> list[str]:
-    return [n for n in SERVED if (Path(directory) / f"{n}.safetensors").exists()]
+@lru_cache(maxsize=None)
+def names(directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[str, ...]:
+    """The served bases present on disk (looked up once per process: checkpoints ship with the code)."""
+    return tuple(n for n in SERVED if (Path(directory) / f"{n}.safetensors").exists())
 
 
 @lru_cache(maxsize=None)

@@ -160,7 +160,7 @@ def test_checkpoint_round_trips_bit_for_bit(tmp_path):
 
 
 def test_registry_serves_both_bases():
-    assert registry.names() == ["omniglot-conv4", "sinusoid-mlp"]
+    assert registry.names() == ("omniglot-conv4", "sinusoid-mlp")
     model, spec = registry.load("omniglot-conv4")
     assert spec["task"] == "classification" and spec["max_ways"] >= 20 and spec["input"]["shape"] == [1, 28, 28]
     assert not any(p.requires_grad for p in model.parameters())
