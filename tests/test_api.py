@@ -358,3 +358,23 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
             assert time.monotonic() < deadline, s.logs()
             time.sleep(0.5)
         assert len(c.predict(a["id"], [[0.0]])) == 1
+
+
+def test_auth_is_off_only_when_a_setting_says_so(capsys, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("RAPID_ADAPT_API_KEYS", "t:k")  # for the module-level app that the import builds
+    from app.main import create_app
+    from app.settings import Settings
+
+    with pytest.raises(RuntimeError, match="RAPID_ADAPT_API_KEYS"):
+        create_app(Settings(api_keys="", auth="on"))
+    with pytest.raises(ValueError, match="tenant:key"):
+        create_app(Settings(api_keys="no-colon", auth="on"))
+    app = create_app(Settings(api_keys="", auth="off", redis_url="redis://127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0"))
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/v1/adaptations")  # no key needed, but Redis is not there: 503, never a 500
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert any(e["level"] == "warning" and "RAPID_ADAPT_AUTH=off" in e["event"] for e in events)
