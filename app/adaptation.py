@@ -24,9 +24,11 @@ def base_on(name: str, dev: str):
     return model.to(dev) if dev != "cpu" else model
 
 
-def warm_up(dev: torch.device) -> None:
-    """Load every base and run one tiny adaptation on each, so the first real job
-    does not pay for allocator and thread-pool start-up."""
+def warm_up(dev: torch.device, threads: int = 0) -> None:
+    """Set torch's thread count (0 keeps its default), load every base and run one tiny
+    adaptation on each, so the first real job does not pay for allocator and thread-pool start-up."""
+    if threads:
+        torch.set_num_threads(threads)
     for name in registry.names():
         model = base_on(name, dev.type)
         x = torch.zeros(2, *model.input_shape, device=dev)

@@ -38,10 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = 100
-        warm_up(torch.device("cpu"))  # every base in memory, and run once, before the first request
+        warm_up(torch.device("cpu"), settings.torch_threads)  # every base in memory, run once, before the first request
         if settings.auth == "off":
             log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
         yield

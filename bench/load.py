@@ -63,10 +63,11 @@ end
 def run_wrk(args) -> dict:
     ids = Path(args.ids).read_text().split()
     body = Path(args.body).read_text()
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
         f.write(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), body, args.key))
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(args.concurrency), "-d", f"{max(1, int(args.seconds))}s", "-s", f.name,
-                          "--timeout", "10s", args.url], capture_output=True, text=True).stdout
+        f.flush()
+        out = subprocess.run(["wrk", "-t", "1", "-c", str(args.concurrency), "-d", f"{max(1, int(args.seconds))}s",
+                              "-s", f.name, "--timeout", "10s", args.url], capture_output=True, text=True).stdout
     r = json.loads(re.search(r"JSON (\{.*\})", out).group(1))
     return {"tool": "wrk", **r}
 

@@ -1,4 +1,4 @@
-"""The benchmark: `python -m bench.run` (about 5 minutes on 2 cores).
+"""The benchmark: `python -m bench.run` (2 to 3 minutes on 2 cores).
 
 Every figure is a median with its spread, next to the naive baseline
 (bench/naive.py) measured in the same run, and reported as a ratio:

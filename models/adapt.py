@@ -110,8 +110,10 @@ def adapt(
         loss_after = model.loss(model.fast_forward(fast, feats.detach()), y)
         if not train and steps:
             stopped |= diverged(loss_after, loss_before)
-            fast = {n: p.detach() for n, p in pick(stopped, best, fast).items()}
-            loss_after = model.loss(model.fast_forward(fast, feats), y)
+            if stopped.any():  # only then do the kept weights differ from the last step's
+                fast = pick(stopped, best, fast)
+                loss_after = model.loss(model.fast_forward(fast, feats), y)
+            fast = {n: p.detach() for n, p in fast.items()}
     return Adapted(fast, loss_after if loss_before is None else loss_before, loss_after, steps, path, stopped)
 
 

@@ -11,7 +11,6 @@ import logging
 import time
 from datetime import datetime, timezone
 
-import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.adaptation import device, run_adaptation
@@ -19,6 +18,7 @@ from app.adaptation import warm_up as warm
 from app.jobs import TASK_NAME
 from app.settings import get_settings
 from app.store import Store
+
 from .celery_app import app
 
 log = logging.getLogger("rapid_adapt.worker")
@@ -38,9 +38,7 @@ def now() -> str:
 
 def warm_up() -> None:
     """Load every base once per worker process, on the GPU when there is one."""
-    if get_settings().torch_threads:
-        torch.set_num_threads(get_settings().torch_threads)
-    warm(device())
+    warm(device(), get_settings().torch_threads)
 
 
 @app.task(name=TASK_NAME)
