@@ -9,7 +9,7 @@ from functools import lru_cache
 
 import torch
 
-from models import registry
+from models import registry, runtime
 from models.adapt import adapt
 
 
@@ -25,10 +25,9 @@ def base_on(name: str, dev: str):
 
 
 def warm_up(dev: torch.device, threads: int = 0) -> None:
-    """Set torch's thread count (0 keeps its default), load every base and run one tiny
+    """Configure the process for torch (`models.runtime`), load every base and run one tiny
     adaptation on each, so the first real job does not pay for allocator and thread-pool start-up."""
-    if threads:
-        torch.set_num_threads(threads)
+    runtime.configure(threads)
     for name in registry.names():
         model = base_on(name, dev.type)
         x = torch.zeros(2, *model.input_shape, device=dev)

@@ -1,4 +1,7 @@
-"""Dependencies injected into routes: settings, store, queue, predictor, tenant."""
+"""Dependencies injected into routes: settings, store, queue, predictor, tenant.
+
+All `async def`: none blocks, and FastAPI runs a plain `def` dependency in the
+thread pool, one hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -10,23 +13,23 @@ from .errors import ApiError
 from .settings import Settings
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def store(request: Request):
+async def store(request: Request):
     return request.app.state.store
 
 
-def queue(request: Request):
+async def queue(request: Request):
     return request.app.state.queue
 
 
-def predictor(request: Request):
+async def predictor(request: Request):
     return request.app.state.predictor
 
 
-def tenant(request: Request, authorization: str | None = Header(None, description="Bearer KEY")) -> str:
+async def tenant(request: Request, authorization: str | None = Header(None, description="Bearer KEY")) -> str:
     """The caller's tenant from `Authorization: Bearer KEY` (or "public" with auth off)."""
     s: Settings = request.app.state.settings
     if s.auth == "off":

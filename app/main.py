@@ -124,51 +124,57 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    limit = settings.max_body_bytes
+    app.add_middleware(Observe, limit=settings.max_body_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
+
+class Observe:
+    """Plain ASGI middleware (Starlette's @app.middleware costs a task and two streams
+    per request): X-Request-ID, request metrics, one JSON log line per request, and
+    the body-size limit, by Content-Length up front and by counting chunked bodies."""
+
+    def __init__(self, inner, limit: int):
+        self.inner, self.limit = inner, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            response = ORJSONResponse(ApiError(413, "body_too_large", f"request body over {limit} bytes").body(), 413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(request.method, path, response.status_code).inc()
-        elapsed = time.perf_counter() - started
-        metrics.LATENCY.labels(request.method, path).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id
-        aid = request.path_params.get("aid") or response.headers.get("x-adaptation-id")
-        log.info("request", extra={"request_id": request_id, "method": request.method, "route": path,
-                                   "status": response.status_code, "duration_ms": round(1000 * elapsed, 2),
-                                   **({"adaptation_id": aid} if aid else {})})
-        return response
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        status, seen, aid = 500, 0, None
 
-    class BodyLimit:
-        """Refuse chunked bodies that grow past the limit (Content-Length is checked above)."""
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, "body_too_large", f"request body over {self.limit} bytes")
+            return message
 
-        def __init__(self, inner):
-            self.inner = inner
+        async def observed(message):
+            nonlocal status, aid
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                aid = next((v.decode() for k, v in message["headers"] if k == b"x-adaptation-id"), None)
+            await send(message)
 
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            seen = 0
-
-            async def limited():
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise ApiError(413, "body_too_large", f"request body over {limit} bytes")
-                return message
-
-            return await self.inner(scope, limited, send)
-
-    app.add_middleware(BodyLimit)
+        length = headers.get(b"content-length", b"")
+        try:
+            if length.isdigit() and int(length) > self.limit:
+                body = ApiError(413, "body_too_large", f"request body over {self.limit} bytes").body()
+                await ORJSONResponse(body, 413)(scope, receive, observed)
+            else:
+                await self.inner(scope, limited, observed)
+        finally:  # logged and counted even when an unexpected error escapes as a 500
+            route = getattr(scope.get("route"), "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            metrics.REQUESTS.labels(scope["method"], route, status).inc()
+            metrics.LATENCY.labels(scope["method"], route).observe(elapsed)
+            aid = scope.get("path_params", {}).get("aid") or aid
+            log.info("request", extra={"request_id": request_id, "method": scope["method"], "route": route,
+                                       "status": status, "duration_ms": round(1000 * elapsed, 2),
+                                       **({"adaptation_id": aid} if aid else {})})
 
 
 app = create_app()

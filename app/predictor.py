@@ -83,12 +83,12 @@ class Batcher:
                         if not fut.done():
                             fut.set_exception(exc)
 
-    @staticmethod
     @torch.inference_mode()
-    def _run(name: str, group: list) -> None:
+    def _run(self, name: str, group: list) -> None:
         model, _ = registry.load(name)
-        metrics.PREDICT_BATCH.observe(sum(x.shape[0] for _, _, x, _ in group))
-        feats = model.embed(torch.cat([x for _, _, x, _ in group]))
+        x = torch.cat([x for _, _, x, _ in group])
+        metrics.PREDICT_BATCH.observe(x.shape[0])
+        feats = torch.cat([model.embed(chunk) for chunk in x.split(self.max_batch)])
         start = 0
         for _, fast, x, fut in group:
             f = feats[start:start + x.shape[0]].unsqueeze(0)

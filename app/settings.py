@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     list_page_size: int = 20
 
     lru_size: int = 4096  # adapted weights held in the API process
-    predict_max_batch: int = 512  # images per batched forward pass
+    predict_max_batch: int = 64  # images per forward pass: larger batches only add memory traffic on CPU
     torch_threads: int = 0  # 0: torch's default
 
     job_soft_time_limit: float = 60.0

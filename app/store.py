@@ -3,7 +3,8 @@
 Durable store (settings.redis_url, must not evict), every key with the
 adaptation's TTL:
   ra:a:{id}               hash: the adaptation record, each field JSON-encoded
-  ra:s:{id}               support set as safetensors bytes {x, y}
+  ra:s:{id}               support set as safetensors bytes {x, y}; images as
+                          their 8-bit gray levels {x_levels, y}, a quarter of the bytes
   ra:idem:{tenant}:{key}  "{id} {request fingerprint}" for Idempotency-Key
   ra:t:{tenant}           sorted set of the tenant's ids by creation time
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
@@ -23,6 +24,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from models.preprocess import from_levels, to_levels
+
 from .settings import Settings
 
 _SET_IF_EXISTS = """
@@ -40,6 +43,16 @@ def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 def bytes_to_tensors(data: bytes) -> dict[str, torch.Tensor]:
     return st_load(data)
+
+
+def support_to_bytes(support: dict[str, torch.Tensor]) -> bytes:
+    levels = to_levels(support["x"])
+    return tensors_to_bytes(support if levels is None else {"x_levels": levels, "y": support["y"]})
+
+
+def bytes_to_support(data: bytes) -> dict[str, torch.Tensor]:
+    t = bytes_to_tensors(data)
+    return {"x": from_levels(t["x_levels"]), "y": t["y"]} if "x_levels" in t else t
 
 
 def _client(url: str, settings: Settings) -> redis.Redis:
@@ -74,7 +87,7 @@ class Store:
         p = self.r.pipeline(transaction=True)
         p.hset(f"ra:a:{aid}", mapping={k: json.dumps(v) for k, v in record.items()})
         p.expire(f"ra:a:{aid}", ttl)
-        p.set(f"ra:s:{aid}", tensors_to_bytes(support), ex=ttl)
+        p.set(f"ra:s:{aid}", support_to_bytes(support), ex=ttl)
         p.zadd(f"ra:t:{tenant}", {aid: record["created_ts"]})
         p.expire(f"ra:t:{tenant}", self.max_index_ttl)
         p.execute()
@@ -122,7 +135,7 @@ class Store:
 
     def support(self, aid: str) -> dict[str, torch.Tensor] | None:
         data = self.r.get(f"ra:s:{aid}")
-        return bytes_to_tensors(data) if data else None
+        return bytes_to_support(data) if data else None
 
     # ---- weights cache -----------------------------------------------------
     def put_weights(self, aid: str, fast: dict[str, torch.Tensor], ttl: int) -> int:

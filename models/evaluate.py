@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import checkpoint, omniglot, registry, sinusoid
+from . import checkpoint, omniglot, registry, runtime, sinusoid
 from .adapt import adapt, predict
 from .baselines import Classifier, classic_finetune
 from .nets import Base
@@ -188,6 +188,7 @@ def main(argv=None) -> None:
     m.add_argument("--out", required=True); m.add_argument("--split", default="test", choices=list(omniglot.SPLITS))
     m.add_argument("--runs", type=int, default=20); m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    runtime.configure()
     if args.command == "omniglot":
         args.protocol_text = f"within-alphabet episodes on the {args.split} alphabets {omniglot.SPLITS[args.split]}, {args.queries} queries per class"
         write_report(args, evaluate_omniglot(args))

@@ -72,13 +72,25 @@ class Conv4(Base):
             blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU()]
             blocks += [nn.MaxPool2d(2)] if i < 3 or final_pool else []
             c_in = channels
-        self.body = nn.Sequential(*blocks, nn.Flatten())
+        self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
+        self.final_pool = final_pool
         self.dim = channels * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
 
     def embed(self, x):
-        return self.body(x)
+        """`self.body(x)`, written for CPU speed (20 images: about 14 -> 8 ms on one
+        thread): the one-channel first conv as a matmul over 3x3 patches, and 2x2
+        max-pooling as the max of four strided views, taken before the ReLU (they
+        commute), where PyTorch's NCHW max_pool2d and 1-channel conv are slow."""
+        convs, norms = self.body[0::4], self.body[1::4]
+        first = convs[0]
+        patches = F.unfold(x, 3, padding=1)  # [B, 9, H*W]
+        h = (first.weight.flatten(1) @ patches + first.bias.unsqueeze(1)).unflatten(2, x.shape[-2:])
+        for i in range(4):
+            h = norms[i](convs[i](h) if i else h)
+            h = F.relu(pool2x2(h) if i < 3 or self.final_pool else h)
+        return h.flatten(1)
 
     def init_fast(self, feats, y, n_ways):
         onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
@@ -87,6 +99,13 @@ class Conv4(Base):
 
     def fast_forward(self, fast, feats):
         return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
+
+
+def pool2x2(h: torch.Tensor) -> torch.Tensor:
+    """max_pool2d(h, 2) (floor mode) as the max of four strided views."""
+    H, W = h.shape[-2] // 2 * 2, h.shape[-1] // 2 * 2
+    return torch.maximum(torch.maximum(h[..., 0:H:2, 0:W:2], h[..., 0:H:2, 1:W:2]),
+                         torch.maximum(h[..., 1:H:2, 0:W:2], h[..., 1:H:2, 1:W:2]))
 
 
 class SinusoidMLP(Base):

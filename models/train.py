@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, omniglot, sinusoid
+from . import checkpoint, omniglot, runtime, sinusoid
 from .adapt import adapt
 from .nets import Base, Conv4, SinusoidMLP
 
@@ -109,6 +109,12 @@ def meta_train(args) -> None:
         family = OmniglotFamily(args)
     else:
         model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
+    if args.init:
+        start, init_meta = checkpoint.load(Path(args.out) / args.init)
+        if init_meta["architecture_kwargs"] != architecture_kwargs(args):
+            raise SystemExit(f"--init {args.init}: architecture {init_meta['architecture_kwargs']} != {architecture_kwargs(args)}")
+        model.load_state_dict(start.state_dict())
+        args.init_from = {k: init_meta.get(k) for k in ("name", "algorithm", "training", "validation")}
     learn_phi = args.algorithm == "metasgd"
     model.step_sizes.requires_grad_(learn_phi)
     first_order = args.first_order or args.algorithm == "fomaml"
@@ -119,6 +125,11 @@ def meta_train(args) -> None:
     weights = step_weights(args.step_weights, args.steps)
     best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
     started, running, skipped = time.time(), None, 0
+    if args.init:  # the starting point is the score to beat
+        model.eval()
+        best = family.validate(model)
+        log["iteration"].append(0); log["train_loss"].append(math.nan); log["val"].append(best)
+        save(model, args, family, best, log, started, skipped)
     bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
     for it in bar:
         model.train()
@@ -269,6 +280,7 @@ def main(argv=None) -> None:
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-tasks", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="continue meta-training from this checkpoint in --out (same architecture)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=str(checkpoint.CHECKPOINT_DIR))
     args = p.parse_args(argv)
@@ -279,8 +291,7 @@ def main(argv=None) -> None:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.configure(args.threads)
     (train_transfer if args.family.endswith("-transfer") else meta_train)(args)
 
 

@@ -114,6 +114,22 @@ def test_predictions_do_not_depend_on_the_batch(ds):
     assert alone.argmax() == among.argmax()
 
 
+@pytest.mark.parametrize("final_pool", [True, False])
+def test_fast_embedding_computes_the_reference_network(ds, final_pool):
+    """`Conv4.embed` rewrites the conv and pooling for speed; values and gradients
+    must stay those of the plain nn.Sequential it is checked against."""
+    torch.manual_seed(0)
+    model = Conv4(final_pool=final_pool)
+    x = ds.images[:9]
+    fast, ref = model.embed(x), model.body(x)
+    assert fast.shape == (9, model.dim)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), list(model.body.parameters()))
+    g_ref = torch.autograd.grad(model.body(x).square().sum(), list(model.body.parameters()))
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda x, y: (x[:0], y[:0]), "empty"),
     (lambda x, y: (x, torch.zeros_like(y)), "at least 2 classes"),
