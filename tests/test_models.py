@@ -213,3 +213,20 @@ def test_official_run_format_scores_the_base(tmp_path, ds, capsys):
     error = evaluate.omniglot_runs(args)
     assert 0.0 <= error < 0.3  # chance is 95% error
     assert "error rate over 2 runs" in capsys.readouterr().out
+
+
+def test_training_writes_the_best_checkpoint_and_init_continues_from_it(tmp_path):
+    from models import train
+    common = ["sinusoid", "--iterations", "4", "--val-every", "2", "--val-tasks", "5", "--meta-batch", "2",
+              "--threads", "1", "--out", str(tmp_path)]
+    train.main([*common, "--name", "first"])
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["algorithm"] == "metasgd" and (tmp_path / "first.safetensors").exists()
+    assert first["validation"]["best"] == max(first["validation"]["curve"].values())
+    train.main([*common, "--name", "second", "--init", "first"])
+    second = json.loads((tmp_path / "second.json").read_text())
+    assert second["training"]["init_from"]["name"] == "first"
+    assert second["validation"]["curve"]["0"] == first["validation"]["best"]  # it starts where the best left off
+    assert second["validation"]["best"] >= first["validation"]["best"]
+    with pytest.raises(SystemExit, match="architecture"):
+        train.main([*common, "--name", "third", "--init", "first", "--steps", "3"])
