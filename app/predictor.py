@@ -4,8 +4,9 @@ Adapted weights come through a bounded in-process LRU, then the weights cache
 in Redis; weights evicted from Redis are rebuilt from the stored support set
 with the same `run_adaptation` the worker uses. Tensor work never runs on the
 event loop: one batcher thread takes every request waiting at that moment,
-embeds all their images in one forward pass of the shared base (also across
-different adaptations of one base), then applies each adaptation's head.
+embeds all their images together (also across different adaptations of one
+base; in passes of at most `predict_max_batch` images, past which a pass only
+gets slower per image on CPU), then applies each adaptation's head.
 """
 
 from __future__ import annotations
