@@ -74,6 +74,7 @@ class Conv4(Base):
             c_in = channels
         self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
         self.final_pool = final_pool
+        self.blocks = tuple(zip(self.body[0::4], self.body[1::4]))  # (conv, norm) x 4, for `embed` (not registered twice)
         self.dim = channels * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
@@ -83,12 +84,11 @@ class Conv4(Base):
         thread): the one-channel first conv as a matmul over 3x3 patches, and 2x2
         max-pooling as the max of four strided views, taken before the ReLU (they
         commute), where PyTorch's NCHW max_pool2d and 1-channel conv are slow."""
-        convs, norms = self.body[0::4], self.body[1::4]
-        first = convs[0]
+        first = self.blocks[0][0]
         patches = F.unfold(x, 3, padding=1)  # [B, 9, H*W]
         h = (first.weight.flatten(1) @ patches + first.bias.unsqueeze(1)).unflatten(2, x.shape[-2:])
-        for i in range(4):
-            h = norms[i](convs[i](h) if i else h)
+        for i, (conv, norm) in enumerate(self.blocks):
+            h = norm(conv(h) if i else h)
             h = F.relu(pool2x2(h) if i < 3 or self.final_pool else h)
         return h.flatten(1)
 
