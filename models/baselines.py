@@ -14,15 +14,17 @@ from .nets import Base
 
 
 class Classifier(nn.Module):
-    """A standard classifier: a base's embedding plus a linear head of N outputs."""
+    """A standard classifier: a copy of a base's embedding plus a linear head of N
+    outputs. It runs the base's own `embed`, so a baseline and the meta-learned base
+    share one forward pass and compare on method, not on implementation."""
 
     def __init__(self, base: Base, n_ways: int):
         super().__init__()
-        self.body = copy.deepcopy(base.body)
+        self.base = copy.deepcopy(base)
         self.head = nn.Linear(base.dim, n_ways)
 
     def forward(self, x):
-        return self.head(self.body(x))
+        return self.head(self.base.embed(x))
 
 
 def classic_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, task: str,
