@@ -128,6 +128,9 @@ def test_fast_embedding_computes_the_reference_network(ds, final_pool):
     g_ref = torch.autograd.grad(model.body(x).square().sum(), list(model.body.parameters()))
     for a, b in zip(g_fast, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    with torch.inference_mode():  # the forward-only path that serving and evaluation take
+        torch.testing.assert_close(model.embed_inference(x), ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.embed(x), ref.detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad, message", [
