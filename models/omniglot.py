@@ -109,11 +109,14 @@ def load(cache_dir: Path = CACHE_DIR) -> Omniglot:
 class EpisodeSampler:
     """N-way K-shot episodes with every class drawn from ONE alphabet (Lake et
     al.'s within-alphabet protocol). With `rotations`, each character rotated by
-    90/180/270 degrees is a new class; an episode keeps one rotation when the
-    alphabet has enough characters. `jitter` adds a small random affine warp."""
+    90/180/270 degrees is a new class (with `flips` also its mirror images: the 8
+    symmetries of the square); an episode keeps one variant when the alphabet has
+    enough characters. `jitter` adds a small random affine warp."""
 
-    def __init__(self, ds: Omniglot, split: str, rotations: bool = False, jitter: bool = False):
-        self.ds, self.rotations, self.jitter = ds, rotations, jitter
+    def __init__(self, ds: Omniglot, split: str, rotations: bool = False, jitter: bool = False, flips: bool = False,
+                 shear: float = 0.0):
+        self.ds, self.jitter, self.shear = ds, jitter, shear
+        self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
         order = torch.argsort(ds.char * 100 + ds.drawer)
         for c in self.ds.chars_of(SPLITS[split]):
@@ -125,18 +128,18 @@ class EpisodeSampler:
 
     def sample_ids(self, n_way: int, k_shot: int, n_query: int, gen: torch.Generator):
         """An episode as image indices: -> support [(index, rotation, label)], query [...]."""
-        names = sorted(a for a, cs in self.alphabets.items() if len(cs) * (4 if self.rotations else 1) >= n_way)
+        names = sorted(a for a, cs in self.alphabets.items() if len(cs) * self.variants >= n_way)
         if not names:
             raise ValueError(f"no alphabet in this split has {n_way} classes")
         alphabet = names[int(torch.randint(len(names), (1,), generator=gen))]
         chars = self.alphabets[alphabet]
-        if not self.rotations:
+        if self.variants == 1:
             classes = [(chars[i], 0) for i in torch.randperm(len(chars), generator=gen)[:n_way]]
         elif len(chars) >= n_way:
-            rot = int(torch.randint(4, (1,), generator=gen))
+            rot = int(torch.randint(self.variants, (1,), generator=gen))
             classes = [(chars[i], rot) for i in torch.randperm(len(chars), generator=gen)[:n_way]]
         else:
-            pool = [(c, r) for c in chars for r in range(4)]
+            pool = [(c, r) for c in chars for r in range(self.variants)]
             classes = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:n_way]]
         support, query = [], []
         for label, (c, rot) in enumerate(classes):
@@ -153,20 +156,29 @@ class EpisodeSampler:
         return sx, sy, qx, qy
 
     def tensors(self, ids, gen: torch.Generator):
-        x = torch.stack([torch.rot90(self.ds.images[i], rot, dims=(1, 2)) for i, rot, _ in ids])
+        x = torch.stack([symmetry(self.ds.images[i], v) for i, v, _ in ids])
         if self.jitter:
-            x = affine_jitter(x, gen)
+            x = affine_jitter(x, gen, shear=self.shear)
         return x, torch.tensor([label for *_, label in ids])
 
 
-def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=0.1) -> torch.Tensor:
-    """Small random rotation, scale and shift per image (bilinear, zero = paper)."""
+def symmetry(img: torch.Tensor, v: int) -> torch.Tensor:
+    """The v-th of the 8 symmetries of the square: rotation by 90*(v%4) degrees, then a mirror if v >= 4."""
+    img = torch.rot90(img, v % 4, dims=(1, 2))
+    return img.flip(-1) if v >= 4 else img
+
+
+def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=0.1, shear=0.0) -> torch.Tensor:
+    """Small random rotation, scale, shift (and with `shear`, a horizontal shear) per
+    image (bilinear, zero = paper)."""
     n = x.shape[0]
     u = lambda: torch.rand(n, generator=gen) * 2 - 1
     a = u() * math.radians(degrees)
     s = 1 + u() * scale
     cos, sin = torch.cos(a) / s, torch.sin(a) / s
-    theta = torch.stack([torch.stack([cos, -sin, u() * shift], 1), torch.stack([sin, cos, u() * shift], 1)], 1)
+    k = u() * shear if shear else torch.zeros(n)  # no draw at 0: the same stream as before shear existed
+    theta = torch.stack([torch.stack([cos, cos * k - sin, u() * shift], 1),
+                         torch.stack([sin, sin * k + cos, u() * shift], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 

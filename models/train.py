@@ -46,7 +46,8 @@ class OmniglotFamily(Family):
     def __init__(self, args):
         ds = omniglot.load()
         self.args = args
-        self.train = omniglot.EpisodeSampler(ds, "train", rotations=True, jitter=True)
+        self.train = omniglot.EpisodeSampler(ds, "train", rotations=True, jitter=True, flips=args.flips,
+                                              shear=args.shear)
         self.val = omniglot.EpisodeSampler(ds, "val")
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         self.val_tasks = [self.val.sample(20, 1, 5, gen) for _ in range(args.val_tasks)]
@@ -105,7 +106,7 @@ def meta_train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     if args.family == "omniglot":
-        model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
+        model = Conv4(**architecture_kwargs(args))
         family = OmniglotFamily(args)
     else:
         model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
@@ -207,7 +208,7 @@ def train_transfer(args) -> None:
     x, c = ds.images[keep], ds.char[keep]
     remap = {ch: i for i, ch in enumerate(chars)}
     labels = torch.tensor([remap[int(v)] for v in c])
-    model = Conv4(steps=args.steps, step_size=args.step_size, final_pool=not args.no_final_pool)
+    model = Conv4(**architecture_kwargs(args))
     head = nn.Linear(model.dim, 4 * len(chars))
     opt = torch.optim.Adam([*model.body.parameters(), *head.parameters()], lr=args.lr)
     n = x.shape[0]
@@ -267,6 +268,8 @@ def main(argv=None) -> None:
     p.add_argument("--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts")
     p.add_argument("--no-final-pool", action="store_true",
                    help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
+    p.add_argument("--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)")
+    p.add_argument("--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--queries", type=int, default=None)
