@@ -7,7 +7,7 @@ import binascii
 
 import torch
 
-from models.preprocess import ImageError, decode_image
+from models.preprocess import ImageError, decode_levels, levels_to_tensor
 
 from .errors import invalid
 from .schemas import Example, ImageInput
@@ -16,16 +16,7 @@ from .schemas import Example, ImageInput
 def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
     shape = spec["input"]["shape"]
     if isinstance(value, ImageInput):
-        if spec["input"]["kind"] != "image":
-            raise invalid("invalid_input", f"{spec['name']} takes numeric arrays of shape {shape}, not images", *field)
-        try:
-            data = base64.b64decode(value.image, validate=True)
-        except (binascii.Error, ValueError):
-            raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
-        try:
-            return decode_image(data, max_pixels)
-        except ImageError as exc:
-            raise invalid(exc.code, str(exc), *field, "image") from None
+        return levels_to_tensor([image_levels(value, spec, max_pixels, field)])[0]
     try:
         t = torch.tensor(value, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):
@@ -37,7 +28,24 @@ def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
     return t
 
 
+def image_levels(value: ImageInput, spec: dict, max_pixels: int, field: list) -> bytes:
+    if spec["input"]["kind"] != "image":
+        raise invalid("invalid_input", f"{spec['name']} takes numeric arrays of shape {spec['input']['shape']}, "
+                      "not images", *field)
+    try:
+        data = base64.b64decode(value.image, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
+    try:
+        return decode_levels(data, max_pixels)
+    except ImageError as exc:
+        raise invalid(exc.code, str(exc), *field, "image") from None
+
+
 def batch(values: list, spec: dict, max_pixels: int, *field) -> torch.Tensor:
+    """Inputs -> [B, *shape]; a request of images only goes through one lookup table for all of them."""
+    if all(isinstance(v, ImageInput) for v in values):
+        return levels_to_tensor([image_levels(v, spec, max_pixels, [*field, i]) for i, v in enumerate(values)])
     return torch.stack([to_tensor(v, spec, max_pixels, [*field, i]) for i, v in enumerate(values)])
 
 

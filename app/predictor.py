@@ -87,9 +87,11 @@ class Batcher:
     @torch.inference_mode()
     def _run(self, name: str, group: list) -> None:
         model, _ = registry.load(name)
-        x = torch.cat([x for _, _, x, _ in group])
+        xs = [x for _, _, x, _ in group]
+        x = xs[0] if len(xs) == 1 else torch.cat(xs)
         metrics.PREDICT_BATCH.observe(x.shape[0])
-        feats = torch.cat([model.embed(chunk) for chunk in x.split(self.max_batch)])
+        passes = -(-x.shape[0] // self.max_batch)  # equal passes: 80 images as 40 + 40, not 64 + 16
+        feats = model.embed(x) if passes == 1 else torch.cat([model.embed(c) for c in x.tensor_split(passes)])
         start = 0
         for _, fast, x, fut in group:
             f = feats[start:start + x.shape[0]].unsqueeze(0)

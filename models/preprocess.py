@@ -26,8 +26,8 @@ class ImageError(ValueError):
         self.code = code
 
 
-def image_to_tensor(img: Image.Image, side: int = SIDE) -> torch.Tensor:
-    """PIL image (any size, ink dark on light) -> float32 [1, side, side], ink = 1."""
+def image_to_levels(img: Image.Image, side: int = SIDE) -> bytes:
+    """PIL image (any size, ink dark on light) -> side*side 8-bit gray levels, paper 255."""
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         paper = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -38,8 +38,17 @@ def image_to_tensor(img: Image.Image, side: int = SIDE) -> torch.Tensor:
         square = Image.new("L", (max(w, h),) * 2, 255)
         square.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
         img = square
-    img = img.resize((side, side), Image.Resampling.BOX)
-    return torch.from_numpy(_INK[np.asarray(img, dtype=np.uint8)]).unsqueeze(0)
+    return img.resize((side, side), Image.Resampling.BOX).tobytes()
+
+
+def image_to_tensor(img: Image.Image, side: int = SIDE) -> torch.Tensor:
+    """PIL image (any size, ink dark on light) -> float32 [1, side, side], ink = 1."""
+    return levels_to_tensor([image_to_levels(img, side)], side)[0]
+
+
+def levels_to_tensor(levels: list[bytes], side: int = SIDE) -> torch.Tensor:
+    """Gray levels of B images -> float32 [B, 1, side, side], through one lookup for the batch."""
+    return torch.from_numpy(_INK[np.frombuffer(b"".join(levels), dtype=np.uint8)]).view(-1, 1, side, side)
 
 
 _INK = 1.0 - np.arange(256, dtype=np.float32) / np.float32(255.0)  # gray level -> ink, paper 0.0
@@ -60,17 +69,18 @@ def to_levels(x: torch.Tensor) -> torch.Tensor | None:
     return gray if torch.equal(from_levels(gray), x) else None
 
 
-def decode_image(data: bytes, max_pixels: int, side: int = SIDE) -> torch.Tensor:
-    """PNG/JPEG bytes -> tensor as in training. Checks the pixel count from the
-    header before decoding, so a decompression bomb is refused without being inflated."""
+def decode_levels(data: bytes, max_pixels: int, side: int = SIDE) -> bytes:
+    """PNG/JPEG bytes -> gray levels as in training (`image_to_levels`). Checks the
+    pixel count from the header before decoding, so a decompression bomb is refused
+    without being inflated."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
         raise ImageError("image_too_large", "image is a decompression bomb") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("invalid_image", f"not a decodable image: only {' and '.join(FORMATS)} are taken") from None
     except Exception as exc:  # PIL raises many types for garbage
         raise ImageError("invalid_image", f"not a decodable image: {exc.__class__.__name__}") from None
-    if img.format not in FORMATS:
-        raise ImageError("invalid_image", f"image format {img.format} is not one of {', '.join(FORMATS)}")
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError("image_too_large", f"image has {w}x{h}={w * h} pixels, more than the limit {max_pixels}")
@@ -78,4 +88,9 @@ def decode_image(data: bytes, max_pixels: int, side: int = SIDE) -> torch.Tensor
         img.load()
     except Exception as exc:
         raise ImageError("invalid_image", f"image data is corrupt: {exc.__class__.__name__}") from None
-    return image_to_tensor(img, side)
+    return image_to_levels(img, side)
+
+
+def decode_image(data: bytes, max_pixels: int, side: int = SIDE) -> torch.Tensor:
+    """PNG/JPEG bytes -> float32 [1, side, side] as in training."""
+    return levels_to_tensor([decode_levels(data, max_pixels, side)], side)[0]

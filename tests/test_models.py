@@ -1,5 +1,6 @@
 """Unit tests of the ML core: the inner loop, the bases, data, checkpoints, evaluation."""
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -41,6 +42,36 @@ def test_omniglot_counts(ds):
 def test_served_png_is_preprocessed_exactly_as_in_training(ds):
     for i in (0, 1234, 4839):
         assert torch.equal(decode_image(omniglot.original_png(ds.files[i]), 10**6), ds.images[i])
+
+
+def test_a_batch_of_pngs_decodes_as_each_alone(ds):
+    from app.inputs import batch
+    from app.schemas import ImageInput
+    spec = registry.load("omniglot-conv4")[1]
+    ids = [0, 777, 2500, 4839]
+    values = [ImageInput(image=base64.b64encode(omniglot.original_png(ds.files[i])).decode()) for i in ids]
+    assert torch.equal(batch(values, spec, 10**6, "inputs"), ds.images[ids])
+
+
+def test_episodes_with_flips_use_the_8_symmetries_as_classes(ds):
+    img = ds.images[0]
+    variants = [omniglot.symmetry(img, v) for v in range(8)]
+    assert torch.equal(variants[4], img.flip(-1)) and torch.equal(variants[1], torch.rot90(img, 1, dims=(1, 2)))
+    assert len({tuple(v.flatten().tolist()) for v in variants}) == 8  # an asymmetric drawing: 8 distinct classes
+    sampler = omniglot.EpisodeSampler(ds, "train", rotations=True, flips=True)
+    tagalog = len(sampler.alphabets["Tagalog"])  # 17 characters: 136 classes with the symmetries
+    assert sampler.sample_ids(tagalog * 8, 1, 0, torch.Generator().manual_seed(0))[0]
+    with pytest.raises(ValueError):
+        omniglot.EpisodeSampler(ds, "train", rotations=True).sample_ids(47 * 4 + 1, 1, 0, torch.Generator())
+
+
+def test_shear_jitter_warps_and_zero_shear_keeps_the_old_stream(ds):
+    x = ds.images[:16]
+    plain = omniglot.affine_jitter(x, torch.Generator().manual_seed(0))
+    again = omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.0)
+    sheared = omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.3)
+    assert torch.equal(plain, again)
+    assert not torch.allclose(plain, sheared) and sheared.min() >= 0 and sheared.max() <= 1
 
 
 def test_any_size_jpeg_and_bad_images():
