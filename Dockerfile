@@ -33,4 +33,4 @@ USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD python3 -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)" || exit 1
-CMD ["sh", "-c", "exec uvicorn app.main:app --host ${HOST:-0.0.0.0} --port ${PORT:-8000} --timeout-graceful-shutdown 20"]
+CMD ["sh", "-c", "exec python -m app.serve --host ${HOST:-0.0.0.0} --port ${PORT:-8000} --timeout-graceful-shutdown 20"]

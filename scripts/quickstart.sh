@@ -22,7 +22,7 @@ for name in worker api; do
 done
 nohup python3 -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
   --without-gossip --without-mingle >run/worker.log 2>&1 & echo $! >run/worker.pid
-nohup python3 -m uvicorn app.main:app --host 127.0.0.1 --port "$PORT" >run/api.log 2>&1 & echo $! >run/api.pid
+nohup python3 -m app.serve --host 127.0.0.1 --port "$PORT" >run/api.log 2>&1 & echo $! >run/api.pid
 
 echo "waiting for http://127.0.0.1:$PORT/readyz ..."
 for _ in $(seq 120); do

@@ -82,8 +82,8 @@ class Stack:
         return w
 
     def start_api(self) -> None:
-        self._spawn([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
-                     str(self.api_port), "--log-level", "warning"], "api")
+        self._spawn([sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(self.api_port),
+                     "--log-level", "warning"], "api")
         wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 60, "api")
 
     def wait_ready(self, timeout: float = 60) -> None:
