@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import time
 
 import httpx
@@ -21,6 +22,7 @@ from app.demo import omniglot_task, sinusoid_task
 from models import evaluate, omniglot, registry
 
 from .conftest import KEYS
+from .stack import wait_until
 
 
 @pytest.fixture
@@ -378,3 +380,28 @@ def test_auth_is_off_only_when_a_setting_says_so(capsys, monkeypatch):
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert any(e["level"] == "warning" and "RAPID_ADAPT_AUTH=off" in e["event"] for e in events)
+
+
+def test_api_processes_each_serve_and_a_dead_one_is_replaced(new_stack):
+    """`python -m app.serve` with WEB_CONCURRENCY=2: two processes on their own
+    SO_REUSEPORT sockets both answer, and one killed is started again."""
+    s = new_stack()
+    s.env["WEB_CONCURRENCY"] = "2"
+    s.start_redis()
+    s.start_api()
+    parent = next(p for p in s.procs if "app.serve" in " ".join(map(str, p.args)))
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(parent.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    wait_until(lambda: len(children()) == 2, 30, "two API processes")
+    first = children()
+    clients = [httpx.Client(base_url=s.url, timeout=5) for _ in range(16)]  # 16 connections, spread by the kernel
+    assert all(c.get("/healthz").status_code == 200 for c in clients)
+    os.kill(first[0], signal.SIGKILL)
+    wait_until(lambda: len(children()) == 2 and first[0] not in children(), 30, "a replacement API process")
+    wait_until(lambda: all(httpx.get(s.url + "/healthz", timeout=2).status_code == 200 for _ in range(16)), 60,
+               "both API processes answering")
+    for c in clients:
+        c.close()
