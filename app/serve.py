@@ -22,6 +22,8 @@ import time
 
 import uvicorn
 
+from . import logs
+
 log = logging.getLogger("rapid_adapt.serve")
 
 
@@ -54,6 +56,7 @@ def main(argv=None) -> None:
     if args.workers == 1:
         return serve(*serve_args)
     listen_socket(args.host, args.port).close()  # a port in use fails here, once, not in N restarting children
+    logs.configure()  # the parent's own lines (a restarted process) as JSON, like the API's
     ctx = multiprocessing.get_context("spawn")
     start = lambda: ctx.Process(target=serve, args=serve_args, name="api", daemon=False)
     procs = [start() for _ in range(args.workers)]
@@ -73,7 +76,6 @@ def main(argv=None) -> None:
     while not stopping:
         for i, proc in enumerate(procs):
             if not proc.is_alive() and not stopping:
-                logging.basicConfig()
                 log.warning("API process %s exited with %s; starting another", proc.pid, proc.exitcode)
                 procs[i] = start()
                 procs[i].start()

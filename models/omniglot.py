@@ -1,7 +1,7 @@
 """Omniglot, minimal background alphabets: loading, caching, splits and episodes.
 
 The two zips beside this package hold 8 distinct alphabets (Greek and Latin are
-in both). They are decoded once through `preprocess.image_to_tensor` (the
+in both). They are decoded once through `preprocess.image_to_levels` (the
 function that also serves requests) and cached as a safetensors file. Splits
 are by whole alphabets, so validation and test characters come from alphabets
 the base never saw:
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .preprocess import SIDE, image_to_tensor
+from .preprocess import SIDE, image_to_levels, levels_to_tensor
 
 DATA_DIR = Path(__file__).parent / "data" / "omniglot"
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -63,7 +63,7 @@ class Omniglot:
         return [i for i, c in enumerate(self.char_names) if c.split("/")[0] in alphabets]
 
 
-def _read_zips() -> tuple[list[torch.Tensor], list[str], list[str]]:
+def _read_zips() -> tuple[torch.Tensor, list[str], list[str]]:
     images, names, files = [], [], []
     seen: set[str] = set()
     for z in ZIPS:
@@ -73,11 +73,11 @@ def _read_zips() -> tuple[list[torch.Tensor], list[str], list[str]]:
             for n in entries:
                 _, alphabet, character, fname = n.split("/")
                 if alphabet in alphabets:
-                    images.append(image_to_tensor(Image.open(io.BytesIO(zf.read(n)))))
+                    images.append(image_to_levels(Image.open(io.BytesIO(zf.read(n)))))
                     names.append(f"{alphabet}/{character}")
                     files.append(f"{alphabet}/{character}/{fname}")
             seen.update(alphabets)
-    return images, names, files
+    return levels_to_tensor(images), names, files
 
 
 def load(cache_dir: Path = CACHE_DIR) -> Omniglot:
@@ -92,7 +92,7 @@ def load(cache_dir: Path = CACHE_DIR) -> Omniglot:
     char_names = sorted(set(names))
     index = {c: i for i, c in enumerate(char_names)}
     ds = Omniglot(
-        images=torch.stack(images),
+        images=images,
         char=torch.tensor([index[n] for n in names]),
         drawer=torch.tensor([int(f.rsplit("_", 1)[1][:2]) - 1 for f in files]),
         char_names=char_names,

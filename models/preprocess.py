@@ -41,14 +41,11 @@ def image_to_levels(img: Image.Image, side: int = SIDE) -> bytes:
     return img.resize((side, side), Image.Resampling.BOX).tobytes()
 
 
-def image_to_tensor(img: Image.Image, side: int = SIDE) -> torch.Tensor:
-    """PIL image (any size, ink dark on light) -> float32 [1, side, side], ink = 1."""
-    return levels_to_tensor([image_to_levels(img, side)], side)[0]
-
-
 def levels_to_tensor(levels: list[bytes], side: int = SIDE) -> torch.Tensor:
-    """Gray levels of B images -> float32 [B, 1, side, side], through one lookup for the batch."""
-    return torch.from_numpy(_INK[np.frombuffer(b"".join(levels), dtype=np.uint8)]).view(-1, 1, side, side)
+    """Gray levels of B images (`image_to_levels`) -> float32 [B, 1, side, side], ink = 1,
+    through one lookup for the batch."""
+    gray = torch.frombuffer(bytearray(b"".join(levels)), dtype=torch.uint8)
+    return from_levels(gray).view(-1, 1, side, side)
 
 
 _INK = 1.0 - np.arange(256, dtype=np.float32) / np.float32(255.0)  # gray level -> ink, paper 0.0
@@ -56,7 +53,7 @@ _INK = 1.0 - np.arange(256, dtype=np.float32) / np.float32(255.0)  # gray level 
 
 def from_levels(gray: torch.Tensor) -> torch.Tensor:
     """8-bit gray levels (paper 255) -> the model's float input, ink = 1.0."""
-    return torch.from_numpy(_INK)[gray.long()]
+    return torch.from_numpy(_INK[gray.numpy()])  # numpy indexes by uint8 directly: 4x faster than .long()
 
 
 def to_levels(x: torch.Tensor) -> torch.Tensor | None:
