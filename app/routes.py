@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import torch
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import ORJSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from models import registry
 
 from . import deps, metrics
-from .errors import ApiError, invalid, not_found
-from .inputs import batch, support_tensors
+from .errors import ApiError, invalid
+from .inputs import support_tensors
+from .predictor import Predictor
+from .records import DONE, owned, wait_for
 from .schemas import (Adaptation, AdaptationCreate, AdaptationList, ErrorBody, ModelInfo, ModelList,
                       PredictionRequest, PredictionResponse)
 from .settings import Settings
@@ -24,7 +25,6 @@ from .store import Store
 
 router = APIRouter(prefix="/v1", default_response_class=ORJSONResponse, dependencies=[Depends(deps.tenant)], responses={
     401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-DONE = ("succeeded", "failed")
 
 
 def iso(t: datetime) -> str:
@@ -39,23 +39,6 @@ def spec_of(name: str, field: list) -> dict:
 
 def public(record: dict) -> dict:
     return Adaptation.model_validate(record).model_dump()
-
-
-def owned(store: Store, aid: str, tenant: str) -> dict:
-    record = store.get(aid)
-    if record is None or record["tenant"] != tenant:
-        raise not_found("adaptation")  # another tenant's adaptation is 404, not 403
-    return record
-
-
-def wait_for(store: Store, aid: str, seconds: float, record: dict) -> dict:
-    """Poll the record until the job ends or the time runs out."""
-    deadline, pause = time.monotonic() + seconds, 0.002
-    while record["status"] not in DONE and time.monotonic() < deadline:
-        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 1.5, 0.05)
-        record = store.get(aid) or record
-    return record
 
 
 def wait_param(settings: Settings, wait: float | None) -> float:
@@ -158,30 +141,29 @@ def delete_adaptation(aid: str, tenant: str = Depends(deps.tenant), store: Store
 
 @router.post("/adaptations/{aid}/predictions", response_model=PredictionResponse, summary="Predict query inputs",
              responses={409: {"model": ErrorBody, "description": "the adaptation has not succeeded (yet)"}})
-def predict(aid: str, body: PredictionRequest,
-            wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
-            tenant: str = Depends(deps.tenant), settings: Settings = Depends(deps.settings),
-            store: Store = Depends(deps.store), predictor=Depends(deps.predictor)):
+async def predict(aid: str, body: PredictionRequest,
+                  wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
+                  tenant: str = Depends(deps.tenant), settings: Settings = Depends(deps.settings),
+                  store: Store = Depends(deps.store), predictor: Predictor = Depends(deps.predictor)):
+    # async: the predictor thread reads the record, decodes and predicts; the event loop
+    # only builds the response from plain lists (and waits for a running job in the thread pool)
     wait = wait_param(settings, wait)
-    record = owned(store, aid, tenant)
     if not body.inputs:
         raise invalid("empty_inputs", "inputs is empty", "inputs")
     if len(body.inputs) > settings.max_query:
         raise invalid("too_many_inputs", f"at most {settings.max_query} inputs per request", "inputs")
-    spec = registry.load(record["model"])[1]
-    x = batch(body.inputs, spec, settings.max_image_pixels, "inputs")
-    if record["status"] not in DONE and wait:
-        record = wait_for(store, aid, wait, record)
-    if record["status"] != "succeeded":
+    got = await predictor.predict(aid, tenant, body.inputs)
+    if got.outputs is None and wait and got.record["status"] not in DONE:
+        await run_in_threadpool(wait_for, store, aid, wait, got.record)
+        got = await predictor.predict(aid, tenant, got.x)
+    record = got.record
+    if got.outputs is None:
         code = "adaptation_failed" if record["status"] == "failed" else "not_ready"
         raise ApiError(409, code, f"adaptation is {record['status']}", [record["status"]])
-    out = predictor.predict(record, x)
     if record["task"] == "classification":
-        probs = torch.softmax(out, -1).tolist()
         classes = record["classes"]
         keys = [str(c) for c in classes]
         return ORJSONResponse({"predictions": [{"label": classes[max(range(len(p)), key=p.__getitem__)],
-                                                "scores": dict(zip(keys, p))} for p in probs]})
-    values = out[:, 0].tolist()
+                                                "scores": dict(zip(keys, p))} for p in got.outputs]})
     shaped = (lambda v: [v]) if record["target_shape"] == [1] else (lambda v: v)
-    return ORJSONResponse({"predictions": [{"value": shaped(v)} for v in values]})  # built to the schema above
+    return ORJSONResponse({"predictions": [{"value": shaped(v)} for v in got.outputs]})  # built to the schema above

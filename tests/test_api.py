@@ -123,6 +123,26 @@ def test_async_client_round_trip(stack):
     assert len(asyncio.run(go())) == 1
 
 
+def test_concurrent_predictions_on_two_adaptations_match_one_at_a_time(acme, stack):
+    """Requests that arrive together share forward passes in the predictor thread,
+    across adaptations; each still gets its own answer."""
+    import asyncio
+
+    tasks = [omniglot_task(seed=s, n_query=2) for s in (11, 12)]
+    ids = [acme.create_adaptation("omniglot-conv4", support, wait=30)["id"] for support, _, _ in tasks]
+    alone = [acme.predict(aid, queries) for aid, (_, queries, _) in zip(ids, tasks)]
+
+    async def together():
+        async with AsyncClient(stack.url, api_key=KEYS["acme"]) as c:
+            return await asyncio.gather(*(c.predict(ids[k % 2], tasks[k % 2][1]) for k in range(12)))
+
+    for k, preds in enumerate(asyncio.run(together())):
+        expected = alone[k % 2]
+        assert [p["label"] for p in preds] == [p["label"] for p in expected]
+        for p, q in zip(preds, expected):
+            assert p["scores"] == pytest.approx(q["scores"], abs=1e-5)
+
+
 # ---- models, health, metrics, openapi ----------------------------------------
 
 def test_models_describe_inputs_limits_and_metrics(acme):
@@ -332,6 +352,24 @@ def test_worker_killed_mid_job_is_finished_by_another(new_stack):
         done = c.wait(a["id"], timeout=60)
         assert done["status"] == "succeeded", s.logs()
         assert len(c.predict(a["id"], [[0.0], [1.0]])) == 2
+
+
+def test_prediction_waits_for_a_running_adaptation(new_stack):
+    s = new_stack()
+    s.start_redis()
+    s.start_worker(fault_job_delay_seconds=1.5)
+    s.start_api()
+    s.wait_ready()
+    with Client(s.url, api_key=KEYS["acme"]) as c:
+        a = c.create_adaptation("sinusoid-mlp", sin_support())
+        e = error_of(lambda: c.predict(a["id"], [[0.0]]))
+        assert (e.status, e.code) == (409, "not_ready")
+        e = error_of(lambda: c.predict(a["id"], [[0.0, 1.0]], wait=20))  # inputs are checked before any wait
+        assert (e.status, e.code, e.details) == (422, "invalid_shape", ["inputs", 0])
+        t = time.monotonic()
+        values = c.predict(a["id"], [[0.0], [1.0]], wait=20)
+        assert len(values) == 2 and time.monotonic() - t < 15
+        assert c.adaptation(a["id"])["status"] == "succeeded"
 
 
 def test_redis_down_is_503_fast_and_recovers(new_stack):
