@@ -114,8 +114,8 @@ class EpisodeSampler:
     enough characters. `jitter` adds a small random affine warp."""
 
     def __init__(self, ds: Omniglot, split: str, rotations: bool = False, jitter: bool = False, flips: bool = False,
-                 shear: float = 0.0, elastic: float = 0.0):
-        self.ds, self.jitter, self.shear, self.elastic = ds, jitter, shear, elastic
+                 shear: float = 0.0):
+        self.ds, self.jitter, self.shear = ds, jitter, shear
         self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
         order = torch.argsort(ds.char * 100 + ds.drawer)
@@ -158,7 +158,7 @@ class EpisodeSampler:
     def tensors(self, ids, gen: torch.Generator):
         x = torch.stack([symmetry(self.ds.images[i], v) for i, v, _ in ids])
         if self.jitter:
-            x = affine_jitter(x, gen, shear=self.shear, elastic=self.elastic)
+            x = affine_jitter(x, gen, shear=self.shear)
         return x, torch.tensor([label for *_, label in ids])
 
 
@@ -168,12 +168,9 @@ def symmetry(img: torch.Tensor, v: int) -> torch.Tensor:
     return img.flip(-1) if v >= 4 else img
 
 
-def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=0.1, shear=0.0,
-                  elastic=0.0) -> torch.Tensor:
+def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=0.1, shear=0.0) -> torch.Tensor:
     """Small random rotation, scale, shift (and with `shear`, a horizontal shear) per
-    image (bilinear, zero = paper). With `elastic`, also a smooth random displacement
-    (up to `elastic` of the half-width at 4x4 control points, bicubic in between):
-    the wobble that differs from one drawer to the next."""
+    image (bilinear, zero = paper)."""
     n = x.shape[0]
     u = lambda: torch.rand(n, generator=gen) * 2 - 1
     a = u() * math.radians(degrees)
@@ -183,9 +180,6 @@ def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1
     theta = torch.stack([torch.stack([cos, cos * k - sin, u() * shift], 1),
                          torch.stack([sin, sin * k + cos, u() * shift], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    if elastic:  # no draw at 0, as for shear
-        field = (torch.rand(n, 2, 4, 4, generator=gen) * 2 - 1) * elastic
-        grid = grid + F.interpolate(field, size=x.shape[-2:], mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 

@@ -47,7 +47,7 @@ class OmniglotFamily(Family):
         ds = omniglot.load()
         self.args = args
         self.train = omniglot.EpisodeSampler(ds, "train", rotations=True, jitter=True, flips=args.flips,
-                                              shear=args.shear, elastic=args.elastic)
+                                              shear=args.shear)
         self.val = omniglot.EpisodeSampler(ds, "val")
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         self.val_tasks = [self.val.sample(20, 1, 5, gen) for _ in range(args.val_tasks)]
@@ -270,7 +270,6 @@ def main(argv=None) -> None:
                    help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
     p.add_argument("--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)")
     p.add_argument("--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter")
-    p.add_argument("--elastic", type=float, default=0.0, help="omniglot: size of the random smooth displacement in the jitter")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--queries", type=int, default=None)

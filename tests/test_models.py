@@ -65,15 +65,13 @@ def test_episodes_with_flips_use_the_8_symmetries_as_classes(ds):
         omniglot.EpisodeSampler(ds, "train", rotations=True).sample_ids(47 * 4 + 1, 1, 0, torch.Generator())
 
 
-def test_shear_and_elastic_jitter_warp_and_zero_keeps_the_old_stream(ds):
+def test_shear_jitter_warps_and_zero_shear_keeps_the_old_stream(ds):
     x = ds.images[:16]
     plain = omniglot.affine_jitter(x, torch.Generator().manual_seed(0))
-    again = omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.0, elastic=0.0)
+    again = omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.0)
+    sheared = omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.3)
     assert torch.equal(plain, again)
-    for warped in (omniglot.affine_jitter(x, torch.Generator().manual_seed(0), shear=0.3),
-                   omniglot.affine_jitter(x, torch.Generator().manual_seed(0), elastic=0.1)):
-        assert not torch.allclose(plain, warped) and warped.min() >= 0 and warped.max() <= 1
-        assert (warped - plain).abs().mean() < 0.2  # a warp of the same drawing (uniform noise: 0.47)
+    assert not torch.allclose(plain, sheared) and sheared.min() >= 0 and sheared.max() <= 1
 
 
 def test_any_size_jpeg_and_bad_images():
