@@ -107,14 +107,11 @@ class Predictor:
         """From the event loop: raises what the thread raised (404, 422, ...), TimeoutError past `timeout`."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.submit(Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result)))
+        self.q.put(Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result)))
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             raise TimeoutError("prediction timed out") from None
-
-    def submit(self, job: Job) -> None:
-        self.q.put(job)
 
     def forget(self, aid: str) -> None:
         self.lru.drop(aid)
