@@ -4,8 +4,9 @@ One thread per process does all the work of a prediction request: it reads the
 adaptation's record, decodes the inputs, finds the adapted weights, runs the
 forward pass and hands back plain lists. A request thus costs the event loop one
 hand-off and one callback. Handled in the thread pool and waiting there on a
-separate batcher thread, it cost four thread hand-offs and 5-10% more CPU per
-20-image request under load (per-thread CPU time from /proc, README).
+separate batcher thread, it cost four thread hand-offs and 8-9% more CPU per
+20-image request under load (per-process CPU time from /proc, two interleaved
+runs each; README).
 
 The thread takes every request waiting at that moment and embeds all their
 images together (also across different adaptations of one base; in equal passes
