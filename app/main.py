@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, PlainTextResponse
 from kombu.exceptions import OperationalError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models import registry
@@ -54,9 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = Store(settings)
     app.state.queue = Queue(settings)
     app.state.predictor = Predictor(settings, app.state.store)
-    registry_ = metrics.CollectorRegistry()
+    registry_ = CollectorRegistry()
     registry_.register(metrics.StoreCollector(app.state.store, app.state.queue, 3 * settings.worker_heartbeat_seconds + 1))
-    app.state.metrics_registries = [metrics.REGISTRY, registry_]
+    app.state.metrics_registries = [REGISTRY, registry_]
     app.include_router(router)
     install_error_handlers(app)
     install_middleware(app, settings)

@@ -1,6 +1,6 @@
 """Prometheus metrics of the API process (served at /metrics)."""
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("rapid_adapt_http_request_duration_seconds", "HTTP request latency", ["method", "route"],

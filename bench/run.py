@@ -266,7 +266,7 @@ def bench_size(stack: Stack) -> dict:
 
 def report(res: dict, threads: int) -> str:
     A, B, C, D = res["adapt"], res["e2e"], res["predict"], res["size"]
-    L = [f"# Rapid Adapt benchmark", "", f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, {res['date']}; "
+    L = ["# Rapid Adapt benchmark", "", f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, {res['date']}; "
          f"in-process figures with {torch.get_num_threads()} torch threads; the service with {os.environ['WEB_CONCURRENCY']} "
          f"uvicorn processes and Celery workers of {threads} torch thread(s) each. Medians (25th-75th percentile) in ms unless stated.", "",
          "## A. Adaptation compute (in process)", "", "| task | `adapt` | classic loop | speed-up | quality (ours vs classic) |",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .stack import KEYS, Stack  # noqa: F401  (KEYS is imported by the tests from here)
+from .stack import Stack
 
 
 @pytest.fixture(scope="session")

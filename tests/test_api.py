@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import os
 import signal
 import subprocess
@@ -17,11 +16,11 @@ import redis
 import torch
 from PIL import Image
 
-from app.client import AsyncClient, Client, RapidAdaptError, image_input
+from app.client import AsyncClient, Client, RapidAdaptError
 from app.demo import omniglot_task, sinusoid_task
 from models import evaluate, omniglot, registry
 
-from .conftest import KEYS
+from .stack import KEYS
 from .stack import wait_until
 
 
