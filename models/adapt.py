@@ -52,7 +52,7 @@ def check_support(model: Base, x: torch.Tensor, y: torch.Tensor, n_ways: int | N
             raise ValueError(f"support set has {n_ways} classes, more than this base's max_ways {model.max_ways}")
         if int(y.min()) < 0 or int(y.max()) >= n_ways:
             raise ValueError(f"labels must lie in 0..{n_ways - 1}")
-        present = torch.zeros(y.shape[0], n_ways, dtype=torch.bool).scatter_(1, y.long(), True)
+        present = torch.zeros(y.shape[0], n_ways, dtype=torch.bool, device=y.device).scatter_(1, y.long(), True)
         if not present.all():
             raise ValueError("every class 0..N-1 needs at least one support example")
         y = y.long()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .nets import ARCHITECTURES, Base
@@ -24,7 +23,7 @@ def save(model: Base, meta: dict, path: Path) -> None:
     """Write PATH.safetensors and PATH.json (meta must carry architecture and kwargs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(path.with_suffix(".safetensors")), metadata={"name": path.stem})
     path.with_suffix(".safetensors").chmod(0o644)  # safetensors writes 0600; images run as another user
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -51,8 +51,9 @@ class Base(nn.Module):
 
 class Conv4(Base):
     """Omniglot base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool),
-    28x28 -> a 64-d embedding. Group norm normalises each image on its own, so a
-    prediction never depends on the other images in the batch.
+    28x28 -> a 64-d embedding (`channels`: one width, or one per block). Group
+    norm normalises each image on its own, so a prediction never depends on the
+    other images in the batch.
 
     Fast weights are a linear head built per task from the class prototypes of
     the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, which is the
@@ -63,19 +64,22 @@ class Conv4(Base):
     task = "classification"
     input_shape = (1, 28, 28)
 
-    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1, max_ways: int = 50,
-                 final_pool: bool = True):
+    def __init__(self, channels: int | list[int] = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1,
+                 max_ways: int = 50, final_pool: bool = True):
         super().__init__(steps, step_size)
         self.max_ways = max_ways
+        widths = [channels] * 4 if isinstance(channels, int) else list(channels)
+        if len(widths) != 4:
+            raise ValueError(f"channels: one width or four, got {channels}")
         blocks, c_in = [], 1
-        for i in range(4):
-            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU()]
+        for i, c_out in enumerate(widths):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU()]
             blocks += [nn.MaxPool2d(2)] if i < 3 or final_pool else []
-            c_in = channels
+            c_in = c_out
         self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
         self.final_pool = final_pool
         self.blocks = tuple(zip(self.body[0::4], self.body[1::4]))  # (conv, norm) x 4, for `embed` (not registered twice)
-        self.dim = channels * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
+        self.dim = widths[-1] * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
 

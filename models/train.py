@@ -15,7 +15,6 @@ checkpoint is kept and written with its JSON, and the curves go to a PNG.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -50,12 +49,12 @@ class OmniglotFamily(Family):
                                               shear=args.shear)
         self.val = omniglot.EpisodeSampler(ds, "val")
         gen = torch.Generator().manual_seed(10_000 + args.seed)
-        self.val_tasks = [self.val.sample(20, 1, 5, gen) for _ in range(args.val_tasks)]
+        self.val_tasks = [[t.to(args.device) for t in self.val.sample(20, 1, 5, gen)] for _ in range(args.val_tasks)]
 
     def train_batch(self, gen):
         a = self.args
         eps = [self.train.sample(a.ways, a.shots, a.queries, gen) for _ in range(a.meta_batch)]
-        return [torch.stack(t) for t in zip(*eps)]
+        return [torch.stack(t).to(a.device) for t in zip(*eps)]
 
     def validate(self, model):
         correct = 0.0
@@ -73,10 +72,11 @@ class SinusoidFamily(Family):
     def __init__(self, args):
         self.args = args
         gen = torch.Generator().manual_seed(20_000 + args.seed)
-        self.val_tasks = sinusoid.sample_tasks(args.val_tasks, args.shots, 50, gen)
+        self.val_tasks = [t.to(args.device) for t in sinusoid.sample_tasks(args.val_tasks, args.shots, 50, gen)]
 
     def train_batch(self, gen):
-        return sinusoid.sample_tasks(self.args.meta_batch, self.args.shots, self.args.queries, gen)
+        a = self.args
+        return [t.to(a.device) for t in sinusoid.sample_tasks(a.meta_batch, a.shots, a.queries, gen)]
 
     def validate(self, model):
         sx, sy, qx, qy = self.val_tasks
@@ -88,6 +88,7 @@ class SinusoidFamily(Family):
 def architecture_kwargs(args) -> dict:
     kwargs = {"steps": args.steps, "step_size": args.step_size}
     if args.family.startswith("omniglot"):
+        kwargs |= {"channels": args.channels} if args.channels != 64 else {}  # the committed base's JSON predates it
         return kwargs | {"final_pool": not args.no_final_pool}
     return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
 
@@ -116,6 +117,7 @@ def meta_train(args) -> None:
             raise SystemExit(f"--init {args.init}: architecture {init_meta['architecture_kwargs']} != {architecture_kwargs(args)}")
         model.load_state_dict(start.state_dict())
         args.init_from = {k: init_meta.get(k) for k in ("name", "algorithm", "training", "validation")}
+    model.to(args.device)
     learn_phi = args.algorithm == "metasgd"
     model.step_sizes.requires_grad_(learn_phi)
     first_order = args.first_order or args.algorithm == "fomaml"
@@ -123,7 +125,7 @@ def meta_train(args) -> None:
     groups = [{"params": theta}] + ([{"params": list(model.step_sizes.parameters()), "lr": args.phi_lr}] if learn_phi else [])
     opt = torch.optim.Adam(groups, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
-    weights = step_weights(args.step_weights, args.steps)
+    weights = step_weights(args.step_weights, args.steps).to(args.device)
     best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
     started, running, skipped = time.time(), None, 0
     if args.init:  # the starting point is the score to beat
@@ -157,6 +159,8 @@ def meta_train(args) -> None:
                 best = score
                 save(model, args, family, best, log, started, skipped)  # the best so far is always on disk
             bar.set_postfix(loss=f"{running:.3f}", val=f"{score:.4f}", best=f"{best:.4f}", skipped=skipped)
+            bar.write(f"iteration {it}: train loss {running:.4f}, {family.metric} {score:.4f} (best {best:.4f}), "
+                      f"{time.time() - started:.0f} s")
     out = Path(args.out) / args.name
     plot_curves(log, family.metric, out.with_suffix(".training.png"))
     print(f"saved {out}.safetensors ({out.with_suffix('.safetensors').stat().st_size} bytes); best {family.metric} {best:.4f}")
@@ -255,6 +259,12 @@ def plot_curves(log: dict, metric: str, path: Path) -> None:
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
 
 
+def widths(text: str) -> int | list[int]:
+    """--channels: "64" -> 64, "64,64,128,128" -> [64, 64, 128, 128]."""
+    values = [int(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("family", choices=["omniglot", "sinusoid", "omniglot-transfer", "sinusoid-transfer"])
@@ -268,6 +278,8 @@ def main(argv=None) -> None:
     p.add_argument("--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts")
     p.add_argument("--no-final-pool", action="store_true",
                    help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
+    p.add_argument("--channels", type=widths, default=64,
+                   help="omniglot: conv widths, one for all four blocks or four comma-separated (e.g. 64,64,128,128)")
     p.add_argument("--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)")
     p.add_argument("--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter")
     p.add_argument("--ways", type=int, default=20)
@@ -285,6 +297,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", help="continue meta-training from this checkpoint in --out (same architecture)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="torch device for meta-training, e.g. cuda (episodes are sampled on the CPU)")
     p.add_argument("--out", default=str(checkpoint.CHECKPOINT_DIR))
     args = p.parse_args(argv)
     sin = args.family.startswith("sinusoid")

@@ -3,7 +3,6 @@
 import base64
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -145,15 +144,15 @@ def test_predictions_do_not_depend_on_the_batch(ds):
     assert alone.argmax() == among.argmax()
 
 
-@pytest.mark.parametrize("final_pool", [True, False])
-def test_fast_embedding_computes_the_reference_network(ds, final_pool):
+@pytest.mark.parametrize("final_pool, channels, dim", [(True, 64, 64), (False, 64, 576), (True, [64, 32, 48, 80], 80)])
+def test_fast_embedding_computes_the_reference_network(ds, final_pool, channels, dim):
     """`Conv4.embed` rewrites the conv and pooling for speed; values and gradients
-    must stay those of the plain nn.Sequential it is checked against."""
+    must stay those of the plain nn.Sequential it is checked against, for any widths."""
     torch.manual_seed(0)
-    model = Conv4(final_pool=final_pool)
+    model = Conv4(channels=channels, final_pool=final_pool)
     x = ds.images[:9]
     fast, ref = model.embed(x), model.body(x)
-    assert fast.shape == (9, model.dim)
+    assert fast.shape == (9, dim) and model.dim == dim
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     g_fast = torch.autograd.grad(fast.square().sum(), list(model.body.parameters()))
     g_ref = torch.autograd.grad(model.body(x).square().sum(), list(model.body.parameters()))
@@ -264,3 +263,13 @@ def test_training_writes_the_best_checkpoint_and_init_continues_from_it(tmp_path
     assert second["validation"]["best"] >= first["validation"]["best"]
     with pytest.raises(SystemExit, match="architecture"):
         train.main([*common, "--name", "third", "--init", "first", "--steps", "3"])
+
+
+def test_omniglot_widths_travel_in_the_checkpoint(tmp_path):
+    """`--channels` sets each block's width, and the checkpoint rebuilds exactly that network."""
+    from models import train
+    train.main(["omniglot", "--name", "w", "--channels", "16,16,24,32", "--flips", "--iterations", "2",
+                "--val-every", "2", "--val-tasks", "2", "--threads", "1", "--out", str(tmp_path)])
+    model, meta = checkpoint.load(tmp_path / "w")
+    assert meta["architecture_kwargs"]["channels"] == [16, 16, 24, 32]
+    assert [conv.out_channels for conv, _ in model.blocks] == [16, 16, 24, 32] and model.dim == 32
