@@ -51,15 +51,15 @@ class Base(nn.Module):
 
 class Conv4(Base):
     """Omniglot base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool),
-    28x28 -> a 64-d embedding (`channels`: one width, or one per block). Group
-    norm normalises each image on its own, so a prediction never depends on the
-    other images in the batch.
+    28x28 -> an embedding as wide as the last block (`channels`: one width for
+    all four, or one per block; 64 by default). Group norm normalises each image
+    on its own, so a prediction never depends on the other images in the batch.
 
     Fast weights are a linear head built per task from the class prototypes of
     the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, which is the
     prototype classifier by squared distance), so any N from 2 to `max_ways`, any
     labels and unequal shots work. Only the head adapts (ANIL): the embedding is
-    computed once per support set and the adapted state is N x 65 floats."""
+    computed once per support set and the adapted state is N x (dim + 1) floats."""
 
     task = "classification"
     input_shape = (1, 28, 28)

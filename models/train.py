@@ -35,7 +35,7 @@ class Family:
     """What the trainer needs from a task family: tasks to train on, and a
     validation score (higher is better) with its display name."""
 
-    def train_batch(self, gen): ...
+    def train_batch(self, gen): ...  # on the CPU; the trainer moves it to --device
     def validate(self, model: Base) -> float: ...
 
 
@@ -54,7 +54,7 @@ class OmniglotFamily(Family):
     def train_batch(self, gen):
         a = self.args
         eps = [self.train.sample(a.ways, a.shots, a.queries, gen) for _ in range(a.meta_batch)]
-        return [torch.stack(t).to(a.device) for t in zip(*eps)]
+        return [torch.stack(t) for t in zip(*eps)]
 
     def validate(self, model):
         correct = 0.0
@@ -75,8 +75,7 @@ class SinusoidFamily(Family):
         self.val_tasks = [t.to(args.device) for t in sinusoid.sample_tasks(args.val_tasks, args.shots, 50, gen)]
 
     def train_batch(self, gen):
-        a = self.args
-        return [t.to(a.device) for t in sinusoid.sample_tasks(a.meta_batch, a.shots, a.queries, gen)]
+        return sinusoid.sample_tasks(self.args.meta_batch, self.args.shots, self.args.queries, gen)
 
     def validate(self, model):
         sx, sy, qx, qy = self.val_tasks
@@ -136,7 +135,7 @@ def meta_train(args) -> None:
     bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
     for it in bar:
         model.train()
-        sx, sy, qx, qy = family.train_batch(gen)
+        sx, sy, qx, qy = (t.to(args.device) for t in family.train_batch(gen))
         adapted = adapt(model, sx, sy, args.steps, train=True, first_order=first_order, trajectory=True)
         q_feats = model.embed(qx.flatten(0, 1)).unflatten(0, qx.shape[:2])
         losses = torch.stack([model.loss(model.fast_forward(f, q_feats), qy).mean() for f in adapted.trajectory])
