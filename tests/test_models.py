@@ -64,6 +64,25 @@ def test_episodes_with_flips_use_the_8_symmetries_as_classes(ds):
         omniglot.EpisodeSampler(ds, "train", rotations=True).sample_ids(47 * 4 + 1, 1, 0, torch.Generator())
 
 
+def test_overlay_episodes_are_new_classes_of_two_characters_by_one_drawer(ds):
+    sampler = omniglot.EpisodeSampler(ds, "train", rotations=True, flips=True, overlay=1.0)
+    alphabet = lambda i: ds.char_names[ds.char[i]].split("/")[0]
+    for seed in range(30):  # alphabets of 17 to 40 characters: some episodes reuse characters under other symmetries
+        gen = torch.Generator().manual_seed(seed)
+        support, query = sampler.sample_ids(20, 1, 2, gen)
+        classes = set()
+        for (a, b), v, label in support + query:
+            assert ds.char[a] != ds.char[b] and alphabet(a) == alphabet(b) and ds.drawer[a] == ds.drawer[b]
+            classes.add((frozenset((int(ds.char[a]), int(ds.char[b]))), v, label))
+        assert len(classes) == 20  # one (pair, symmetry) per label, and no two labels share one
+    x, _ = sampler.tensors(support, gen)
+    (a, b), v, _ = support[3]
+    assert torch.equal(x[3], omniglot.symmetry(torch.maximum(ds.images[a], ds.images[b]), v))
+    half = omniglot.EpisodeSampler(ds, "train", rotations=True, overlay=0.5)
+    kinds = {isinstance(half.sample_ids(5, 1, 1, gen)[0][0][0], tuple) for _ in range(20)}
+    assert kinds == {True, False}
+
+
 def test_shear_jitter_warps_and_zero_shear_keeps_the_old_stream(ds):
     x = ds.images[:16]
     plain = omniglot.affine_jitter(x, torch.Generator().manual_seed(0))
