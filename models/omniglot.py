@@ -172,7 +172,6 @@ class EpisodeSampler:
             x = affine_jitter(x, gen, shear=self.shear)
         return x, torch.tensor([label for *_, label in ids])
 
-
     def image(self, i: int | tuple[int, int]) -> torch.Tensor:
         """One drawing, or two overlaid (an overlay class's index pair)."""
         return torch.maximum(self.ds.images[i[0]], self.ds.images[i[1]]) if isinstance(i, tuple) else self.ds.images[i]

@@ -279,7 +279,8 @@ def main(argv=None) -> None:
                    help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
     p.add_argument("--channels", type=widths, default=64,
                    help="omniglot: conv widths, one for all four blocks or four comma-separated (e.g. 64,64,128,128)")
-    p.add_argument("--overlay", type=float, default=0.0, help="omniglot: share of training episodes whose classes are two characters overlaid")
+    p.add_argument("--overlay", type=float, default=0.0,
+                   help="omniglot: share of training episodes whose classes are two characters overlaid")
     p.add_argument("--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)")
     p.add_argument("--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter")
     p.add_argument("--ways", type=int, default=20)

@@ -20,8 +20,7 @@ from app.client import AsyncClient, Client, RapidAdaptError
 from app.demo import omniglot_task, sinusoid_task
 from models import evaluate, omniglot, registry
 
-from .stack import KEYS
-from .stack import wait_until
+from .stack import KEYS, wait_until
 
 
 @pytest.fixture
