@@ -2,16 +2,13 @@
 
 One function turns any PNG or JPEG into the tensor the Omniglot base was
 trained on, so a drawing posted over HTTP is seen exactly as the training
-drawings were: grayscale, padded to a square with background, framed on its
-ink (a square window centred on the ink's centre of mass, sized by its spread),
-box-resized to 28x28, inverted so that ink is 1.0 and paper 0.0.
+drawings were: grayscale, padded to a square with background, box-resized to
+28x28, inverted so that ink is 1.0 and paper 0.0.
 """
 
 from __future__ import annotations
 
 import io
-import math
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -41,48 +38,7 @@ def image_to_levels(img: Image.Image, side: int = SIDE) -> bytes:
         square = Image.new("L", (max(w, h),) * 2, 255)
         square.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
         img = square
-    return frame_ink(img, side)
-
-
-PREPROCESSING = "ink-framed-v1"  # in every image base's JSON: a base only serves images prepared as it was trained
-INK_RADIUS = 23.4 / 105  # the Omniglot drawings' mean RMS ink radius about its centre, as a share of the canvas
-
-
-@lru_cache(maxsize=16)
-def _positions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pos = np.arange(n, dtype=np.float64)
-    return pos, pos * pos, np.ones(n, dtype=np.float32)
-
-
-def frame_ink(img: Image.Image, side: int) -> bytes:
-    """Box-resize a square window centred on the ink's centre of mass (to a fraction of
-    a pixel) whose side scales with the ink's RMS radius (0.7 to 1.4 times the canvas,
-    and never so small that ink falls outside): every drawing then has the same
-    position and spread. Drawers put the same character 1.8 pixels (at 28x28) from its
-    mean position on average and draw it 12% larger or smaller; framing takes both out
-    of what the base must learn, as MNIST's preprocessing does. About 50 µs an image,
-    against 15 for the plain resize."""
-    a = np.asarray(img).astype(np.float32)
-    n = a.shape[0]
-    pos, pos2, ones = _positions(n)
-    rows = (255.0 * n - a @ ones).astype(np.float64)  # ink (darkness) per row and per column: integer
-    cols = (255.0 * n - ones @ a).astype(np.float64)  # sums below 2^24, exact in float32
-    total = float(rows.sum())
-    if total <= 0.0:
-        return img.resize((side, side), Image.Resampling.BOX).tobytes()
-    cy, cx = float(rows @ pos) / total, float(cols @ pos) / total
-    r = math.sqrt(max(float((rows + cols) @ pos2) / total - cy * cy - cx * cx, 0.0))
-    win = min(max(r / INK_RADIUS, 0.7 * n), 1.4 * n)
-    ink_rows, ink_cols = np.flatnonzero(rows), np.flatnonzero(cols)
-    reach = max(cy - ink_rows[0], ink_rows[-1] - cy, cx - ink_cols[0], ink_cols[-1] - cx) + 0.5  # farthest ink edge
-    win = max(win, 2 * reach)  # no stroke is ever cut off
-    x0, y0 = cx + 0.5 - win / 2, cy + 0.5 - win / 2  # the window, in pixel-edge coordinates
-    m = max(0, math.ceil(max(-x0, -y0, x0 + win - n, y0 + win - n)))  # paper to pad where it leaves the canvas
-    if m:
-        padded = Image.new("L", (n + 2 * m, n + 2 * m), 255)
-        padded.paste(img, (m, m))
-        img = padded
-    return img.resize((side, side), Image.Resampling.BOX, box=(x0 + m, y0 + m, x0 + m + win, y0 + m + win)).tobytes()
+    return img.resize((side, side), Image.Resampling.BOX).tobytes()
 
 
 def levels_to_tensor(levels: list[bytes], side: int = SIDE) -> torch.Tensor:

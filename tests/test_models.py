@@ -38,46 +38,9 @@ def test_omniglot_counts(ds):
     assert sum(map(len, splits)) == 242 and not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
 
 
-def test_the_final_recipe_trains_on_train_and_val(ds):
-    both = omniglot.EpisodeSampler(ds, "train+val")
-    assert set(both.alphabets) == set(omniglot.SPLITS["train"] + omniglot.SPLITS["val"]) and len(both.by_char) == 196
-    assert not set(both.by_char) & set(omniglot.EpisodeSampler(ds, "test").by_char)
-    with pytest.raises(ValueError, match="unknown split 'tset'"):
-        omniglot.EpisodeSampler(ds, "train+tset")
-
-
 def test_served_png_is_preprocessed_exactly_as_in_training(ds):
     for i in (0, 1234, 4839):
         assert torch.equal(decode_image(omniglot.original_png(ds.files[i]), 10**6), ds.images[i])
-
-
-def test_framing_takes_out_where_and_how_large_a_character_is_drawn(ds):
-    from models.preprocess import SIDE, image_to_levels
-    img = Image.open(io.BytesIO(omniglot.original_png(ds.files[100]))).convert("L")
-    ink = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(105, 105).int()
-    assert ink[:, :8].max() == 0 and ink[-5:].max() == 0  # the strokes stay on the canvas when moved
-    moved = Image.new("L", img.size, 255)
-    moved.paste(img, (-8, 5))
-    small = Image.new("L", img.size, 255)  # the same drawing at 80% of its size
-    small.paste(img.resize((84, 84), Image.Resampling.BOX), (10, 10))
-    ink28 = lambda im, framed=True: 255 - torch.tensor(list(
-        image_to_levels(im) if framed else im.resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()), dtype=torch.float32)
-    corr = lambda a, b: torch.corrcoef(torch.stack([a, b]))[0, 1].item()
-    # moved by whole pixels: the same tensor, where plain resizing moves the strokes
-    assert (ink28(moved) - ink28(img)).abs().max() <= 1 and (ink28(moved, False) - ink28(img, False)).abs().max() > 100
-    assert corr(ink28(small), ink28(img)) > 0.9 > 0.6 > corr(ink28(small, False), ink28(img, False))
-    # every training drawing's ink is centred, to a tenth of a pixel typically (8-bit levels round faint ink away)
-    x = ds.images[:, 0]
-    mass, pos = x.sum((1, 2)), torch.arange(SIDE, dtype=torch.float32)
-    off = torch.stack([(x.sum(2) @ pos) / mass - 13.5, (x.sum(1) @ pos) / mass - 13.5]).abs()
-    assert off.mean() < 0.1 and off.max() < 0.6
-
-
-def test_a_base_trained_on_other_preprocessing_is_refused(tmp_path):
-    model, meta = checkpoint.load(checkpoint.CHECKPOINT_DIR / "omniglot-conv4")
-    checkpoint.save(model, meta | {"data": meta["data"] | {"preprocessing": "box-resize"}}, tmp_path / "old")
-    with pytest.raises(ValueError, match="prepared as box-resize"):
-        checkpoint.load(tmp_path / "old")
 
 
 def test_a_batch_of_pngs_decodes_as_each_alone(ds):
