@@ -1,7 +1,7 @@
 """Omniglot, minimal background alphabets: loading, caching, splits and episodes.
 
 The two zips beside this package hold 8 distinct alphabets (Greek and Latin are
-in both). They are decoded once through `preprocess.image_to_levels` (the
+in both). They are decoded once through `preprocess.frame_ink` (the
 function that also serves requests) and cached as a safetensors file. Splits
 are by whole alphabets, so test characters (and, while recipes are chosen,
 validation characters) come from alphabets the base never saw:
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .preprocess import PREPROCESSING, SIDE, image_to_levels, levels_to_tensor
+from .preprocess import PREPROCESSING, SIDE, frame_ink, levels_to_tensor, square_gray
 
 DATA_DIR = Path(__file__).parent / "data" / "omniglot"
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -81,11 +81,11 @@ def _read_zips() -> tuple[torch.Tensor, list[str], list[str]]:
             for n in entries:
                 _, alphabet, character, fname = n.split("/")
                 if alphabet in alphabets:
-                    images.append(image_to_levels(Image.open(io.BytesIO(zf.read(n)))))
+                    images.append(square_gray(Image.open(io.BytesIO(zf.read(n)))))
                     names.append(f"{alphabet}/{character}")
                     files.append(f"{alphabet}/{character}/{fname}")
             seen.update(alphabets)
-    return levels_to_tensor(images), names, files
+    return levels_to_tensor(frame_ink(images)), names, files
 
 
 def load(cache_dir: Path = CACHE_DIR) -> Omniglot:
