@@ -1,7 +1,7 @@
 """A round trip over HTTP: `python -m app.demo [--url URL] [--key KEY]`.
 
-Adapts omniglot-conv4 to a 20-way 1-shot task from the validation alphabet
-(Balinese: characters the base never trained on), posting the original PNG
+Adapts omniglot-conv4 to a 20-way 1-shot task from a test alphabet (Greek or
+Early Aramaic: characters the base never trained on), posting the original PNG
 drawings, then predicts 5 other drawings of each character and prints the
 accuracy; then fits a sinusoid from 5 points and prints the MSE.
 """
@@ -20,7 +20,7 @@ from models import omniglot
 from .client import Client, image_input
 
 
-def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "val"):
+def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "test"):
     """-> support examples and (query inputs, true labels), labels are character names."""
     ds = omniglot.load()
     support_ids, query_ids = omniglot.EpisodeSampler(ds, split).sample_ids(n_way, 1, n_query, torch.Generator().manual_seed(seed))
@@ -28,6 +28,11 @@ def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "va
     png = lambda i: image_input(omniglot.original_png(ds.files[i]))
     support = [{"input": png(i), "label": name(i)} for i, _, _ in support_ids]
     return support, [png(i) for i, _, _ in query_ids], [name(i) for i, _, _ in query_ids]
+
+
+def alphabet(labels: list[str]) -> str:
+    """The alphabet of a task whose labels are "Alphabet/characterNN"."""
+    return " and ".join(sorted({label.split("/")[0].replace("_", " ") for label in labels}))
 
 
 def sinusoid_task(seed: int, k_shot: int = 5, n_query: int = 100):
@@ -49,7 +54,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         a = c.create_adaptation("omniglot-conv4", support, wait=30)
         print(f"omniglot-conv4: adaptation {a['id']} {a['status']} in {1000 * (time.perf_counter() - t):.0f} ms "
-              f"({len(a['classes'])} Balinese characters, 1 drawing each; worker compute {a['metrics']['adaptation_ms']:.1f} ms)")
+              f"({len(a['classes'])} {alphabet(truth)} characters, 1 drawing each; worker compute {a['metrics']['adaptation_ms']:.1f} ms)")
         preds = c.predict(a["id"], queries)
         acc = sum(pr["label"] == y for pr, y in zip(preds, truth)) / len(truth)
         print(f"omniglot-conv4: query accuracy {100 * acc:.1f}% on {len(truth)} new drawings (chance {100 / len(a['classes']):.0f}%)")

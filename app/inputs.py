@@ -7,16 +7,24 @@ import binascii
 
 import torch
 
-from models.preprocess import ImageError, decode_levels, levels_to_tensor
+from models.preprocess import ImageError, decode_square, frame_ink, levels_to_tensor
 
 from .errors import invalid
 from .schemas import Example, ImageInput
 
 
+def batch(values: list, spec: dict, max_pixels: int, fields: list[list]) -> torch.Tensor:
+    """Inputs -> [B, *shape], fields[i] naming values[i] in errors. Images are framed
+    together (`frame_ink` finds all their windows in one pass)."""
+    if all(isinstance(v, ImageInput) for v in values):
+        return levels_to_tensor(frame_ink([image_square(v, spec, max_pixels, f) for v, f in zip(values, fields)]))
+    return torch.stack([to_tensor(v, spec, max_pixels, f) for v, f in zip(values, fields)])
+
+
 def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
     shape = spec["input"]["shape"]
     if isinstance(value, ImageInput):
-        return levels_to_tensor([image_levels(value, spec, max_pixels, field)])[0]
+        return batch([value], spec, max_pixels, [field])[0]
     try:
         t = torch.tensor(value, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):
@@ -28,7 +36,7 @@ def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
     return t
 
 
-def image_levels(value: ImageInput, spec: dict, max_pixels: int, field: list) -> bytes:
+def image_square(value: ImageInput, spec: dict, max_pixels: int, field: list):
     if spec["input"]["kind"] != "image":
         raise invalid("invalid_input", f"{spec['name']} takes numeric arrays of shape {spec['input']['shape']}, "
                       "not images", *field)
@@ -37,21 +45,14 @@ def image_levels(value: ImageInput, spec: dict, max_pixels: int, field: list) ->
     except (binascii.Error, ValueError):
         raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
     try:
-        return decode_levels(data, max_pixels)
+        return decode_square(data, max_pixels)
     except ImageError as exc:
         raise invalid(exc.code, str(exc), *field, "image") from None
 
 
-def batch(values: list, spec: dict, max_pixels: int, *field) -> torch.Tensor:
-    """Inputs -> [B, *shape]; a request of images only goes through one lookup table for all of them."""
-    if all(isinstance(v, ImageInput) for v in values):
-        return levels_to_tensor([image_levels(v, spec, max_pixels, [*field, i]) for i, v in enumerate(values)])
-    return torch.stack([to_tensor(v, spec, max_pixels, [*field, i]) for i, v in enumerate(values)])
-
-
 def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tuple[dict, dict]:
     """-> ({x, y} tensors, record fields: classes or target_shape)."""
-    x = torch.stack([to_tensor(e.input, spec, max_pixels, ["support", i, "input"]) for i, e in enumerate(support)])
+    x = batch([e.input for e in support], spec, max_pixels, [["support", i, "input"] for i in range(len(support))])
     if spec["task"] == "classification":
         classes: list = []
         index: dict = {}

@@ -173,7 +173,8 @@ class Predictor:
         try:
             job.record = owned(self.store, job.aid, job.tenant)
             job.x = job.inputs if isinstance(job.inputs, torch.Tensor) else batch(
-                job.inputs, registry.load(job.record["model"])[1], self.settings.max_image_pixels, "inputs")
+                job.inputs, registry.load(job.record["model"])[1], self.settings.max_image_pixels,
+                [["inputs", i] for i in range(len(job.inputs))])
             if job.record["status"] != "succeeded":
                 job.reply(Outcome(job.record, job.x, None))
                 return False

@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from .nets import ARCHITECTURES, Base
+from .preprocess import PREPROCESSING
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
@@ -30,8 +31,14 @@ def save(model: Base, meta: dict, path: Path) -> None:
 
 
 def load(path: Path) -> tuple[Base, dict]:
+    """-> (model in eval mode, its JSON). An image base must have been trained on images
+    prepared as this code prepares them: one that was not would serve wrong answers."""
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
+    prepared = meta.get("data", {}).get("preprocessing")
+    if meta["architecture"] == "conv4" and prepared != PREPROCESSING:
+        raise ValueError(f"{path.name} was trained on images prepared as {prepared or 'before framing'}, but this "
+                         f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it")
     model = build(meta)
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
     model.eval().requires_grad_(False)

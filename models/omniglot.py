@@ -1,14 +1,15 @@
 """Omniglot, minimal background alphabets: loading, caching, splits and episodes.
 
 The two zips beside this package hold 8 distinct alphabets (Greek and Latin are
-in both). They are decoded once through `preprocess.image_to_levels` (the
+in both). They are decoded once through `preprocess.frame_ink` (the
 function that also serves requests) and cached as a safetensors file. Splits
-are by whole alphabets, so validation and test characters come from alphabets
-the base never saw:
+are by whole alphabets, so test characters (and, while recipes are chosen,
+validation characters) come from alphabets the base never saw:
 
 - train: Korean, Latin, Japanese_(katakana), Sanskrit, Tagalog (172 characters)
-- val:   Balinese (24): checkpoint selection during meta-training, and the demo
-- test:  Greek, Early_Aramaic (46): the evaluation command's figures
+- val:   Balinese (24): choosing recipes and checkpoints; the committed base's final
+         run then meta-trains on train+val with the chosen recipe and schedule
+- test:  Greek, Early_Aramaic (46): the evaluation command's figures and the demo
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .preprocess import SIDE, image_to_levels, levels_to_tensor
+from .preprocess import PREPROCESSING, SIDE, frame_ink, levels_to_tensor, square_gray
 
 DATA_DIR = Path(__file__).parent / "data" / "omniglot"
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -37,6 +38,14 @@ SPLITS = {
     "test": ("Greek", "Early_Aramaic"),
 }
 CACHE_DIR = Path(os.environ.get("RAPID_ADAPT_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+
+
+def alphabets_of(split: str) -> tuple[str, ...]:
+    """The alphabets of a split, or of several joined by "+" ("train+val": the final recipe's data)."""
+    names = split.split("+")
+    if unknown := [n for n in names if n not in SPLITS]:
+        raise ValueError(f"unknown split {unknown[0]!r}; splits are {', '.join(SPLITS)}, joined by '+'")
+    return tuple(a for n in names for a in SPLITS[n])
 
 
 def data_checksums() -> dict[str, str]:
@@ -72,16 +81,16 @@ def _read_zips() -> tuple[torch.Tensor, list[str], list[str]]:
             for n in entries:
                 _, alphabet, character, fname = n.split("/")
                 if alphabet in alphabets:
-                    images.append(image_to_levels(Image.open(io.BytesIO(zf.read(n)))))
+                    images.append(square_gray(Image.open(io.BytesIO(zf.read(n)))))
                     names.append(f"{alphabet}/{character}")
                     files.append(f"{alphabet}/{character}/{fname}")
             seen.update(alphabets)
-    return levels_to_tensor(images), names, files
+    return levels_to_tensor(frame_ink(images)), names, files
 
 
 def load(cache_dir: Path = CACHE_DIR) -> Omniglot:
     """Decode the zips once (a few seconds) and reuse the cached tensors after."""
-    key = hashlib.sha256(json.dumps([data_checksums(), SIDE]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([data_checksums(), SIDE, PREPROCESSING]).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"omniglot-{SIDE}-{key}.safetensors"
     if path.exists():
         t = load_file(path)
@@ -121,7 +130,7 @@ class EpisodeSampler:
         self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
         order = torch.argsort(ds.char * 100 + ds.drawer)
-        for c in self.ds.chars_of(SPLITS[split]):
+        for c in self.ds.chars_of(alphabets_of(split)):
             by_char[c] = order[ds.char[order] == c]
         self.by_char = by_char  # char -> 20 image indices, ordered by drawer
         self.alphabets: dict[str, list[int]] = {}

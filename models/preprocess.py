@@ -2,8 +2,9 @@
 
 One function turns any PNG or JPEG into the tensor the Omniglot base was
 trained on, so a drawing posted over HTTP is seen exactly as the training
-drawings were: grayscale, padded to a square with background, box-resized to
-28x28, inverted so that ink is 1.0 and paper 0.0.
+drawings were: grayscale, padded to a square with background, brought to
+Omniglot's 105-pixel canvas, a window centred on the ink cut out and reduced
+to 28x28, inverted so that ink is 1.0 and paper 0.0.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class ImageError(ValueError):
         self.code = code
 
 
-def image_to_levels(img: Image.Image, side: int = SIDE) -> bytes:
-    """PIL image (any size, ink dark on light) -> side*side 8-bit gray levels, paper 255."""
+def square_gray(img: Image.Image) -> Image.Image:
+    """PIL image (any size and mode, ink dark on light) -> grayscale, padded with paper
+    to a square."""
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         paper = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -38,11 +40,60 @@ def image_to_levels(img: Image.Image, side: int = SIDE) -> bytes:
         square = Image.new("L", (max(w, h),) * 2, 255)
         square.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
         img = square
-    return img.resize((side, side), Image.Resampling.BOX).tobytes()
+    return img
+
+
+PREPROCESSING = "ink-centred-v2"  # in every image base's JSON: a base only serves images prepared as it was trained
+CANVAS = 105  # Omniglot's drawing canvas: every drawing is brought to it first, as its training drawings came
+WINDOW = 4 * SIDE  # the window cut around the ink, reduced 4x4 to SIDE: characters 6% smaller than 105 -> 28
+CHUNK = 256  # drawings whose ink is measured together: numpy's per-call cost is paid once per chunk
+
+
+def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
+    """Square gray drawings (`square_gray`) -> SIDE*SIDE gray levels each: on the
+    105-pixel canvas, a 112-pixel window centred on the ink's centre of mass (moved
+    only as far as keeps every stroke in), averaged over 4x4 blocks. Drawers put the
+    same character 1.8 pixels (at 28x28) from its mean position on average; centring
+    takes that out of what the base must learn, as MNIST's preprocessing does. The
+    centres of a batch are found together (`_corners`), then each drawing is one
+    paste and one 4x4 reduction: 23 µs a drawing in a batch of 20, against 19 for the
+    plain resize it replaces (a first version, a window sized by the ink's spread and
+    box-resized, cost 53)."""
+    imgs = [im if im.size[0] == CANVAS else im.resize((CANVAS, CANVAS), Image.Resampling.BOX) for im in imgs]
+    out: list[bytes] = []
+    for c in range(0, len(imgs), CHUNK):
+        part = imgs[c:c + CHUNK]
+        gray = np.frombuffer(b"".join([im.tobytes() for im in part]), np.uint8).reshape(len(part), CANVAS, CANVAS)
+        for im, (left, top) in zip(part, _corners(gray)):
+            window = Image.new("L", (WINDOW, WINDOW), 255)
+            window.paste(im, (-left, -top))
+            out.append(window.reduce(4).tobytes())
+    return out
+
+
+def _corners(gray: np.ndarray) -> list[tuple[int, int]]:
+    """[B, n, n] gray levels -> the top-left corner (x, y) of each drawing's window, in
+    whole pixels: centred on the ink's centre of mass, then moved the least that keeps
+    all ink inside (the window is wider than the canvas, so that always can be done)."""
+    n = gray.shape[1]
+    a = gray.astype(np.float32)
+    ones, pos = np.ones(n, dtype=np.float32), np.arange(n, dtype=np.float64) + 0.5  # pixel centres
+    rows = (255.0 * n - a @ ones).astype(np.float64)  # ink per row and per column (exact integer sums)
+    cols = (255.0 * n - ones @ a).astype(np.float64)
+    total = rows.sum(1)
+    blank = total <= 0  # an empty drawing: the window centred on the canvas
+    safe = np.where(blank, 1.0, total)
+    corner = np.stack([np.where(blank, n / 2, cols @ pos / safe), np.where(blank, n / 2, rows @ pos / safe)], 1)
+    corner = np.floor(corner - WINDOW / 2 + 0.5)
+    first = lambda ink: np.where(blank, 0, np.argmax(ink > 0, axis=1))  # first inked row (column) ...
+    last = lambda ink: np.where(blank, n, n - np.argmax(ink[:, ::-1] > 0, axis=1))  # ... and the edge after the last
+    lo = np.stack([last(cols), last(rows)], 1) - WINDOW  # keep the far edge of the ink in ...
+    hi = np.stack([first(cols), first(rows)], 1)  # ... and the near edge
+    return [tuple(c) for c in np.clip(corner, lo, hi).astype(int).tolist()]
 
 
 def levels_to_tensor(levels: list[bytes], side: int = SIDE) -> torch.Tensor:
-    """Gray levels of B images (`image_to_levels`) -> float32 [B, 1, side, side], ink = 1,
+    """Gray levels of B images (`frame_ink`) -> float32 [B, 1, side, side], ink = 1,
     through one lookup for the batch."""
     gray = torch.frombuffer(bytearray(b"".join(levels)), dtype=torch.uint8)
     return from_levels(gray).view(-1, 1, side, side)
@@ -66,10 +117,9 @@ def to_levels(x: torch.Tensor) -> torch.Tensor | None:
     return gray if torch.equal(from_levels(gray), x) else None
 
 
-def decode_levels(data: bytes, max_pixels: int, side: int = SIDE) -> bytes:
-    """PNG/JPEG bytes -> gray levels as in training (`image_to_levels`). Checks the
-    pixel count from the header before decoding, so a decompression bomb is refused
-    without being inflated."""
+def decode_square(data: bytes, max_pixels: int) -> Image.Image:
+    """PNG/JPEG bytes -> `square_gray`. Checks the pixel count from the header before
+    decoding, so a decompression bomb is refused without being inflated."""
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
@@ -85,9 +135,9 @@ def decode_levels(data: bytes, max_pixels: int, side: int = SIDE) -> bytes:
         img.load()
     except Exception as exc:
         raise ImageError("invalid_image", f"image data is corrupt: {exc.__class__.__name__}") from None
-    return image_to_levels(img, side)
+    return square_gray(img)
 
 
-def decode_image(data: bytes, max_pixels: int, side: int = SIDE) -> torch.Tensor:
-    """PNG/JPEG bytes -> float32 [1, side, side] as in training."""
-    return levels_to_tensor([decode_levels(data, max_pixels, side)], side)[0]
+def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
+    """PNG/JPEG bytes -> float32 [1, SIDE, SIDE] as in training."""
+    return levels_to_tensor(frame_ink([decode_square(data, max_pixels)]))[0]

@@ -19,8 +19,10 @@ INPUT_SPECS = {
         "range": [0.0, 1.0],
         "encodings": ["array", "png", "jpeg"],
         "preprocessing": "PNG or JPEG of any size, ink dark on light: grayscale, padded to a square with "
-        "background, box-resized to 28x28, inverted so that ink is 1.0 (models/preprocess.py). "
-        "Arrays are taken as already preprocessed: [1, 28, 28], ink 1.0 on 0.0.",
+        "background, box-resized to Omniglot's 105-pixel canvas (if not that size already), a 112-pixel "
+        "window centred on the ink's centre of mass (moved only as far as keeps every stroke in) reduced "
+        "4x4 to 28x28, inverted so that ink is 1.0 (models/preprocess.py). Arrays are taken as already "
+        "preprocessed: [1, 28, 28], ink 1.0 on 0.0.",
     },
     "mlp": {"kind": "vector", "shape": [1], "range": [-5.0, 5.0], "encodings": ["array"],
             "preprocessing": "none: x as a one-element array"},

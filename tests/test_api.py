@@ -62,13 +62,13 @@ def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme):
     http_acc = sum(p["label"] == y for p, y in zip(preds, truth)) / len(truth)
     # the evaluation command's code path on the same drawings
     ds = omniglot.load()
-    sids, qids = omniglot.EpisodeSampler(ds, "val").sample_ids(20, 1, 5, torch.Generator().manual_seed(3))
+    sids, qids = omniglot.EpisodeSampler(ds, "test").sample_ids(20, 1, 5, torch.Generator().manual_seed(3))
     model, _ = registry.load("omniglot-conv4")
     out = evaluate.base_curve(model, ds.images[[i for i, _, _ in sids]], torch.arange(20),
                               ds.images[[i for i, _, _ in qids]], model.default_steps)[-1]
     eval_acc = (out.argmax(-1) == torch.tensor([l for *_, l in qids])).float().mean().item()
     assert http_acc == pytest.approx(eval_acc)
-    assert http_acc > 0.25  # chance is 5%; the validation alphabet (Balinese) is the hardest held out
+    assert http_acc > 0.5  # chance is 5%; on the test alphabets the base is right about 9 times in 10
     p = preds[0]
     assert set(p["scores"]) == {str(c) for c in a["classes"]} and abs(sum(p["scores"].values()) - 1) < 1e-4
 

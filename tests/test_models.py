@@ -38,9 +38,52 @@ def test_omniglot_counts(ds):
     assert sum(map(len, splits)) == 242 and not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
 
 
+def test_the_final_recipe_trains_on_train_and_val(ds):
+    both = omniglot.EpisodeSampler(ds, "train+val")
+    assert set(both.alphabets) == set(omniglot.SPLITS["train"] + omniglot.SPLITS["val"]) and len(both.by_char) == 196
+    assert not set(both.by_char) & set(omniglot.EpisodeSampler(ds, "test").by_char)
+    with pytest.raises(ValueError, match="unknown split 'tset'"):
+        omniglot.EpisodeSampler(ds, "train+tset")
+
+
 def test_served_png_is_preprocessed_exactly_as_in_training(ds):
     for i in (0, 1234, 4839):
         assert torch.equal(decode_image(omniglot.original_png(ds.files[i]), 10**6), ds.images[i])
+
+
+def test_framing_centres_each_drawing_on_its_ink_and_never_cuts_a_stroke(ds):
+    from models.preprocess import SIDE, frame_ink
+    img = Image.open(io.BytesIO(omniglot.original_png(ds.files[100]))).convert("L")
+    ink = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(105, 105).int()
+    assert ink[:, :8].max() == 0 and ink[-5:].max() == 0  # the strokes stay on the canvas when moved
+    moved = Image.new("L", img.size, 255)
+    moved.paste(img, (-8, 5))
+    ink28 = lambda im, framed=True: 255 - torch.tensor(list(
+        frame_ink([im])[0] if framed else im.resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()), dtype=torch.int32)
+    # moved by whole pixels: the same tensor, where plain resizing moves the strokes
+    assert torch.equal(ink28(moved), ink28(img)) and (ink28(moved, False) - ink28(img, False)).abs().max() > 100
+    # ink touching the canvas's edge is kept whole: the window moves off-centre instead
+    corner = Image.new("L", img.size, 255)
+    corner.paste(img.crop((8, 0, 105, 100)), (0, 5))
+    assert abs(ink28(corner).sum().item() * 16 - (255 - torch.tensor(list(corner.tobytes()))).sum().item()) < 16 * 28 * 28 / 2
+    # drawings framed together come out as each alone, whatever their sizes
+    big = img.resize((300, 300))
+    blank = Image.new("L", (40, 40), 255)
+    assert frame_ink([img, big, moved, blank, corner]) == [frame_ink([im])[0] for im in (img, big, moved, blank, corner)]
+    assert frame_ink([blank]) == [bytes([255]) * SIDE * SIDE]
+    # every training drawing's ink is centred to a fraction of a pixel, unless centring would cut a stroke
+    x = ds.images[:, 0]
+    mass, pos = x.sum((1, 2)), torch.arange(SIDE, dtype=torch.float32) + 0.5
+    off = torch.stack([(x.sum(2) @ pos) / mass - SIDE / 2, (x.sum(1) @ pos) / mass - SIDE / 2]).abs().amax(0)
+    edge = (x[:, 0].sum(1) + x[:, -1].sum(1) + x[:, :, 0].sum(1) + x[:, :, -1].sum(1)) > 0
+    assert off.median() < 0.1 and (off[~edge] < 0.3).all() and edge.float().mean() < 0.05
+
+
+def test_a_base_trained_on_other_preprocessing_is_refused(tmp_path):
+    model, meta = checkpoint.load(checkpoint.CHECKPOINT_DIR / "omniglot-conv4")
+    checkpoint.save(model, meta | {"data": meta["data"] | {"preprocessing": "box-resize"}}, tmp_path / "old")
+    with pytest.raises(ValueError, match="prepared as box-resize"):
+        checkpoint.load(tmp_path / "old")
 
 
 def test_a_batch_of_pngs_decodes_as_each_alone(ds):
@@ -49,7 +92,7 @@ def test_a_batch_of_pngs_decodes_as_each_alone(ds):
     spec = registry.load("omniglot-conv4")[1]
     ids = [0, 777, 2500, 4839]
     values = [ImageInput(image=base64.b64encode(omniglot.original_png(ds.files[i])).decode()) for i in ids]
-    assert torch.equal(batch(values, spec, 10**6, "inputs"), ds.images[ids])
+    assert torch.equal(batch(values, spec, 10**6, [["inputs", i] for i in range(4)]), ds.images[ids])
 
 
 def test_episodes_with_flips_use_the_8_symmetries_as_classes(ds):
