@@ -45,7 +45,8 @@ def square_gray(img: Image.Image) -> Image.Image:
 
 PREPROCESSING = "ink-centred-v2"  # in every image base's JSON: a base only serves images prepared as it was trained
 CANVAS = 105  # Omniglot's drawing canvas: every drawing is brought to it first, as its training drawings came
-WINDOW = 4 * SIDE  # the window cut around the ink, reduced 4x4 to SIDE: characters 6% smaller than 105 -> 28
+REDUCE = 4  # the window is averaged over REDUCE x REDUCE blocks down to SIDE x SIDE
+WINDOW = REDUCE * SIDE  # the window cut around the ink: characters 6% smaller than 105 -> 28
 CHUNK = 256  # drawings whose ink is measured together: numpy's per-call cost is paid once per chunk
 
 
@@ -67,7 +68,7 @@ def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
         for im, (left, top) in zip(part, _corners(gray)):
             window = Image.new("L", (WINDOW, WINDOW), 255)
             window.paste(im, (-left, -top))
-            out.append(window.reduce(4).tobytes())
+            out.append(window.reduce(REDUCE).tobytes())
     return out
 
 
