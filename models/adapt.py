@@ -85,7 +85,7 @@ def adapt(
         raise ValueError(f"steps must lie in 0..{model.max_steps}, got {steps}")
     t, s = x.shape[:2]
     with torch.set_grad_enabled(train):
-        feats = model.embed(x.flatten(0, 1)).unflatten(0, (t, s))
+        feats = model.embed_support(x.flatten(0, 1)).unflatten(0, (t, s))
     stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
     with torch.enable_grad():
         fast = model.init_fast(feats, y, n_ways)

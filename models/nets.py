@@ -33,6 +33,11 @@ class Base(nn.Module):
         """The frozen part: [B, *input_shape] -> [B, D]."""
         raise NotImplementedError
 
+    def embed_support(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of support inputs, which `adapt` computes once per task: `embed` unless
+        the base averages it over views of each input (Conv4's `support_shifts`)."""
+        return self.embed(x)
+
     def init_fast(self, feats: torch.Tensor, y: torch.Tensor, n_ways: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -59,15 +64,20 @@ class Conv4(Base):
     the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, which is the
     prototype classifier by squared distance), so any N from 2 to `max_ways`, any
     labels and unequal shots work. Only the head adapts (ANIL): the embedding is
-    computed once per support set and the adapted state is N x (dim + 1) floats."""
+    computed once per support set and the adapted state is N x (dim + 1) floats.
+
+    With `support_shifts`, a support image's embedding is the mean over the image
+    and its four one-pixel shifts (zero-filled): a prototype that a drawer's
+    pixel-level placement moves less. It costs five embeddings per support image
+    at adaptation and nothing per prediction."""
 
     task = "classification"
     input_shape = (1, 28, 28)
 
     def __init__(self, channels: int | list[int] = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1,
-                 max_ways: int = 50, final_pool: bool = True):
+                 max_ways: int = 50, final_pool: bool = True, support_shifts: bool = False):
         super().__init__(steps, step_size)
-        self.max_ways = max_ways
+        self.max_ways, self.support_shifts = max_ways, support_shifts
         widths = [channels] * 4 if isinstance(channels, int) else list(channels)
         if len(widths) != 4:
             raise ValueError(f"channels: one width or four, got {channels}")
@@ -104,6 +114,12 @@ class Conv4(Base):
             h = F.relu(pool2x2(h) if i < 3 or self.final_pool else h)
         return h.flatten(1)
 
+    def embed_support(self, x):
+        if not self.support_shifts:
+            return self.embed(x)
+        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)  # one view at a time: a
+        # support set of MAX_SUPPORT images peaks at the memory of one plain pass
+
     def init_fast(self, feats, y, n_ways):
         onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
         protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
@@ -111,6 +127,16 @@ class Conv4(Base):
 
     def fast_forward(self, fast, feats):
         return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
+
+
+SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (dx, dy) in pixels
+
+
+def shifted_views(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [len(SHIFTS), B, C, H, W]: x moved by each shift, paper (0) filling in."""
+    H, W = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1))
+    return torch.stack([padded[..., 1 - dy:1 - dy + H, 1 - dx:1 - dx + W] for dx, dy in SHIFTS])
 
 
 def pool2x2(h: torch.Tensor) -> torch.Tensor:

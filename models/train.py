@@ -92,6 +92,7 @@ def architecture_kwargs(args) -> dict:
     kwargs = {"steps": args.steps, "step_size": args.step_size}
     if args.family.startswith("omniglot"):
         kwargs |= {"channels": args.channels} if args.channels != 64 else {}  # the committed base's JSON predates it
+        kwargs |= {"support_shifts": True} if args.support_shifts else {}  # likewise
         return kwargs | {"final_pool": not args.no_final_pool}
     return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
 
@@ -283,6 +284,8 @@ def main(argv=None) -> None:
     p.add_argument("--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts")
     p.add_argument("--no-final-pool", action="store_true",
                    help="omniglot: keep the last 3x3 feature map (576-d embedding) instead of pooling it to 64-d")
+    p.add_argument("--support-shifts", action="store_true",
+                   help="omniglot: embed each support image as the mean over it and its four 1-pixel shifts (nets.Conv4)")
     p.add_argument("--channels", type=widths, default=64,
                    help="omniglot: conv widths, one for all four blocks or four comma-separated (e.g. 64,64,128,128)")
     p.add_argument("--overlay", type=float, default=0.0,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from models import checkpoint, evaluate, omniglot, registry, sinusoid
 from models.adapt import adapt, predict
-from models.nets import Conv4, SinusoidMLP
+from models.nets import SHIFTS, Conv4, SinusoidMLP, shifted_views
 from models.preprocess import ImageError, decode_image
 
 
@@ -223,6 +223,40 @@ def test_fast_embedding_computes_the_reference_network(ds, final_pool, channels,
     with torch.inference_mode():  # the forward-only path that serving and evaluation take
         torch.testing.assert_close(model.embed_inference(x), ref.detach(), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model.embed(x), ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_views_move_the_drawing_one_pixel_with_paper_filling_in():
+    x = torch.arange(1.0, 17.0).view(1, 1, 4, 4)
+    views = shifted_views(x)
+    assert views.shape == (len(SHIFTS), 1, 1, 4, 4) and torch.equal(views[SHIFTS.index((0, 0))], x)
+    for (dx, dy), view in zip(SHIFTS, views):
+        inside = view[0, 0, max(dy, 0):4 + min(dy, 0), max(dx, 0):4 + min(dx, 0)]
+        torch.testing.assert_close(inside, x[0, 0, max(-dy, 0):4 + min(-dy, 0), max(-dx, 0):4 + min(-dx, 0)])
+        assert (dx, dy) == (0, 0) or view.sum() < x.sum()  # the row or column moved out is gone, paper came in
+
+
+def test_support_shifts_average_the_support_embedding_and_leave_predictions_alone(ds):
+    """With `support_shifts` a support image embeds as the mean of its five views, which
+    makes it less sensitive to a one-pixel move; queries embed as before."""
+    torch.manual_seed(0)
+    plain = Conv4()
+    shifts = Conv4(support_shifts=True)
+    shifts.load_state_dict(plain.state_dict())
+    x = ds.images[:30]
+    with torch.inference_mode():
+        views = torch.stack([plain.embed(v) for v in shifted_views(x)])
+        torch.testing.assert_close(shifts.embed_support(x), views.mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shifts.embed(x), plain.embed(x))
+        moved = torch.roll(x, 1, dims=-1)  # the drawings' edges are paper: a clean one-pixel move
+        drift = lambda m, f: ((f(moved) - f(x)).norm(dim=1) / f(x).norm(dim=1)).mean()
+        assert drift(shifts, shifts.embed_support) < 0.8 * drift(plain, plain.embed)
+    sx, sy, qx, _ = episode(ds, 5, 1)
+    assert not torch.equal(adapt(shifts, sx, sy).fast["weight"], adapt(plain, sx, sy).fast["weight"])
+
+
+def test_the_committed_base_adapts_with_shifted_support():
+    model, _ = registry.load("omniglot-conv4")
+    assert model.support_shifts
 
 
 @pytest.mark.parametrize("bad, message", [
