@@ -115,10 +115,11 @@ class Conv4(Base):
         return h.flatten(1)
 
     def embed_support(self, x):
+        """With `support_shifts`, the mean over the views, embedded one view at a time: a
+        support set of MAX_SUPPORT images peaks at the memory of one plain pass."""
         if not self.support_shifts:
-            return self.embed(x)
-        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)  # one view at a time: a
-        # support set of MAX_SUPPORT images peaks at the memory of one plain pass
+            return super().embed_support(x)
+        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
 
     def init_fast(self, feats, y, n_ways):
         onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
