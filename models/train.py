@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import checkpoint, omniglot, runtime, sinusoid
 from .adapt import adapt
-from .nets import Base, Conv4, SinusoidMLP, shifted_views
+from .nets import Base, Conv4, SinusoidMLP
 from .preprocess import PREPROCESSING
 
 ALGORITHMS = ("maml", "fomaml", "metasgd")
@@ -97,35 +97,6 @@ def architecture_kwargs(args) -> dict:
     return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
 
 
-class Teachers:
-    """Bases to distil from (--distill): the mean of their prototype logits, each with its
-    support and queries embedded as the mean over the image and its one-pixel shifts. An
-    ensemble with shifted queries is what the served base cannot afford per prediction
-    (several times the compute); distillation moves part of its accuracy into one plain net."""
-
-    def __init__(self, names: list[str], directory: Path, device: str):
-        loaded = [checkpoint.load(directory / n) for n in names]
-        self.models = [m.to(device) for m, _ in loaded]
-        self.provenance = {n: {k: meta.get(k) for k in ("algorithm", "architecture_kwargs", "training")}
-                           for n, (_, meta) in zip(names, loaded)}
-
-    @torch.inference_mode()
-    def logits(self, sx, sy, qx, n_ways: int) -> torch.Tensor:
-        out = []
-        for m in self.models:
-            s, q = (torch.stack([m.embed(v) for v in shifted_views(x.flatten(0, 1))]).mean(0).unflatten(0, x.shape[:2])
-                    for x in (sx, qx))
-            out.append(m.fast_forward(m.init_fast(s, sy, n_ways), q))
-        return torch.stack(out).mean(0)
-
-
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al.'s T²·KL(teacher || student) of softened class distributions, per query."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                    reduction="none").sum(-1).mean() * t * t
-
-
 def step_weights(kind: str, steps: int) -> torch.Tensor:
     """Weights of the query loss after 0..steps inner steps in the outer objective."""
     if kind == "linear":
@@ -159,9 +130,6 @@ def meta_train(args) -> None:
     opt = torch.optim.Adam(groups, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
     weights = step_weights(args.step_weights, args.steps).to(args.device)
-    teachers = Teachers(args.distill.split(","), Path(args.out), args.device) if args.distill else None
-    if teachers:
-        args.distill_from = teachers.provenance  # the JSON says how each teacher was trained
     best, log = -math.inf, {"iteration": [], "train_loss": [], "val": []}
     started, running, skipped = time.time(), None, 0
     if args.init:  # the starting point is the score to beat
@@ -177,10 +145,6 @@ def meta_train(args) -> None:
         q_feats = model.embed(qx.flatten(0, 1)).unflatten(0, qx.shape[:2])
         losses = torch.stack([model.loss(model.fast_forward(f, q_feats), qy).mean() for f in adapted.trajectory])
         loss = (weights * losses).sum()
-        if teachers:
-            student = model.fast_forward(adapted.trajectory[-1], q_feats)
-            teacher = teachers.logits(sx, sy, qx, args.ways)
-            loss = (1 - args.distill_weight) * loss + args.distill_weight * distill_loss(student, teacher, args.distill_temperature)
         if args.reg_lambda and learn_phi:
             loss = loss + args.reg_lambda * torch.stack([a.pow(2).mean() for a in model.step_sizes.values()]).mean()
         opt.zero_grad()
@@ -344,9 +308,6 @@ def main(argv=None) -> None:
     p.add_argument("--val-tasks", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", help="continue meta-training from this checkpoint in --out (same architecture)")
-    p.add_argument("--distill", help="omniglot: comma-separated checkpoints in --out to distil from (class Teachers)")
-    p.add_argument("--distill-weight", type=float, default=0.5, help="share of the distillation term in the outer loss")
-    p.add_argument("--distill-temperature", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="torch device for meta-training, e.g. cuda (episodes are sampled on the CPU)")
     p.add_argument("--out", default=str(checkpoint.CHECKPOINT_DIR))

@@ -11,7 +11,7 @@ from PIL import Image
 from models import checkpoint, evaluate, omniglot, registry, sinusoid
 from models.adapt import adapt, predict
 from models.nets import SHIFTS, Conv4, SinusoidMLP, shifted_views
-from models.preprocess import PREPROCESSING, ImageError, decode_image
+from models.preprocess import ImageError, decode_image
 
 
 @pytest.fixture(scope="module")
@@ -369,50 +369,3 @@ def test_omniglot_widths_travel_in_the_checkpoint(tmp_path):
     model, meta = checkpoint.load(tmp_path / "w")
     assert meta["architecture_kwargs"]["channels"] == [16, 16, 24, 32]
     assert [conv.out_channels for conv, _ in model.blocks] == [16, 16, 24, 32] and model.dim == 32
-
-
-def test_distillation_loss_vanishes_only_where_student_and_teacher_agree():
-    from models.train import distill_loss
-    gen = torch.Generator().manual_seed(0)
-    teacher, student = torch.randn(2, 6, 5, generator=gen), torch.randn(2, 6, 5, generator=gen)
-    shifted = teacher + torch.randn(2, 6, 1, generator=gen)  # a per-query constant leaves the softmax as it is
-    assert distill_loss(shifted, teacher, 2.0).abs() < 1e-5
-    assert distill_loss(student, teacher, 2.0) > 0.01
-    student.requires_grad_(True)
-    distill_loss(student, teacher, 2.0).backward()
-    assert distill_loss(student.detach() - 0.5 * student.grad, teacher, 2.0) < distill_loss(student.detach(), teacher, 2.0)
-
-
-def test_teachers_average_the_prototype_logits_of_shift_averaged_embeddings(ds, tmp_path):
-    from models.train import Teachers
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        checkpoint.save(Conv4(channels=8), {"architecture": "conv4", "architecture_kwargs": {"channels": 8},
-                                             "data": {"preprocessing": PREPROCESSING}}, tmp_path / f"t{seed}")
-    teachers = Teachers(["t0", "t1"], tmp_path, "cpu")
-    sx, sy, qx, qy = episode(ds, n_way=4, k_shot=2, n_query=3)
-    got = teachers.logits(sx[None], sy[None], qx[None], 4)[0]
-    expected, plain = [], []
-    for m in teachers.models:
-        s, q = (torch.stack([m.embed(v) for v in shifted_views(x)]).mean(0) for x in (sx, qx))
-        c = torch.stack([s[sy == k].mean(0) for k in range(4)])
-        expected.append(-torch.cdist(q, c) ** 2)  # the head's logits up to a per-query constant |q|^2
-        plain.append(-torch.cdist(m.embed(qx), torch.stack([m.embed(sx)[sy == k].mean(0) for k in range(4)])) ** 2)
-    expected, plain = torch.stack(expected).mean(0), torch.stack(plain).mean(0)
-    centred = lambda t: t - t.mean(-1, keepdim=True)
-    assert torch.allclose(centred(got), centred(expected), atol=1e-3)
-    assert not torch.allclose(centred(got), centred(plain), atol=1e-3)  # the views are used
-
-
-def test_training_with_distillation_records_its_teachers(tmp_path):
-    from models import train
-    common = ["omniglot", "--channels", "16", "--flips", "--iterations", "2", "--val-every", "2", "--val-tasks", "2",
-              "--threads", "1", "--out", str(tmp_path)]
-    train.main([*common, "--name", "teacher"])
-    train.main([*common, "--name", "student", "--init", "teacher", "--distill", "teacher", "--seed", "1"])
-    train.main([*common, "--name", "plain", "--init", "teacher", "--seed", "1"])
-    plain, _ = checkpoint.load(tmp_path / "plain")
-    student, meta = checkpoint.load(tmp_path / "student")
-    assert meta["training"]["distill"] == "teacher" and meta["training"]["distill_weight"] == 0.5
-    assert meta["training"]["distill_from"]["teacher"]["training"]["name"] == "teacher"
-    assert not torch.equal(plain.body[0].weight, student.body[0].weight)  # same episodes: the teacher moved it
