@@ -115,8 +115,9 @@ class Conv4(Base):
         return h.flatten(1)
 
     def embed_support(self, x):
-        """With `support_shifts`, the mean over the views, embedded one view at a time: a
-        support set of MAX_SUPPORT images peaks at the memory of one plain pass."""
+        """With `support_shifts`, the mean over the views, embedded one view at a time: the
+        service's largest support set (`max_support`, 500 images) peaks at the memory of one
+        plain pass."""
         if not self.support_shifts:
             return super().embed_support(x)
         return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
