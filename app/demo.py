@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from models import omniglot
+from models.research import omniglot
 
 from .client import Client, image_input
 

@@ -3,8 +3,7 @@ listening on its own SO_REUSEPORT socket.
 
 Why not `uvicorn --workers N`: its processes share one listening socket and
 whichever is awake first accepts, so a handful of keep-alive clients can all
-land on one process while the other idles (in our 8-client throughput runs, 3
-of 4 served half the usual images/s). With a socket per process the kernel
+land on one process while the other idles (docs/experiments.md). With a socket per process the kernel
 spreads connections over them by address hash. The parent only forwards
 SIGTERM/SIGINT (each process drains its in-flight requests) and restarts a
 process that died.
@@ -22,7 +21,7 @@ import time
 
 import uvicorn
 
-from . import logs
+from .core import logs
 
 log = logging.getLogger("rapid_adapt.serve")
 

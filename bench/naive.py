@@ -9,7 +9,7 @@ import pickle
 
 import torch
 
-from models.baselines import Classifier, classic_finetune
+from models.research.baselines import Classifier, classic_finetune
 from models.nets import Base
 
 

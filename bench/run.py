@@ -32,10 +32,11 @@ import redis
 import torch
 from tqdm import tqdm
 
-from app.adaptation import run_adaptation
-from app.settings import Settings
-from app.store import Store
-from models import omniglot, registry, runtime, sinusoid
+from app.core.adaptation import run_adaptation
+from app.core.config import Settings
+from app.core.store import Store
+from models import registry, runtime
+from models.research import omniglot, sinusoid
 from models.adapt import adapt, predict
 from tests.stack import KEYS, Stack
 

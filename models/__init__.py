@@ -1,2 +1,4 @@
-"""Rapid Adapt's ML core: networks, task families, the inner loop, meta-training,
-evaluation and the registry of committed bases. Imports torch, numpy and pillow only."""
+"""Rapid Adapt's ML core. What serving imports: the networks (`nets`), the inner loop
+(`adapt`), image preprocessing, checkpoints and the registry of bases; it needs torch,
+numpy, pillow and safetensors only. The research half (`models.research`: task families,
+baselines, meta-training, evaluation) is separate; `python -m models.train|evaluate` run it."""

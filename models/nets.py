@@ -56,8 +56,7 @@ class Base(nn.Module):
 
 class Conv4(Base):
     """Omniglot base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool),
-    28x28 -> an embedding as wide as the last block (`channels`: one width for
-    all four, or one per block; 64 by default). Group norm normalises each image
+    28x28 -> a `channels`-wide embedding. Group norm normalises each image
     on its own, so a prediction never depends on the other images in the batch.
 
     Fast weights are a linear head built per task from the class prototypes of
@@ -74,22 +73,17 @@ class Conv4(Base):
     task = "classification"
     input_shape = (1, 28, 28)
 
-    def __init__(self, channels: int | list[int] = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1,
-                 max_ways: int = 50, final_pool: bool = True, support_shifts: bool = False):
+    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1,
+                 max_ways: int = 50, support_shifts: bool = False):
         super().__init__(steps, step_size)
         self.max_ways, self.support_shifts = max_ways, support_shifts
-        widths = [channels] * 4 if isinstance(channels, int) else list(channels)
-        if len(widths) != 4:
-            raise ValueError(f"channels: one width or four, got {channels}")
         blocks, c_in = [], 1
-        for i, c_out in enumerate(widths):
-            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.ReLU()]
-            blocks += [nn.MaxPool2d(2)] if i < 3 or final_pool else []
-            c_in = c_out
+        for _ in range(4):
+            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = channels
         self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
-        self.final_pool = final_pool
         self.blocks = tuple(zip(self.body[0::4], self.body[1::4]))  # (conv, norm) x 4, for `embed` (not registered twice)
-        self.dim = widths[-1] * (1 if final_pool else 9)  # 28 -> 14 -> 7 -> 3 (-> 1)
+        self.dim = channels  # 28 -> 14 -> 7 -> 3 -> 1
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
 
@@ -102,16 +96,16 @@ class Conv4(Base):
         return self.embed_inference(x)
 
     def embed_inference(self, x):
-        """`self.body(x)` rewritten for forward-only CPU speed (20 images: about 14 -> 8
-        ms on one thread): the one-channel first conv as a matmul over 3x3 patches,
-        and 2x2 max-pooling as the max of four strided views, taken before the ReLU
-        (they commute), where PyTorch's NCHW max_pool2d and 1-channel conv are slow."""
+        """`self.body(x)` rewritten for forward-only CPU speed: the one-channel first conv
+        as a matmul over 3x3 patches, and 2x2 max-pooling as the max of four strided views,
+        taken before the ReLU (they commute), where PyTorch's NCHW max_pool2d and
+        1-channel conv are slow (docs/experiments.md has the figures)."""
         first = self.blocks[0][0]
         patches = F.unfold(x, 3, padding=1)  # [B, 9, H*W]
         h = (first.weight.flatten(1) @ patches + first.bias.unsqueeze(1)).unflatten(2, x.shape[-2:])
         for i, (conv, norm) in enumerate(self.blocks):
             h = norm(conv(h) if i else h)
-            h = F.relu(pool2x2(h) if i < 3 or self.final_pool else h)
+            h = F.relu(pool2x2(h))
         return h.flatten(1)
 
     def embed_support(self, x):

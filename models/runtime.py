@@ -15,8 +15,8 @@ def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed blocks of up to 32 MB for reuse.
 
     By default each multi-MB activation of a forward pass is mmap'd fresh and
-    unmapped on free, so every pass page-faults and zeroes its memory again: the
-    conv4 forward of 20 images took 11 ms instead of 6 on one thread. Returns
+    unmapped on free, so every pass page-faults and zeroes its memory again, which
+    nearly doubled the conv4 forward time on CPU (docs/experiments.md). Returns
     False (and changes nothing) where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -72,10 +72,13 @@ class Stack:
         self.redis.terminate()
         self.redis.wait(10)
 
-    def start_worker(self, **env) -> subprocess.Popen:
+    def start_worker(self, job_delay: float = 0.0, **env) -> subprocess.Popen:
+        """A worker process; with job_delay, the fault-injecting one of tests/faults.py."""
         extra = self.env | {f"RAPID_ADAPT_{k.upper()}": str(v) for k, v in env.items()}
+        extra["RAPID_ADAPT_TEST_JOB_DELAY"] = str(job_delay)
         n = len(self.workers)
-        w = self._spawn([sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO",
+        module = "tests.faults:app" if job_delay else "worker.celery_app:app"
+        w = self._spawn([sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel", "INFO",
                          "--concurrency", "1", "--pool", "prefork", "-n", f"w{n}-{self.redis_port}@%h",
                          "--without-gossip", "--without-mingle"], f"worker{n}", extra)
         self.workers.append(w)

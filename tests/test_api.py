@@ -18,7 +18,8 @@ from PIL import Image
 
 from app.client import AsyncClient, Client, RapidAdaptError
 from app.demo import omniglot_task, sinusoid_task
-from models import evaluate, omniglot, registry
+from models import registry
+from models.research import evaluate, omniglot
 
 from .stack import KEYS, wait_until
 
@@ -333,7 +334,7 @@ def test_weights_evicted_from_redis_are_rebuilt(acme, stack):
 def test_worker_killed_mid_job_is_finished_by_another(new_stack):
     s = new_stack(visibility_timeout=4, job_soft_time_limit=3, job_hard_time_limit=3.5, restore_interval_seconds=1)
     s.start_redis()
-    victim = s.start_worker(fault_job_delay_seconds=2.5)
+    victim = s.start_worker(job_delay=2.5)
     s.start_api()
     s.wait_ready()
     with Client(s.url, api_key=KEYS["acme"]) as c:
@@ -355,7 +356,7 @@ def test_worker_killed_mid_job_is_finished_by_another(new_stack):
 def test_prediction_waits_for_a_running_adaptation(new_stack):
     s = new_stack()
     s.start_redis()
-    s.start_worker(fault_job_delay_seconds=1.5)
+    s.start_worker(job_delay=1.5)
     s.start_api()
     s.wait_ready()
     with Client(s.url, api_key=KEYS["acme"]) as c:
@@ -398,23 +399,21 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
         assert len(c.predict(a["id"], [[0.0]])) == 1
 
 
-def test_auth_is_off_only_when_a_setting_says_so(capsys, monkeypatch):
-    from fastapi.testclient import TestClient
-
+def test_auth_is_off_only_when_a_setting_says_so(new_stack, monkeypatch):
     monkeypatch.setenv("RAPID_ADAPT_API_KEYS", "t:k")  # for the module-level app that the import builds
-    from app.main import create_app
-    from app.settings import Settings
+    from app.api.factory import create_app
+    from app.core.config import Settings
 
     with pytest.raises(RuntimeError, match="RAPID_ADAPT_API_KEYS"):
         create_app(Settings(api_keys="", auth="on"))
     with pytest.raises(ValueError, match="tenant:key"):
         create_app(Settings(api_keys="no-colon", auth="on"))
-    app = create_app(Settings(api_keys="", auth="off", redis_url="redis://127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0"))
-    with TestClient(app) as c:
-        assert c.get("/healthz").status_code == 200
-        r = c.get("/v1/adaptations")  # no key needed, but Redis is not there: 503, never a 500
-        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
-    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    nowhere = "redis://127.0.0.1:1/0"
+    s = new_stack(api_keys="", auth="off", redis_url=nowhere, broker_url=nowhere)
+    s.start_api()
+    r = httpx.get(s.url + "/v1/adaptations", timeout=10)  # no key needed, but Redis is not there: 503, never a 500
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    events = [json.loads(line) for line in (s.tmp / "api.log").read_text().splitlines() if line.startswith("{")]
     assert any(e["level"] == "warning" and "RAPID_ADAPT_AUTH=off" in e["event"] for e in events)
 
 

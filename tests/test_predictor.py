@@ -3,8 +3,9 @@ together get the answers each would get alone."""
 
 import torch
 
-from app.predictor import forward_merged
-from models import omniglot, registry
+from app.api.predictor import forward_merged
+from models import registry
+from models.research import omniglot
 from models.adapt import adapt, predict
 
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from app.store import bytes_to_support, support_to_bytes, tensors_to_bytes
-from models import omniglot
+from app.core.codecs import bytes_to_support, support_to_bytes, tensors_to_bytes
+from models.research import omniglot
 
 
 def test_image_support_is_stored_as_gray_levels_losslessly():

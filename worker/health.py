@@ -4,9 +4,10 @@ worker on this host has sent a heartbeat to Redis within the last few seconds.""
 import socket
 import sys
 
-from app.settings import get_settings
-from app.store import Store
+from app.core import heartbeats
+from app.core.config import get_settings
+from app.core.store import connect
 
 settings = get_settings()
-alive = Store(settings).workers_alive(3 * settings.worker_heartbeat_seconds + 1)
+alive = heartbeats.alive(connect(settings.redis_url, settings), settings.heartbeat_window)
 sys.exit(0 if any(socket.gethostname() in w for w in alive) else 1)

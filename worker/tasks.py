@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.adaptation import device, run_adaptation
-from app.adaptation import warm_up as warm
-from app.jobs import TASK_NAME
-from app.settings import get_settings
-from app.store import Store
+from app.core import stats
+from app.core.adaptation import device, run_adaptation
+from app.core.config import get_settings
+from app.core.jobs import TASK_NAME
+from app.core.store import Store
 
 from .celery_app import app
 
@@ -36,11 +36,6 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def warm_up() -> None:
-    """Load every base once per worker process, on the GPU when there is one."""
-    warm(device(), get_settings().torch_threads)
-
-
 @app.task(name=TASK_NAME)
 def adapt_job(adaptation_id: str) -> str:
     s, settings = store(), get_settings()
@@ -51,8 +46,6 @@ def adapt_job(adaptation_id: str) -> str:
         return "duplicate"
     started = time.perf_counter()
     s.update(adaptation_id, status="running", started_at=now(), attempts=record.get("attempts", 0) + 1)
-    if settings.fault_job_delay_seconds:
-        time.sleep(settings.fault_job_delay_seconds)
     support = s.support(adaptation_id)
     if support is None:
         return "gone"
@@ -66,7 +59,7 @@ def adapt_job(adaptation_id: str) -> str:
     if not s.update(adaptation_id, status="succeeded", finished_at=now(), metrics=metrics):
         s.drop_weights(adaptation_id)  # deleted while running: leave nothing behind
         return "gone"
-    s.record_outcome("succeeded", time.perf_counter() - started)
+    stats.record_outcome(s.r, "succeeded", time.perf_counter() - started)
     log.info("adaptation succeeded", extra={"adaptation_id": adaptation_id, "status": "succeeded",
                                             "duration_ms": metrics["adaptation_ms"]})
     return "succeeded"
@@ -74,6 +67,6 @@ def adapt_job(adaptation_id: str) -> str:
 
 def fail(s: Store, adaptation_id: str, started: float, code: str, message: str) -> str:
     s.update(adaptation_id, status="failed", finished_at=now(), error={"code": code, "message": message})
-    s.record_outcome("failed", time.perf_counter() - started)
+    stats.record_outcome(s.r, "failed", time.perf_counter() - started)
     log.warning("adaptation failed", extra={"adaptation_id": adaptation_id, "status": "failed", "error": code})
     return "failed"

@@ -2,11 +2,9 @@
 
 One thread per process does all the work of a prediction request: it reads the
 adaptation's record, decodes the inputs, finds the adapted weights, runs the
-forward pass and hands back plain lists. A request thus costs the event loop one
-hand-off and one callback. Handled in the thread pool and waiting there on a
-separate batcher thread, it cost four thread hand-offs and 8-9% more CPU per
-20-image request under load (per-process CPU time from /proc, two interleaved
-runs each; README).
+forward pass and hands back plain lists, so a request costs the event loop one
+hand-off and one callback (a thread-pool handler waiting on a separate batcher
+thread costs four hand-offs; docs/experiments.md has the measurement).
 
 The thread takes every request waiting at that moment and embeds all their
 images together (also across different adaptations of one base; in equal passes
@@ -31,12 +29,12 @@ import torch
 from models import registry
 
 from . import metrics
-from .adaptation import run_adaptation
+from ..core.adaptation import run_adaptation
+from ..core.config import Settings
+from ..core.store import Store
 from .errors import ApiError
 from .inputs import batch
 from .records import owned
-from .settings import Settings
-from .store import Store
 
 log = logging.getLogger("rapid_adapt.api")
 

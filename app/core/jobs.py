@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from .settings import Settings
+from .config import Settings
 
 TASK_NAME = "rapid_adapt.adapt"
 QUEUE = "adaptations"

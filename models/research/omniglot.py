@@ -28,16 +28,16 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .preprocess import PREPROCESSING, SIDE, frame_ink, levels_to_tensor, square_gray
+from ..preprocess import PREPROCESSING, SIDE, frame_ink, levels_to_tensor, square_gray
 
-DATA_DIR = Path(__file__).parent / "data" / "omniglot"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "omniglot"
 ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 SPLITS = {
     "train": ("Korean", "Latin", "Japanese_(katakana)", "Sanskrit", "Tagalog"),
     "val": ("Balinese",),
     "test": ("Greek", "Early_Aramaic"),
 }
-CACHE_DIR = Path(os.environ.get("RAPID_ADAPT_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+CACHE_DIR = Path(os.environ.get("RAPID_ADAPT_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
 
 
 def alphabets_of(split: str) -> tuple[str, ...]:
@@ -119,14 +119,11 @@ class EpisodeSampler:
     al.'s within-alphabet protocol). With `rotations`, each character rotated by
     90/180/270 degrees is a new class (with `flips` also its mirror images: the 8
     symmetries of the square); an episode keeps one variant when the alphabet has
-    enough characters. `jitter` adds a small random affine warp. With `overlay`,
-    that share of the episodes has new classes: each character drawn over another
-    of its alphabet by the same drawer (pixelwise max), many more distinct classes
-    than 172 characters give, in the stroke style of real ones."""
+    enough characters. `jitter` adds a small random affine warp."""
 
     def __init__(self, ds: Omniglot, split: str, rotations: bool = False, jitter: bool = False, flips: bool = False,
-                 shear: float = 0.0, overlay: float = 0.0):
-        self.ds, self.jitter, self.shear, self.overlay = ds, jitter, shear, overlay
+                 shear: float = 0.0):
+        self.ds, self.jitter, self.shear = ds, jitter, shear
         self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
         order = torch.argsort(ds.char * 100 + ds.drawer)
@@ -138,8 +135,7 @@ class EpisodeSampler:
             self.alphabets.setdefault(ds.char_names[c].split("/")[0], []).append(c)
 
     def sample_ids(self, n_way: int, k_shot: int, n_query: int, gen: torch.Generator):
-        """An episode as image indices: -> support [(index, symmetry, label)], query [...]; an
-        overlay episode's indices are pairs (this character, the one drawn over it)."""
+        """An episode as image indices: -> support [(index, symmetry, label)], query [...]."""
         names = sorted(a for a, cs in self.alphabets.items() if len(cs) * self.variants >= n_way)
         if not names:
             raise ValueError(f"no alphabet in this split has {n_way} classes")
@@ -154,16 +150,9 @@ class EpisodeSampler:
             pool = [(c, r) for c in chars for r in range(self.variants)]
             classes = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:n_way]]
         support, query = [], []
-        pair = self.overlay and float(torch.rand(1, generator=gen)) < self.overlay
-        if pair:  # character j is overlaid on character j + shift; shift != L/2, so no two classes are the same pair
-            shifts = [s for s in range(1, len(chars)) if 2 * s != len(chars)]
-            shift = shifts[int(torch.randint(len(shifts), (1,), generator=gen))]
         for label, (c, rot) in enumerate(classes):
             order = torch.randperm(20, generator=gen)[: k_shot + n_query]
             idx = self.by_char[c][order].tolist()
-            if pair:  # a new class: this character overlaid on another, same drawer
-                other = chars[(chars.index(c) + shift) % len(chars)]
-                idx = list(zip(idx, self.by_char[other][order].tolist()))
             support += [(i, rot, label) for i in idx[:k_shot]]
             query += [(i, rot, label) for i in idx[k_shot:]]
         return support, query
@@ -176,14 +165,10 @@ class EpisodeSampler:
         return sx, sy, qx, qy
 
     def tensors(self, ids, gen: torch.Generator):
-        x = torch.stack([symmetry(self.image(i), v) for i, v, _ in ids])
+        x = torch.stack([symmetry(self.ds.images[i], v) for i, v, _ in ids])
         if self.jitter:
             x = affine_jitter(x, gen, shear=self.shear)
         return x, torch.tensor([label for *_, label in ids])
-
-    def image(self, i: int | tuple[int, int]) -> torch.Tensor:
-        """One drawing, or two overlaid (an overlay class's index pair)."""
-        return torch.maximum(self.ds.images[i[0]], self.ds.images[i[1]]) if isinstance(i, tuple) else self.ds.images[i]
 
 
 def symmetry(img: torch.Tensor, v: int) -> torch.Tensor:

@@ -4,13 +4,9 @@ RAPID_ADAPT_ (pydantic-settings), e.g. RAPID_ADAPT_API_KEYS=acme:s3cret."""
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from models.checkpoint import CHECKPOINT_DIR
 
 
 class Settings(BaseSettings):
@@ -24,7 +20,6 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = "on"
     api_keys: str = ""  # "tenant:key,tenant2:key2"
 
-    checkpoint_dir: Path = CHECKPOINT_DIR
     max_body_bytes: int = 8 * 2**20
     max_support: int = 500  # examples per support set
     max_query: int = 1000  # inputs per prediction request
@@ -43,7 +38,11 @@ class Settings(BaseSettings):
     visibility_timeout: float = 300.0  # > hard limit: a killed worker's job is redelivered after this
     restore_interval_seconds: int = 10  # how often workers look for jobs a dead worker left
     worker_heartbeat_seconds: float = 2.0
-    fault_job_delay_seconds: float = Field(0.0, description="fault tests only: sleep inside each job")
+
+    @property
+    def heartbeat_window(self) -> float:
+        """A worker whose last heartbeat is older than this is counted dead."""
+        return 3 * self.worker_heartbeat_seconds + 1
 
     @property
     def weights_url(self) -> str:

@@ -1,15 +1,26 @@
 """Reading an adaptation's record for a caller, shared by the routes and the
-predictor thread: ownership (another tenant's adaptation is 404, not 403) and
-waiting for a job to end."""
+predictor thread: ownership (another tenant's adaptation is 404, not 403), its
+public form, and waiting for a job to end."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
-from .errors import not_found
-from .store import Store
+from ..core.config import Settings
+from ..core.store import Store
+from .errors import invalid, not_found
+from .schemas import Adaptation
 
 DONE = ("succeeded", "failed")
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def public(record: dict) -> dict:
+    return Adaptation.model_validate(record).model_dump()
 
 
 def owned(store: Store, aid: str, tenant: str) -> dict:
@@ -17,6 +28,12 @@ def owned(store: Store, aid: str, tenant: str) -> dict:
     if record is None or record["tenant"] != tenant:
         raise not_found("adaptation")
     return record
+
+
+def wait_param(settings: Settings, wait: float | None) -> float:
+    if wait is not None and not 0 <= wait <= settings.max_wait_seconds:
+        raise invalid("invalid_wait", f"wait must lie in 0..{settings.max_wait_seconds} seconds", "query", "wait")
+    return wait or 0.0
 
 
 def wait_for(store: Store, aid: str, seconds: float, record: dict) -> dict:

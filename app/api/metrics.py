@@ -2,6 +2,8 @@
 
 from prometheus_client import Counter, Histogram
 
+from ..core import heartbeats, stats
+
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("rapid_adapt_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
@@ -23,22 +25,22 @@ class StoreCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         try:
-            stats = self.store.stats()
+            counts = stats.read(self.store.r)
             stored = self.store.count_adaptations()
-            workers = len(self.store.workers_alive(self.window))
+            workers = len(heartbeats.alive(self.store.r, self.window))
             depth = self.queue.depth()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
         finished = CounterMetricFamily("rapid_adapt_adaptations_finished", "adaptation jobs by final status",
                                        labels=["status"])
         for status in ("succeeded", "failed"):
-            finished.add_metric([status], stats.get(f"status:{status}", 0.0))
+            finished.add_metric([status], counts.get(f"status:{status}", 0.0))
         yield finished
-        buckets = [(str(le), stats.get(f"le:{le}", 0.0)) for le in self.store.DURATION_BUCKETS]
-        buckets.append(("+Inf", stats.get("duration_count", 0.0)))
+        buckets = [(str(le), counts.get(f"le:{le}", 0.0)) for le in stats.DURATION_BUCKETS]
+        buckets.append(("+Inf", counts.get("duration_count", 0.0)))
         yield HistogramMetricFamily("rapid_adapt_adaptation_duration_seconds",
                                     "time from a job's start to its end on a worker",
-                                    buckets=buckets, sum_value=stats.get("duration_sum", 0.0))
+                                    buckets=buckets, sum_value=counts.get("duration_sum", 0.0))
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting in the broker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)

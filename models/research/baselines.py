@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .nets import Base
+from ..nets import Base
 
 
 class Classifier(nn.Module):

@@ -1,0 +1,55 @@
+"""What routes receive, as `Annotated` dependencies: settings, store, queue,
+predictor and the caller's tenant. All `async def`: none blocks, and FastAPI would
+run a plain `def` dependency in the thread pool, one hop per dependency per request."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from ..core.config import Settings
+from ..core.jobs import Queue
+from ..core.store import Store
+from .errors import ApiError
+from .predictor import Predictor
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def get_queue(request: Request) -> Queue:
+    return request.app.state.queue
+
+
+async def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+async def get_tenant(request: Request, authorization: str | None = Header(None, description="Bearer KEY")) -> str:
+    """The caller's tenant from `Authorization: Bearer KEY` (or "public" with auth off)."""
+    if request.app.state.settings.auth == "off":
+        return "public"
+    unauthorized = lambda message: ApiError(  # noqa: E731
+        401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"}
+    )
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise unauthorized("send Authorization: Bearer KEY")
+    given = authorization[7:].strip().encode()
+    for key, name in request.app.state.tenants.items():
+        if hmac.compare_digest(given, key.encode()):
+            return name
+    raise unauthorized("unknown API key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+QueueDep = Annotated[Queue, Depends(get_queue)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+TenantDep = Annotated[str, Depends(get_tenant)]

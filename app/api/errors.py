@@ -1,0 +1,77 @@
+"""The one error shape of the API, {"error": {"code", "message", "details"}}, where
+details names the offending field (["support", 3, "input"]), and the handlers that
+turn every failure into it."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from kombu.exceptions import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .responses import FastJSON
+
+log = logging.getLogger("rapid_adapt.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: list | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details = details or []
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def response(self) -> FastJSON:
+        return FastJSON(self.body(), status_code=self.status, headers=self.headers)
+
+
+def invalid(code: str, message: str, *field) -> ApiError:
+    return ApiError(422, code, message, list(field))
+
+
+def not_found(what: str, field: str | None = None) -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found", [field] if field else [])
+
+
+def unavailable(what: str) -> ApiError:
+    return ApiError(503, "unavailable", f"{what} is unavailable; retry shortly", [], {"Retry-After": "1"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_, exc: RequestValidationError):
+        first = exc.errors()[0]
+        loc = list(first["loc"])
+        field = loc[1:] if loc and loc[0] == "body" else loc
+        code = "invalid_json" if first["type"] == "json_invalid" else "invalid_request"
+        message = f"{'.'.join(map(str, field)) or 'body'}: {first['msg']}"
+        return invalid(code, message, *field).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ApiError(exc.status_code, code, str(exc.detail), [], exc.headers).response()
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_, exc):
+        log.warning("redis unavailable: %s", exc)
+        return unavailable("storage").response()
+
+    @app.exception_handler(OperationalError)
+    async def broker_down(_, exc):
+        log.warning("broker unavailable: %s", exc)
+        return unavailable("the job queue").response()
+
+    @app.exception_handler(TimeoutError)
+    async def timed_out(_, exc):
+        return ApiError(503, "timeout", "the service is overloaded; retry shortly", [], {"Retry-After": "1"}).response()

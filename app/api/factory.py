@@ -1,0 +1,58 @@
+"""The app factory: settings, store, queue and predictor wired into one FastAPI app,
+with the error envelope, the middleware and the routes."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import anyio
+import torch
+from fastapi import FastAPI
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from ..core import logs
+from ..core.adaptation import warm_up
+from ..core.config import Settings, get_settings
+from ..core.jobs import Queue
+from ..core.store import Store
+from . import metrics, routes
+from .errors import install_error_handlers
+from .middleware import Observe
+from .predictor import Predictor
+
+log = logging.getLogger("rapid_adapt.api")
+
+DESCRIPTION = (
+    "Post a small labelled support set for a new task; a worker adapts a meta-trained base in a few learned "
+    "gradient steps; ask for predictions on query data."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.configure()
+    tenants = settings.tenants_by_key()
+    if settings.auth == "on" and not tenants:
+        raise RuntimeError("RAPID_ADAPT_API_KEYS is empty: set tenant:key pairs, or RAPID_ADAPT_AUTH=off explicitly")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 100
+        warm_up(torch.device("cpu"), settings.torch_threads)  # every base in memory, run once, before the first request
+        if settings.auth == "off":
+            log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
+        yield
+
+    app = FastAPI(title="Rapid Adapt", version="1.0.0", lifespan=lifespan, description=DESCRIPTION)
+    app.state.settings, app.state.tenants = settings, tenants
+    app.state.store = Store(settings)
+    app.state.queue = Queue(settings)
+    app.state.predictor = Predictor(settings, app.state.store)
+    from_redis = CollectorRegistry()
+    from_redis.register(metrics.StoreCollector(app.state.store, app.state.queue, settings.heartbeat_window))
+    app.state.metrics_registries = [REGISTRY, from_redis]
+    routes.include(app)
+    install_error_handlers(app)
+    app.add_middleware(Observe, limit=settings.max_body_bytes)
+    return app

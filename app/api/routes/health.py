@@ -1,0 +1,45 @@
+"""Health and metrics, outside /v1 and without auth: /healthz (alive), /readyz
+(Redis reachable, bases loaded, a worker answering; else 503), /metrics."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models import registry
+
+from ...core import heartbeats
+from ..responses import FastJSON
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Alive")
+def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Redis reachable, bases loaded, a worker answering; else 503")
+def readyz(request: Request):
+    state = request.app.state
+    checks = {"bases": registry.names()}
+    try:
+        state.store.ping()
+        checks["redis"] = "ok"
+        checks["workers"] = len(heartbeats.alive(state.store.r, state.settings.heartbeat_window))
+    except redis.RedisError:
+        checks["redis"], checks["workers"] = "unreachable", 0
+    ready = checks["redis"] == "ok" and checks["workers"] > 0 and bool(checks["bases"])
+    return FastJSON(
+        {"status": "ready" if ready else "not_ready", **checks},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "1"},
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+def prometheus(request: Request):
+    text = b"".join(generate_latest(r) for r in request.app.state.metrics_registries)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)

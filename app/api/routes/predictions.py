@@ -1,0 +1,57 @@
+"""POST /v1/adaptations/{id}/predictions: answers from the adapted weights."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import PredictorDep, SettingsDep, StoreDep, TenantDep
+from ..errors import ApiError, invalid
+from ..records import DONE, wait_for, wait_param
+from ..responses import FastJSON
+from ..schemas import ErrorBody, PredictionRequest, PredictionResponse
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+
+@router.post(
+    "/adaptations/{aid}/predictions",
+    response_model=PredictionResponse,
+    summary="Predict query inputs",
+    responses={409: {"model": ErrorBody, "description": "the adaptation has not succeeded (yet)"}},
+)
+async def predict(
+    aid: str,
+    body: PredictionRequest,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    predictor: PredictorDep,
+    wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
+):
+    """async: the predictor thread reads the record, decodes and predicts; the event loop
+    only builds the response from plain lists (and waits for a running job in the thread pool)."""
+    wait = wait_param(settings, wait)
+    if not body.inputs:
+        raise invalid("empty_inputs", "inputs is empty", "inputs")
+    if len(body.inputs) > settings.max_query:
+        raise invalid("too_many_inputs", f"at most {settings.max_query} inputs per request", "inputs")
+    got = await predictor.predict(aid, tenant, body.inputs)
+    if got.outputs is None and wait and got.record["status"] not in DONE:
+        await run_in_threadpool(wait_for, store, aid, wait, got.record)
+        got = await predictor.predict(aid, tenant, got.x)
+    record = got.record
+    if got.outputs is None:
+        code = "adaptation_failed" if record["status"] == "failed" else "not_ready"
+        raise ApiError(409, code, f"adaptation is {record['status']}", [record["status"]])
+    if record["task"] == "classification":
+        classes = record["classes"]
+        keys = [str(c) for c in classes]
+        predictions = [
+            {"label": classes[max(range(len(p)), key=p.__getitem__)], "scores": dict(zip(keys, p))}
+            for p in got.outputs
+        ]
+    else:
+        shaped = (lambda v: [v]) if record["target_shape"] == [1] else (lambda v: v)
+        predictions = [{"value": shaped(v)} for v in got.outputs]
+    return FastJSON({"predictions": predictions})  # built to the schema above, without validating it again

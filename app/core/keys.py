@@ -1,0 +1,39 @@
+"""Every Redis key of Rapid Adapt, named in one place.
+
+Durable store (settings.redis_url, must not evict), each key with the adaptation's TTL:
+  ra:a:{id}               hash: the adaptation record, each field JSON-encoded
+  ra:s:{id}               the support set as safetensors bytes (codecs.support_to_bytes)
+  ra:idem:{tenant}:{h}    "{id} {request fingerprint}" for an Idempotency-Key (h: its SHA-256)
+  ra:t:{tenant}           sorted set of the tenant's ids by creation time
+  ra:workers              hash: worker name -> last heartbeat (unix seconds)
+  ra:stats                hash: finished jobs by status and a duration histogram
+Weights cache (settings.weights_url, may evict):
+  ra:w:{id}               the adapted tensors as safetensors bytes
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+WORKERS = "ra:workers"
+STATS = "ra:stats"
+
+
+def record(aid: str) -> str:
+    return f"ra:a:{aid}"
+
+
+def support(aid: str) -> str:
+    return f"ra:s:{aid}"
+
+
+def weights(aid: str) -> str:
+    return f"ra:w:{aid}"
+
+
+def tenant_index(tenant: str) -> str:
+    return f"ra:t:{tenant}"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    return f"ra:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"

@@ -1,0 +1,19 @@
+"""A worker with a fault injected, for the fault tests: `celery -A tests.faults:app worker`
+runs the real worker whose every job first sleeps RAPID_ADAPT_TEST_JOB_DELAY seconds
+(a slow job to kill, cancel or wait for). Production code has no such hook."""
+
+import os
+import time
+
+import worker.tasks as tasks
+from worker.celery_app import app  # noqa: F401  (what `celery -A` loads)
+
+_run = tasks.run_adaptation
+
+
+def slow_run_adaptation(*args, **kwargs):
+    time.sleep(float(os.environ.get("RAPID_ADAPT_TEST_JOB_DELAY", "0")))
+    return _run(*args, **kwargs)
+
+
+tasks.run_adaptation = slow_run_adaptation
