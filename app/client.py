@@ -1,9 +1,9 @@
 """A typed Python client for the v1 API, sync (`Client`) and async (`AsyncClient`).
 
-    from app.client import Client, image_input
-    with Client("http://127.0.0.1:8000", api_key="demo-key") as c:
-        a = c.create_adaptation("omniglot-conv4", [{"input": image_input(png), "label": "a"}, ...], wait=10)
-        print(c.predict(a["id"], [image_input(q)])[0]["label"])
+from app.client import Client, image_input
+with Client("http://127.0.0.1:8000", api_key="demo-key") as c:
+    a = c.create_adaptation("omniglot-conv4", [{"input": image_input(png), "label": "a"}, ...], wait=10)
+    print(c.predict(a["id"], [image_input(q)])[0]["label"])
 """
 
 from __future__ import annotations
@@ -86,9 +86,15 @@ class Client:
     def model(self, name: str) -> dict:
         return _check(self.http.get(f"/v1/models/{name}"))
 
-    def create_adaptation(self, model: str, support: list[dict], steps: int | None = None,
-                          ttl_seconds: int | None = None, wait: float | None = None,
-                          idempotency_key: str | None = None) -> Adaptation:
+    def create_adaptation(
+        self,
+        model: str,
+        support: list[dict],
+        steps: int | None = None,
+        ttl_seconds: int | None = None,
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Adaptation:
         body, params, headers = _create_args(model, support, steps, ttl_seconds, wait, idempotency_key)
         return _check(self.http.post("/v1/adaptations", json=body, params=params, headers=headers))
 
@@ -111,8 +117,13 @@ class Client:
         _check(self.http.delete(f"/v1/adaptations/{adaptation_id}"))
 
     def predict(self, adaptation_id: str, inputs: list, wait: float | None = None) -> list[dict]:
-        return _check(self.http.post(f"/v1/adaptations/{adaptation_id}/predictions", json={"inputs": inputs},
-                                     params={"wait": wait} if wait else {}))["predictions"]
+        return _check(
+            self.http.post(
+                f"/v1/adaptations/{adaptation_id}/predictions",
+                json={"inputs": inputs},
+                params={"wait": wait} if wait else {},
+            )
+        )["predictions"]
 
     def ready(self) -> bool:
         return self.http.get("/readyz").status_code == 200
@@ -137,9 +148,15 @@ class AsyncClient:
     async def model(self, name: str) -> dict:
         return _check(await self.http.get(f"/v1/models/{name}"))
 
-    async def create_adaptation(self, model: str, support: list[dict], steps: int | None = None,
-                                ttl_seconds: int | None = None, wait: float | None = None,
-                                idempotency_key: str | None = None) -> Adaptation:
+    async def create_adaptation(
+        self,
+        model: str,
+        support: list[dict],
+        steps: int | None = None,
+        ttl_seconds: int | None = None,
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Adaptation:
         body, params, headers = _create_args(model, support, steps, ttl_seconds, wait, idempotency_key)
         return _check(await self.http.post("/v1/adaptations", json=body, params=params, headers=headers))
 
@@ -154,6 +171,9 @@ class AsyncClient:
         _check(await self.http.delete(f"/v1/adaptations/{adaptation_id}"))
 
     async def predict(self, adaptation_id: str, inputs: list, wait: float | None = None) -> list[dict]:
-        r = await self.http.post(f"/v1/adaptations/{adaptation_id}/predictions", json={"inputs": inputs},
-                                 params={"wait": wait} if wait else {})
+        r = await self.http.post(
+            f"/v1/adaptations/{adaptation_id}/predictions",
+            json={"inputs": inputs},
+            params={"wait": wait} if wait else {},
+        )
         return _check(r)["predictions"]

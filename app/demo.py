@@ -23,7 +23,9 @@ from .client import Client, image_input
 def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "test"):
     """-> support examples and (query inputs, true labels), labels are character names."""
     ds = omniglot.load()
-    support_ids, query_ids = omniglot.EpisodeSampler(ds, split).sample_ids(n_way, 1, n_query, torch.Generator().manual_seed(seed))
+    support_ids, query_ids = omniglot.EpisodeSampler(ds, split).sample_ids(
+        n_way, 1, n_query, torch.Generator().manual_seed(seed)
+    )
     name = lambda i: ds.char_names[int(ds.char[i])]
     png = lambda i: image_input(omniglot.original_png(ds.files[i]))
     support = [{"input": png(i), "label": name(i)} for i, _, _ in support_ids]
@@ -40,7 +42,11 @@ def sinusoid_task(seed: int, k_shot: int = 5, n_query: int = 100):
     amp, phase = rng.uniform(0.1, 5.0), rng.uniform(0, math.pi)
     f = lambda x: amp * math.sin(x - phase)
     xs = [rng.uniform(-5, 5) for _ in range(k_shot + n_query)]
-    return [{"input": [x], "target": f(x)} for x in xs[:k_shot]], [[x] for x in xs[k_shot:]], [f(x) for x in xs[k_shot:]]
+    return (
+        [{"input": [x], "target": f(x)} for x in xs[:k_shot]],
+        [[x] for x in xs[k_shot:]],
+        [f(x) for x in xs[k_shot:]],
+    )
 
 
 def main(argv=None) -> None:
@@ -53,16 +59,25 @@ def main(argv=None) -> None:
         support, queries, truth = omniglot_task(args.seed)
         t = time.perf_counter()
         a = c.create_adaptation("omniglot-conv4", support, wait=30)
-        print(f"omniglot-conv4: adaptation {a['id']} {a['status']} in {1000 * (time.perf_counter() - t):.0f} ms "
-              f"({len(a['classes'])} {alphabet(truth)} characters, 1 drawing each; worker compute {a['metrics']['adaptation_ms']:.1f} ms)")
+        ms, compute = 1000 * (time.perf_counter() - t), a["metrics"]["adaptation_ms"]
+        print(
+            f"omniglot-conv4: adaptation {a['id']} {a['status']} in {ms:.0f} ms ({len(a['classes'])} "
+            f"{alphabet(truth)} characters, 1 drawing each; worker compute {compute:.1f} ms)"
+        )
         preds = c.predict(a["id"], queries)
         acc = sum(pr["label"] == y for pr, y in zip(preds, truth)) / len(truth)
-        print(f"omniglot-conv4: query accuracy {100 * acc:.1f}% on {len(truth)} new drawings (chance {100 / len(a['classes']):.0f}%)")
+        print(
+            f"omniglot-conv4: query accuracy {100 * acc:.1f}% on {len(truth)} new drawings "
+            f"(chance {100 / len(a['classes']):.0f}%)"
+        )
         support, queries, truth = sinusoid_task(args.seed)
         a = c.create_adaptation("sinusoid-mlp", support, wait=30)
         preds = c.predict(a["id"], queries)
         mse = sum((pr["value"] - y) ** 2 for pr, y in zip(preds, truth)) / len(truth)
-        print(f"sinusoid-mlp: adaptation {a['id']} {a['status']}; MSE {mse:.3f} on {len(truth)} query points from 5 examples")
+        print(
+            f"sinusoid-mlp: adaptation {a['id']} {a['status']}; "
+            f"MSE {mse:.3f} on {len(truth)} query points from 5 examples"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def serve(host: str, port: int, graceful: int, log_level: str) -> None:
     """One API process on its own socket."""
-    config = uvicorn.Config("app.main:app", host=host, port=port, timeout_graceful_shutdown=graceful,
-                            log_level=log_level, workers=1)
+    config = uvicorn.Config(
+        "app.main:app", host=host, port=port, timeout_graceful_shutdown=graceful, log_level=log_level, workers=1
+    )
     uvicorn.Server(config).run(sockets=[listen_socket(host, port)])
 
 

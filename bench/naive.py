@@ -9,8 +9,8 @@ import pickle
 
 import torch
 
-from models.research.baselines import Classifier, classic_finetune
 from models.nets import Base
+from models.research.baselines import Classifier, classic_finetune
 
 
 def classifier_for(base: Base, n_way: int) -> torch.nn.Module:

@@ -20,8 +20,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +34,12 @@ from app.core.adaptation import run_adaptation
 from app.core.config import Settings
 from app.core.store import Store
 from models import registry, runtime
-from models.research import omniglot, sinusoid
 from models.adapt import adapt, predict
+from models.research import omniglot, sinusoid
 from tests.stack import KEYS, Stack
 
 from . import naive
+from .load import require_wrk, run_wrk
 
 RESULTS = Path(__file__).parent / "results"
 KEY = KEYS["acme"]
@@ -67,6 +66,7 @@ def png_b64(ds, i) -> dict:
 
 # ---- A. adaptation compute ----------------------------------------------------
 
+
 def bench_adapt_compute(reps: int) -> list[dict]:
     rows = []
     model, _ = registry.load("omniglot-conv4")
@@ -84,8 +84,14 @@ def bench_adapt_compute(reps: int) -> list[dict]:
             base.append(ms)
             with torch.no_grad():
                 acc_base.append((m(qx).argmax(-1) == qy).float().mean().item())
-        rows.append({"what": f"omniglot-conv4 {n_way}-way 1-shot, {model.default_steps} steps", "ours": stats(ours),
-                     "naive": stats(base), "quality": f"accuracy {statistics.mean(acc_ours):.3f} vs {statistics.mean(acc_base):.3f}"})
+        rows.append(
+            {
+                "what": f"omniglot-conv4 {n_way}-way 1-shot, {model.default_steps} steps",
+                "ours": stats(ours),
+                "naive": stats(base),
+                "quality": f"accuracy {statistics.mean(acc_ours):.3f} vs {statistics.mean(acc_base):.3f}",
+            }
+        )
     model, _ = registry.load("sinusoid-mlp")
     gen = torch.Generator().manual_seed(0)
     sx, sy, qx, qy = sinusoid.sample_tasks(reps, 5, 100, gen)
@@ -98,12 +104,19 @@ def bench_adapt_compute(reps: int) -> list[dict]:
         base.append(ms)
         with torch.no_grad():
             mse_base.append(((m(qx[i]) - qy[i]) ** 2).mean().item())
-    rows.append({"what": f"sinusoid-mlp 5-shot, {model.default_steps} steps", "ours": stats(ours), "naive": stats(base),
-                 "quality": f"MSE {statistics.mean(mse_ours):.3f} vs {statistics.mean(mse_base):.3f}"})
+    rows.append(
+        {
+            "what": f"sinusoid-mlp 5-shot, {model.default_steps} steps",
+            "ours": stats(ours),
+            "naive": stats(base),
+            "quality": f"MSE {statistics.mean(mse_ours):.3f} vs {statistics.mean(mse_base):.3f}",
+        }
+    )
     return rows
 
 
 # ---- B. adaptation end to end ----------------------------------------------------
+
 
 def omniglot_bodies(n: int, n_way: int = 20) -> list[dict]:
     ds = omniglot.load()
@@ -112,7 +125,9 @@ def omniglot_bodies(n: int, n_way: int = 20) -> list[dict]:
     bodies = []
     for _ in range(n):
         support, _ = sampler.sample_ids(n_way, 1, 0, gen)
-        bodies.append({"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": l} for i, _, l in support]})
+        bodies.append(
+            {"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": y} for i, _, y in support]}
+        )
     return bodies
 
 
@@ -129,8 +144,12 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
             lat.append((time.perf_counter() - t) * 1000)
             assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
         out["latency"] = stats(lat)
-        out["worker_compute"] = stats([c.get(f"/v1/adaptations/{x['id']}").json()["metrics"]["adaptation_ms"]
-                                       for x in c.get("/v1/adaptations?limit=100").json()["data"]])
+        out["worker_compute"] = stats(
+            [
+                c.get(f"/v1/adaptations/{x['id']}").json()["metrics"]["adaptation_ms"]
+                for x in c.get("/v1/adaptations?limit=100").json()["data"]
+            ]
+        )
         for workers in (1, 2):
             while len(stack.workers) < workers:
                 stack.start_worker()
@@ -154,7 +173,9 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
 def throughput(c: httpx.Client, bodies: list[dict], jobs: int) -> float:
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"], range(jobs)))
+        ids = list(
+            pool.map(lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"], range(jobs))
+        )
         for aid in ids:
             while c.get(f"/v1/adaptations/{aid}?wait=10").json()["status"] not in ("succeeded", "failed"):
                 pass
@@ -162,6 +183,7 @@ def throughput(c: httpx.Client, bodies: list[dict], jobs: int) -> float:
 
 
 # ---- C. prediction -------------------------------------------------------------
+
 
 def bare_forward(reps: int) -> dict:
     """Images/s of the base's forward pass (embedding and head) in this process with
@@ -185,7 +207,7 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
     ds = omniglot.load()
     sampler = omniglot.EpisodeSampler(ds, "test")
     support, query = sampler.sample_ids(20, 1, 1, torch.Generator().manual_seed(2))
-    body = {"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": l} for i, _, l in support]}
+    body = {"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": y} for i, _, y in support]}
     q20 = {"inputs": [png_b64(ds, i) for i, _, _ in query]}
     q1 = {"inputs": [png_b64(ds, query[0][0])]}
     out = {}
@@ -199,23 +221,26 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
             lat.append((time.perf_counter() - t) * 1000)
         out["warm_20_images"] = stats(lat)
         ids100 = [c.post("/v1/adaptations?wait=10", json=body).json()["id"] for _ in range(100)]
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "ids100").write_text("\n".join(ids100)); (tmp / "q1").write_text(json.dumps(q1)); (tmp / "q20").write_text(json.dumps(q20))
-    (tmp / "ids1").write_text(aid)
-    (tmp / "ids10k").write_text("\n".join(seed_adaptations(stack, body, 10_000)))
-    load = lambda ids, q, conc: json.loads(subprocess.run(
-        [sys.executable, "-m", "bench.load", stack.url, KEY, str(tmp / ids), str(tmp / q), "--seconds", str(seconds),
-         "--concurrency", str(conc)], capture_output=True, text=True, check=True).stdout)
-    for name, ids, q, conc in [("one_image_100_adaptations", "ids100", "q1", 32),
-                               ("one_image_10000_adaptations", "ids10k", "q1", 32),
-                               ("twenty_images_1_adaptation", "ids1", "q20", 8)]:
+    ids10k = seed_adaptations(stack, body, 10_000)
+    load = lambda ids, q, conc: run_wrk(stack.url, KEY, ids, json.dumps(q), seconds, conc)
+    for name, ids, q, conc in [
+        ("one_image_100_adaptations", ids100, q1, 32),
+        ("one_image_10000_adaptations", ids10k, q1, 32),
+        ("twenty_images_1_adaptation", [aid], q20, 8),
+    ]:
         print(f"C. load: {name} for {seconds:.0f} s")
         if name == "twenty_images_1_adaptation":  # its baseline, right before and after it: the machine drifts
             out["bare_forward_before"] = bare_forward(reps)
         r = load(ids, q, conc)
-        n_img = len(json.loads((tmp / q).read_text())["inputs"])
-        out[name] = {"requests_per_s": r["requests"] / r["seconds"], "images_per_s": n_img * r["requests"] / r["seconds"],
-                     "errors": r["errors"], "p50_ms": r["p50"], "p99_ms": r["p99"], "tool": r["tool"]}
+        n_img = len(q["inputs"])
+        out[name] = {
+            "requests_per_s": r["requests"] / r["seconds"],
+            "images_per_s": n_img * r["requests"] / r["seconds"],
+            "errors": r["errors"],
+            "p50_ms": r["p50"],
+            "p99_ms": r["p99"],
+            "tool": r["tool"],
+        }
     out["bare_forward_after"] = bare_forward(reps)
     before, after = out["bare_forward_before"]["images_per_s"], out["bare_forward_after"]["images_per_s"]
     out["bare_forward_images_per_s"] = (before + after) / 2
@@ -224,14 +249,18 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
     r = redis.Redis(port=stack.redis_port, db=2)
     naive.store(r, "naive:p", naive.adapt(model, ds.images[:20], torch.arange(20), model.default_steps))
     out["naive_20_images"] = stats([timed(naive.predict, r, "naive:p", x)[0] for _ in range(100)])
-    out["naive_one_image_per_s"] = 1000 / statistics.median([timed(naive.predict, r, "naive:p", x[:1])[0] for _ in range(100)])
+    out["naive_one_image_per_s"] = 1000 / statistics.median(
+        [timed(naive.predict, r, "naive:p", x[:1])[0] for _ in range(100)]
+    )
     return out
 
 
 def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     """n adaptations written straight through the store (the worker's output format),
     so the 10,000-adaptation load test does not wait for 10,000 jobs."""
-    store = Store(Settings(redis_url=stack.env["RAPID_ADAPT_REDIS_URL"], broker_url=stack.env["RAPID_ADAPT_BROKER_URL"]))
+    store = Store(
+        Settings(redis_url=stack.env["RAPID_ADAPT_REDIS_URL"], broker_url=stack.env["RAPID_ADAPT_BROKER_URL"])
+    )
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         template = c.post("/v1/adaptations?wait=10", json=body).json()
     record = store.get(template["id"])
@@ -249,6 +278,7 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
 
 # ---- D. size -----------------------------------------------------------------------
 
+
 def bench_size(stack: Stack) -> dict:
     body = omniglot_bodies(1)[0]
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
@@ -258,63 +288,112 @@ def bench_size(stack: Stack) -> dict:
     model, _ = registry.load("omniglot-conv4")
     ds = omniglot.load()
     import pickle
+
     pickled = len(pickle.dumps(naive.adapt(model, ds.images[:20], torch.arange(20), 1)))
-    return {"record": sizes["a"], "support": sizes["s"], "weights": sizes["w"], "total": sum(sizes.values()),
-            "naive_pickled_model": pickled}
+    return {
+        "record": sizes["a"],
+        "support": sizes["s"],
+        "weights": sizes["w"],
+        "total": sum(sizes.values()),
+        "naive_pickled_model": pickled,
+    }
 
 
 # ---- report ----------------------------------------------------------------------------
 
+
 def report(res: dict, threads: int) -> str:
     A, B, C, D = res["adapt"], res["e2e"], res["predict"], res["size"]
-    L = ["# Rapid Adapt benchmark", "", f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, {res['date']}; "
-         f"in-process figures with {torch.get_num_threads()} torch threads; the service with {os.environ['WEB_CONCURRENCY']} "
-         f"uvicorn processes and Celery workers of {threads} torch thread(s) each. Medians (25th-75th percentile) in ms unless stated.", "",
-         "## A. Adaptation compute (in process)", "", "| task | `adapt` | classic loop | speed-up | quality (ours vs classic) |",
-         "| --- | --- | --- | --- | --- |"]
-    L += [f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['naive'])} | {r['naive']['median'] / r['ours']['median']:.1f}x | {r['quality']} |" for r in A]
-    L += ["", "## B. Adaptation end to end (HTTP POST ?wait= to succeeded, Redis, 1 Celery worker, 20-way 1-shot PNGs)", "",
-          "| figure | value |", "| --- | --- |",
-          f"| p50 / p95 / p99 | {B['latency']['median']:.1f} / {B['latency']['p95']:.1f} / {B['latency']['p99']:.1f} ms (n={B['latency']['n']}) |",
-          f"| worker compute (adaptation_ms) | {fmt(B['worker_compute'])} |",
-          f"| jobs/s, 1 worker / 2 workers | {B['jobs_per_s_1_workers']:.1f} / {B['jobs_per_s_2_workers']:.1f} |",
-          f"| naive job in process (copy, Adam loop, pickle to Redis), no HTTP | {fmt(B['naive_job'])} |",
-          f"| ratio naive job / our whole HTTP round trip | {B['naive_job']['median'] / B['latency']['median']:.1f}x |", "",
-          "## C. Prediction (omniglot-conv4, PNG inputs over HTTP)", "", "| figure | ours | naive (unpickle per request) | ratio |",
-          "| --- | --- | --- | --- |",
-          f"| 20 images, warm adaptation: p50 / p99 | {C['warm_20_images']['median']:.1f} / {C['warm_20_images']['p99']:.1f} ms | "
-          f"{C['naive_20_images']['median']:.1f} ms (in process, no HTTP) | {C['naive_20_images']['median'] / C['warm_20_images']['median']:.1f}x |",
-          f"| load generator | {C['one_image_100_adaptations']['tool']} on the same 2 cores | | |",
-          f"| one-image requests/s over 100 adaptations (32 clients) | {C['one_image_100_adaptations']['requests_per_s']:.0f} | "
-          f"{C['naive_one_image_per_s']:.0f} (in process) | {C['one_image_100_adaptations']['requests_per_s'] / C['naive_one_image_per_s']:.1f}x |",
-          f"| one-image requests/s over 10,000 adaptations (32 clients) | {C['one_image_10000_adaptations']['requests_per_s']:.0f} | | |",
-          f"| served images/s (20-image requests, 8 clients) vs bare forward | {C['twenty_images_1_adaptation']['images_per_s']:.0f} | "
-          f"bare forward {C['bare_forward_images_per_s']:.0f}: the mean of {bare_text(C['bare_forward_before'])} just before "
-          f"and {bare_text(C['bare_forward_after'])} just after | "
-          f"{C['twenty_images_1_adaptation']['images_per_s'] / C['bare_forward_images_per_s']:.2f} |",
-          "", "## D. Redis bytes per Omniglot adaptation (20-way 1-shot, MEMORY USAGE)", "",
-          "| record | support set | adapted weights | total | naive pickled model | ratio |", "| --- | --- | --- | --- | --- | --- |",
-          f"| {D['record']} | {D['support']} | {D['weights']} | {D['total']} | {D['naive_pickled_model']} | {D['naive_pickled_model'] / D['total']:.1f}x |", ""]
+    one100, one10k, twenty = (
+        C["one_image_100_adaptations"],
+        C["one_image_10000_adaptations"],
+        C["twenty_images_1_adaptation"],
+    )
+    warm, naive20, bare = C["warm_20_images"], C["naive_20_images"], C["bare_forward_images_per_s"]
+    lat = B["latency"]
+    L = [
+        "# Rapid Adapt benchmark",
+        "",
+        f"`python -m bench.run` on {res['machine']}, torch {torch.__version__}, {res['date']}; in-process figures "
+        f"with {torch.get_num_threads()} torch threads; the service with {os.environ['WEB_CONCURRENCY']} uvicorn "
+        f"processes and Celery workers of {threads} torch thread(s) each; load from {one100['tool']} on the same "
+        "cores. Medians (25th-75th percentile) in ms unless stated.",
+        "",
+        "## A. Adaptation compute (in process)",
+        "",
+        "| task | `adapt` | classic loop | speed-up | quality (ours vs classic) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in A:
+        ratio = r["naive"]["median"] / r["ours"]["median"]
+        L.append(f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['naive'])} | {ratio:.1f}x | {r['quality']} |")
+    L += [
+        "",
+        "## B. Adaptation end to end (HTTP POST ?wait= to succeeded, Redis, 1 Celery worker, 20-way 1-shot PNGs)",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| p50 / p95 / p99 | {lat['median']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms (n={lat['n']}) |",
+        f"| worker compute (adaptation_ms) | {fmt(B['worker_compute'])} |",
+        f"| jobs/s, 1 worker / 2 workers | {B['jobs_per_s_1_workers']:.1f} / {B['jobs_per_s_2_workers']:.1f} |",
+        f"| naive job in process (copy, Adam loop, pickle to Redis), no HTTP | {fmt(B['naive_job'])} |",
+        f"| ratio naive job / our whole HTTP round trip | {B['naive_job']['median'] / lat['median']:.1f}x |",
+        "",
+        "## C. Prediction (omniglot-conv4, PNG inputs over HTTP)",
+        "",
+        "| figure | ours | naive (unpickle per request) | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| 20 images, warm adaptation: p50 / p99 | {warm['median']:.1f} / {warm['p99']:.1f} ms | "
+        f"{naive20['median']:.1f} ms (in process, no HTTP) | {naive20['median'] / warm['median']:.1f}x |",
+        f"| load generator | {one100['tool']} on the same 2 cores | | |",
+        f"| one-image requests/s over 100 adaptations (32 clients) | {one100['requests_per_s']:.0f} | "
+        f"{C['naive_one_image_per_s']:.0f} (in process) | "
+        f"{one100['requests_per_s'] / C['naive_one_image_per_s']:.1f}x |",
+        f"| one-image requests/s over 10,000 adaptations (32 clients) | {one10k['requests_per_s']:.0f} | | |",
+        f"| served images/s (20-image requests, 8 clients) vs bare forward | {twenty['images_per_s']:.0f} | "
+        f"bare forward {bare:.0f}: the mean of {bare_text(C['bare_forward_before'])} just before "
+        f"and {bare_text(C['bare_forward_after'])} just after | {twenty['images_per_s'] / bare:.2f} |",
+        "",
+        "## D. Redis bytes per Omniglot adaptation (20-way 1-shot, MEMORY USAGE)",
+        "",
+        "| record | support set | adapted weights | total | naive pickled model | ratio |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {D['record']} | {D['support']} | {D['weights']} | {D['total']} | {D['naive_pickled_model']} | "
+        f"{D['naive_pickled_model'] / D['total']:.1f}x |",
+        "",
+    ]
     return "\n".join(L)
 
 
 def bare_text(b: dict) -> str:
-    return f"{b['images_per_s']:.0f} (best of " + ", ".join(f"{v:.0f} at {n}" for n, v in b["per_batch"].items()) + " images)"
+    return (
+        f"{b['images_per_s']:.0f} (best of "
+        + ", ".join(f"{v:.0f} at {n}" for n, v in b["per_batch"].items())
+        + " images)"
+    )
 
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     A = res["adapt"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = [r["what"].split(",")[0] for r in A]
     x = range(len(A))
     ax.bar([i - 0.2 for i in x], [r["ours"]["median"] for r in A], 0.4, label="adapt (ours)")
     ax.bar([i + 0.2 for i in x], [r["naive"]["median"] for r in A], 0.4, label="classic loop")
-    ax.set_xticks(list(x), names, fontsize=8); ax.set_ylabel("ms (median)"); ax.set_yscale("log")
-    ax.set_title("adaptation compute, default steps"); ax.legend(); ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    ax.set_xticks(list(x), names, fontsize=8)
+    ax.set_ylabel("ms (median)")
+    ax.set_yscale("log")
+    ax.set_title("adaptation compute, default steps")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -323,6 +402,7 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args(argv)
+    require_wrk()  # before minutes of work, not after
     runtime.configure(2)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     res["adapt"] = bench_adapt_compute(args.reps)

@@ -29,7 +29,9 @@ class Adapted:
     stopped_early: torch.Tensor | None = None  # [T] bool: the divergence guard kept earlier weights
 
 
-def check_support(model: Base, x: torch.Tensor, y: torch.Tensor, n_ways: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def check_support(
+    model: Base, x: torch.Tensor, y: torch.Tensor, n_ways: int | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Validate a support set; accepts one task ([S, *shape]) or a batch ([T, S, *shape])."""
     shape = tuple(model.input_shape)
     if x.dim() == len(shape) + 1:
@@ -39,7 +41,9 @@ def check_support(model: Base, x: torch.Tensor, y: torch.Tensor, n_ways: int | N
     if x.shape[1] == 0:
         raise ValueError("support set is empty")
     if y.shape[:2] != x.shape[:2]:
-        raise ValueError(f"support has {x.shape[1]} inputs but {y.shape[1] if y.dim() > 1 else y.numel()} labels/targets")
+        raise ValueError(
+            f"support has {x.shape[1]} inputs but {y.shape[1] if y.dim() > 1 else y.numel()} labels/targets"
+        )
     if not torch.isfinite(x).all():
         raise ValueError("support inputs contain NaN or infinite values")
     if model.task == "classification":

@@ -37,8 +37,10 @@ def load(path: Path) -> tuple[Base, dict]:
     meta = json.loads(path.with_suffix(".json").read_text())
     prepared = meta.get("data", {}).get("preprocessing")
     if meta["architecture"] == "conv4" and prepared != PREPROCESSING:
-        raise ValueError(f"{path.name} was trained on images prepared as {prepared or 'an unrecorded box resize'}, but this "
-                         f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it")
+        raise ValueError(
+            f"{path.name} was trained on images prepared as {prepared or 'an unrecorded box resize'}, but this "
+            f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it"
+        )
     model = build(meta)
     model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
     model.eval().requires_grad_(False)

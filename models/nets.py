@@ -73,16 +73,30 @@ class Conv4(Base):
     task = "classification"
     input_shape = (1, 28, 28)
 
-    def __init__(self, channels: int = 64, groups: int = 8, steps: int = 10, step_size: float = 0.1,
-                 max_ways: int = 50, support_shifts: bool = False):
+    def __init__(
+        self,
+        channels: int = 64,
+        groups: int = 8,
+        steps: int = 10,
+        step_size: float = 0.1,
+        max_ways: int = 50,
+        support_shifts: bool = False,
+    ):
         super().__init__(steps, step_size)
         self.max_ways, self.support_shifts = max_ways, support_shifts
         blocks, c_in = [], 1
         for _ in range(4):
-            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU(), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(c_in, channels, 3, padding=1),
+                nn.GroupNorm(groups, channels),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             c_in = channels
         self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
-        self.blocks = tuple(zip(self.body[0::4], self.body[1::4]))  # (conv, norm) x 4, for `embed` (not registered twice)
+        self.blocks = tuple(
+            zip(self.body[0::4], self.body[1::4])
+        )  # (conv, norm) x 4, for `embed` (not registered twice)
         self.dim = channels  # 28 -> 14 -> 7 -> 3 -> 1
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
@@ -132,14 +146,16 @@ def shifted_views(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [len(SHIFTS), B, C, H, W]: x moved by each shift, paper (0) filling in."""
     H, W = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1))
-    return torch.stack([padded[..., 1 - dy:1 - dy + H, 1 - dx:1 - dx + W] for dx, dy in SHIFTS])
+    return torch.stack([padded[..., 1 - dy : 1 - dy + H, 1 - dx : 1 - dx + W] for dx, dy in SHIFTS])
 
 
 def pool2x2(h: torch.Tensor) -> torch.Tensor:
     """max_pool2d(h, 2) (floor mode) as the max of four strided views."""
     H, W = h.shape[-2] // 2 * 2, h.shape[-1] // 2 * 2
-    return torch.maximum(torch.maximum(h[..., 0:H:2, 0:W:2], h[..., 0:H:2, 1:W:2]),
-                         torch.maximum(h[..., 1:H:2, 0:W:2], h[..., 1:H:2, 1:W:2]))
+    return torch.maximum(
+        torch.maximum(h[..., 0:H:2, 0:W:2], h[..., 0:H:2, 1:W:2]),
+        torch.maximum(h[..., 1:H:2, 0:W:2], h[..., 1:H:2, 1:W:2]),
+    )
 
 
 class SinusoidMLP(Base):
@@ -152,7 +168,9 @@ class SinusoidMLP(Base):
 
     def __init__(self, hidden: int = 40, steps: int = 10, step_size: float = 0.01, adapt: str = "all"):
         super().__init__(steps, step_size)
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
         self.scope = adapt
         for name, p in self.fast_module.named_parameters():
             self.step_sizes[name.replace(".", "_")] = nn.Parameter(torch.full((steps, *p.shape), step_size))

@@ -61,7 +61,7 @@ def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
     imgs = [im if im.size[0] == CANVAS else im.resize((CANVAS, CANVAS), Image.Resampling.BOX) for im in imgs]
     out: list[bytes] = []
     for c in range(0, len(imgs), CHUNK):
-        part = imgs[c:c + CHUNK]
+        part = imgs[c : c + CHUNK]
         gray = np.frombuffer(b"".join([im.tobytes() for im in part]), np.uint8).reshape(len(part), CANVAS, CANVAS)
         for im, (left, top) in zip(part, _corners(gray)):
             window = Image.new("L", (WINDOW, WINDOW), 255)

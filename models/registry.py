@@ -4,7 +4,7 @@ spec (the JSON the API serves), each loaded once per process."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from . import checkpoint
@@ -24,18 +24,23 @@ INPUT_SPECS = {
         "4x4 to 28x28, inverted so that ink is 1.0 (models/preprocess.py). Arrays are taken as already "
         "preprocessed: [1, 28, 28], ink 1.0 on 0.0.",
     },
-    "mlp": {"kind": "vector", "shape": [1], "range": [-5.0, 5.0], "encodings": ["array"],
-            "preprocessing": "none: x as a one-element array"},
+    "mlp": {
+        "kind": "vector",
+        "shape": [1],
+        "range": [-5.0, 5.0],
+        "encodings": ["array"],
+        "preprocessing": "none: x as a one-element array",
+    },
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def names(directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[str, ...]:
     """The served bases present on disk (looked up once per process: checkpoints ship with the code)."""
     return tuple(n for n in SERVED if (Path(directory) / f"{n}.safetensors").exists())
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str, directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[Base, dict]:
     """-> (model in eval mode with no parameter requiring grad, spec dict)."""
     path = Path(directory) / name

@@ -55,17 +55,33 @@ class Stack:
         self.workers: list[subprocess.Popen] = []
 
     def _spawn(self, args, name, env=None) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        p = subprocess.Popen(args, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            p = subprocess.Popen(
+                args, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.procs.append(p)
         return p
 
     def start_redis(self) -> None:
         (self.tmp / "redis").mkdir(exist_ok=True)
-        self.redis = self._spawn([shutil.which("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction",
-                                  "--dir", str(self.tmp / "redis")], "redis")
+        self.redis = self._spawn(
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.tmp / "redis"),
+            ],
+            "redis",
+        )
         wait_until(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True, 10, "redis")
 
     def stop_redis(self) -> None:
@@ -78,21 +94,52 @@ class Stack:
         extra["RAPID_ADAPT_TEST_JOB_DELAY"] = str(job_delay)
         n = len(self.workers)
         module = "tests.faults:app" if job_delay else "worker.celery_app:app"
-        w = self._spawn([sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel", "INFO",
-                         "--concurrency", "1", "--pool", "prefork", "-n", f"w{n}-{self.redis_port}@%h",
-                         "--without-gossip", "--without-mingle"], f"worker{n}", extra)
+        w = self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                module,
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "--pool",
+                "prefork",
+                "-n",
+                f"w{n}-{self.redis_port}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            f"worker{n}",
+            extra,
+        )
         self.workers.append(w)
         return w
 
     def start_api(self) -> None:
-        self._spawn([sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", str(self.api_port),
-                     "--log-level", "warning"], "api")
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "app.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--log-level",
+                "warning",
+            ],
+            "api",
+        )
         wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 60, "api")
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_until(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, timeout, "readyz")
 
-    def start(self, workers: int = 1) -> "Stack":
+    def start(self, workers: int = 1) -> Stack:
         self.start_redis()
         for _ in range(workers):
             self.start_worker()
@@ -112,6 +159,6 @@ class Stack:
                 p.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in sorted(self.tmp.glob("*.log")))
-
-
+        return "\n".join(
+            f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}" for f in sorted(self.tmp.glob("*.log"))
+        )

@@ -38,8 +38,11 @@ def globex(stack):
 
 def arrays(n_classes: int, per_class: int = 1, shape=(1, 28, 28)):
     g = torch.Generator().manual_seed(n_classes)
-    return [{"input": torch.rand(shape, generator=g).tolist(), "label": f"c{k}"}
-            for k in range(n_classes) for _ in range(per_class)]
+    return [
+        {"input": torch.rand(shape, generator=g).tolist(), "label": f"c{k}"}
+        for k in range(n_classes)
+        for _ in range(per_class)
+    ]
 
 
 def sin_support():
@@ -54,6 +57,7 @@ def error_of(call) -> RapidAdaptError:
 
 # ---- end to end -----------------------------------------------------------
 
+
 def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme):
     support, queries, truth = omniglot_task(seed=3)
     a = acme.create_adaptation("omniglot-conv4", support, wait=30)
@@ -65,9 +69,14 @@ def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme):
     ds = omniglot.load()
     sids, qids = omniglot.EpisodeSampler(ds, "test").sample_ids(20, 1, 5, torch.Generator().manual_seed(3))
     model, _ = registry.load("omniglot-conv4")
-    out = evaluate.base_curve(model, ds.images[[i for i, _, _ in sids]], torch.arange(20),
-                              ds.images[[i for i, _, _ in qids]], model.default_steps)[-1]
-    eval_acc = (out.argmax(-1) == torch.tensor([l for *_, l in qids])).float().mean().item()
+    out = evaluate.base_curve(
+        model,
+        ds.images[[i for i, _, _ in sids]],
+        torch.arange(20),
+        ds.images[[i for i, _, _ in qids]],
+        model.default_steps,
+    )[-1]
+    eval_acc = (out.argmax(-1) == torch.tensor([label for *_, label in qids])).float().mean().item()
     assert http_acc == pytest.approx(eval_acc)
     assert http_acc > 0.5  # chance is 5%; on the test alphabets the base is right about 9 times in 10
     p = preds[0]
@@ -80,7 +89,8 @@ def test_sinusoid_arrays_round_trip_matches_the_evaluation_path(acme):
     assert a["status"] == "succeeded" and a["classes"] is None
     values = [p["value"] for p in acme.predict(a["id"], queries)]
     model, _ = registry.load("sinusoid-mlp")
-    sx = torch.tensor([e["input"] for e in support]); sy = torch.tensor([[e["target"]] for e in support])
+    sx = torch.tensor([e["input"] for e in support])
+    sy = torch.tensor([[e["target"]] for e in support])
     out = evaluate.base_curve(model, sx, sy, torch.tensor(queries), model.default_steps)[-1][:, 0]
     assert values == pytest.approx(out.tolist(), abs=1e-5)
     mse = sum((v - y) ** 2 for v, y in zip(values, truth)) / len(truth)
@@ -89,7 +99,11 @@ def test_sinusoid_arrays_round_trip_matches_the_evaluation_path(acme):
 
 def test_labels_any_json_string_or_integer_and_unequal_shots(acme):
     ex = arrays(3, 2)
-    ex[0]["label"] = 7; ex[1]["label"] = 7; ex[2]["label"] = "seven"; ex[3]["label"] = "seven"; ex[4]["label"] = "ω"
+    ex[0]["label"] = 7
+    ex[1]["label"] = 7
+    ex[2]["label"] = "seven"
+    ex[3]["label"] = "seven"
+    ex[4]["label"] = "ω"
     ex = ex[:5]  # shots 2, 2, 1
     a = acme.create_adaptation("omniglot-conv4", ex, wait=30)
     assert a["status"] == "succeeded" and a["classes"] == [7, "seven", "ω"]
@@ -144,6 +158,7 @@ def test_concurrent_predictions_on_two_adaptations_match_one_at_a_time(acme, sta
 
 # ---- models, health, metrics, openapi ----------------------------------------
 
+
 def test_models_describe_inputs_limits_and_metrics(acme):
     m = acme.model("omniglot-conv4")
     assert m["task"] == "classification" and m["input"]["kind"] == "image" and m["input"]["shape"] == [1, 28, 28]
@@ -161,67 +176,142 @@ def test_health_ready_metrics_openapi(stack):
     with Client(stack.url, api_key=KEYS["acme"]) as c:
         c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
     text = httpx.get(stack.url + "/metrics").text
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line and not line.startswith("#")}
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] >= 1
     assert values["rapid_adapt_adaptation_duration_seconds_count"] >= 1
     assert values["rapid_adapt_adaptations_stored"] >= 1 and values["rapid_adapt_queue_depth"] >= 0
     assert values["rapid_adapt_workers_alive"] >= 1
-    assert any(k.startswith("rapid_adapt_http_request_duration_seconds_bucket{") and 'route="/v1/adaptations"' in k
-               for k in values)
+    assert any(
+        k.startswith("rapid_adapt_http_request_duration_seconds_bucket{") and 'route="/v1/adaptations"' in k
+        for k in values
+    )
     # structured logs: one JSON object per request, with its id
     r = httpx.get(stack.url + "/healthz", headers={"X-Request-ID": "req-123"})
     assert r.headers["x-request-id"] == "req-123"
     time.sleep(0.2)
     events = [json.loads(line) for line in (stack.tmp / "api.log").read_text().splitlines() if line.startswith("{")]
     assert any(e.get("request_id") == "req-123" and e["route"] == "/healthz" and e["status"] == 200 for e in events)
-    worker_events = [json.loads(line) for line in (stack.tmp / "worker0.log").read_text().splitlines() if line.startswith("{")]
+    worker_events = [
+        json.loads(line) for line in (stack.tmp / "worker0.log").read_text().splitlines() if line.startswith("{")
+    ]
     assert any(e["event"] == "adaptation succeeded" and e["adaptation_id"].startswith("ad_") for e in worker_events)
     doc = httpx.get(stack.url + "/openapi.json").json()
     schemas = doc["components"]["schemas"]
-    for name in ("AdaptationCreate", "Adaptation", "AdaptationList", "PredictionRequest", "PredictionResponse",
-                 "ModelInfo", "ErrorBody"):
+    for name in (
+        "AdaptationCreate",
+        "Adaptation",
+        "AdaptationList",
+        "PredictionRequest",
+        "PredictionResponse",
+        "ModelInfo",
+        "ErrorBody",
+    ):
         assert name in schemas
     assert schemas["AdaptationCreate"].get("examples") and schemas["Adaptation"].get("examples")
 
 
 # ---- errors ---------------------------------------------------------------
 
+
 def raw(stack, method, path, key="key-acme", **kw):
-    return httpx.request(method, stack.url + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})},
-                         timeout=30, **kw)
+    return httpx.request(
+        method, stack.url + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})}, timeout=30, **kw
+    )
 
 
 def png(w, h) -> str:
-    buf = io.BytesIO(); Image.new("L", (w, h), 255).save(buf, "PNG")
+    buf = io.BytesIO()
+    Image.new("L", (w, h), 255).save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 
 ONE = torch.zeros(1, 28, 28).tolist()
 CASES = [
     ("unknown model", {"model": "nope", "support": arrays(2)}, 404, "unknown_model", ["model"]),
-    ("bad shape", {"model": "omniglot-conv4", "support": [{"input": [[1.0]], "label": "a"}] + arrays(2)},
-     422, "invalid_shape", ["support", 0, "input"]),
-    ("label on regression", {"model": "sinusoid-mlp", "support": [{"input": [1.0], "label": "a"}]},
-     422, "missing_target", ["support", 0, "target"]),
-    ("target on classification", {"model": "omniglot-conv4", "support": [{"input": ONE, "label": "a", "target": 1.0}] + arrays(2)},
-     422, "unexpected_target", ["support", 0, "target"]),
-    ("float label", {"model": "omniglot-conv4", "support": [{"input": ONE, "label": 1.5}] + arrays(2)},
-     422, "invalid_request", ["support", 0, "label"]),
-    ("one class", {"model": "omniglot-conv4", "support": [{"input": ONE, "label": "a"}] * 2}, 422, "too_few_classes", ["support"]),
+    (
+        "bad shape",
+        {"model": "omniglot-conv4", "support": [{"input": [[1.0]], "label": "a"}] + arrays(2)},
+        422,
+        "invalid_shape",
+        ["support", 0, "input"],
+    ),
+    (
+        "label on regression",
+        {"model": "sinusoid-mlp", "support": [{"input": [1.0], "label": "a"}]},
+        422,
+        "missing_target",
+        ["support", 0, "target"],
+    ),
+    (
+        "target on classification",
+        {"model": "omniglot-conv4", "support": [{"input": ONE, "label": "a", "target": 1.0}] + arrays(2)},
+        422,
+        "unexpected_target",
+        ["support", 0, "target"],
+    ),
+    (
+        "float label",
+        {"model": "omniglot-conv4", "support": [{"input": ONE, "label": 1.5}] + arrays(2)},
+        422,
+        "invalid_request",
+        ["support", 0, "label"],
+    ),
+    (
+        "one class",
+        {"model": "omniglot-conv4", "support": [{"input": ONE, "label": "a"}] * 2},
+        422,
+        "too_few_classes",
+        ["support"],
+    ),
     ("too many classes", {"model": "omniglot-conv4", "support": arrays(51)}, 422, "too_many_classes", ["support"]),
     ("empty support", {"model": "omniglot-conv4", "support": []}, 422, "empty_support", ["support"]),
-    ("undecodable image", {"model": "omniglot-conv4", "support": [{"input": {"image": "aGVsbG8="}, "label": "a"}] + arrays(2)},
-     422, "invalid_image", ["support", 0, "input", "image"]),
-    ("not base64", {"model": "omniglot-conv4", "support": [{"input": {"image": "%%%"}, "label": "a"}] + arrays(2)},
-     422, "invalid_image", ["support", 0, "input", "image"]),
-    ("oversized image", {"model": "omniglot-conv4", "support": [{"input": {"image": png(2100, 2000)}, "label": "a"}] + arrays(2)},
-     422, "image_too_large", ["support", 0, "input", "image"]),
-    ("image to a vector base", {"model": "sinusoid-mlp", "support": [{"input": {"image": png(5, 5)}, "target": 1.0}]},
-     422, "invalid_input", ["support", 0, "input"]),
-    ("steps out of range", {"model": "omniglot-conv4", "support": arrays(2), "steps": 1000}, 422, "invalid_steps", ["steps"]),
+    (
+        "undecodable image",
+        {"model": "omniglot-conv4", "support": [{"input": {"image": "aGVsbG8="}, "label": "a"}] + arrays(2)},
+        422,
+        "invalid_image",
+        ["support", 0, "input", "image"],
+    ),
+    (
+        "not base64",
+        {"model": "omniglot-conv4", "support": [{"input": {"image": "%%%"}, "label": "a"}] + arrays(2)},
+        422,
+        "invalid_image",
+        ["support", 0, "input", "image"],
+    ),
+    (
+        "oversized image",
+        {"model": "omniglot-conv4", "support": [{"input": {"image": png(2100, 2000)}, "label": "a"}] + arrays(2)},
+        422,
+        "image_too_large",
+        ["support", 0, "input", "image"],
+    ),
+    (
+        "image to a vector base",
+        {"model": "sinusoid-mlp", "support": [{"input": {"image": png(5, 5)}, "target": 1.0}]},
+        422,
+        "invalid_input",
+        ["support", 0, "input"],
+    ),
+    (
+        "steps out of range",
+        {"model": "omniglot-conv4", "support": arrays(2), "steps": 1000},
+        422,
+        "invalid_steps",
+        ["steps"],
+    ),
     ("negative steps", {"model": "omniglot-conv4", "support": arrays(2), "steps": -1}, 422, "invalid_steps", ["steps"]),
-    ("ttl out of range", {"model": "omniglot-conv4", "support": arrays(2), "ttl_seconds": 0}, 422, "invalid_ttl", ["ttl_seconds"]),
+    (
+        "ttl out of range",
+        {"model": "omniglot-conv4", "support": arrays(2), "ttl_seconds": 0},
+        422,
+        "invalid_ttl",
+        ["ttl_seconds"],
+    ),
     ("unknown field", {"model": "omniglot-conv4", "support": arrays(2), "stepz": 3}, 422, "invalid_request", ["stepz"]),
 ]
 
@@ -238,15 +328,25 @@ def test_bad_adaptation_requests(stack, name, body, status, code, field):
 def test_non_finite_numbers_are_refused(stack, where):
     support = [{"input": [1.0], "target": 1.0}, {"input": [2.0], "target": 0.5}]
     support[1][where] = [float("nan")] if where == "input" else float("inf")
-    r = raw(stack, "POST", "/v1/adaptations", content=json.dumps({"model": "sinusoid-mlp", "support": support}),
-            headers={"Content-Type": "application/json"})
+    r = raw(
+        stack,
+        "POST",
+        "/v1/adaptations",
+        content=json.dumps({"model": "sinusoid-mlp", "support": support}),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "non_finite"
     assert r.json()["error"]["details"] == ["support", 1, where]
 
 
 def test_body_too_large(stack):
-    r = raw(stack, "POST", "/v1/adaptations", content=b"{" + b" " * (9 * 2**20) + b"}",
-            headers={"Content-Type": "application/json"})
+    r = raw(
+        stack,
+        "POST",
+        "/v1/adaptations",
+        content=b"{" + b" " * (9 * 2**20) + b"}",
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
 
 
@@ -275,6 +375,7 @@ def test_bad_prediction_requests(acme, stack):
 
 # ---- lifecycle, tenants, idempotency ----------------------------------------
 
+
 def test_delete_then_get_is_404_and_everything_is_gone(acme, stack):
     a = acme.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
     acme.predict(a["id"], [[0.0]])
@@ -288,8 +389,11 @@ def test_delete_then_get_is_404_and_everything_is_gone(acme, stack):
 
 def test_tenants_never_see_each_other(acme, globex):
     a = acme.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
-    for call in (lambda: globex.adaptation(a["id"]), lambda: globex.predict(a["id"], [[0.0]]),
-                 lambda: globex.delete(a["id"])):
+    for call in (
+        lambda: globex.adaptation(a["id"]),
+        lambda: globex.predict(a["id"], [[0.0]]),
+        lambda: globex.delete(a["id"]),
+    ):
         e = error_of(call)
         assert (e.status, e.code) == (404, "not_found")
     assert a["id"] not in [x["id"] for x in globex.adaptations(limit=100)["data"]]
@@ -316,6 +420,7 @@ def test_list_is_newest_first_and_paginated(stack):
 
 
 # ---- faults -----------------------------------------------------------------
+
 
 def test_weights_evicted_from_redis_are_rebuilt(acme, stack):
     support, queries, _ = omniglot_task(seed=7, n_way=5, n_query=2)
@@ -381,8 +486,12 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
             with pytest.raises(RapidAdaptError) as e:
                 call()
             assert e.value.status == 503 and e.value.code == "unavailable" and time.monotonic() - t < 5
-        r = httpx.post(s.url + "/v1/adaptations", json={"model": "sinusoid-mlp", "support": sin_support()},
-                       headers={"Authorization": "Bearer key-acme"}, timeout=10)
+        r = httpx.post(
+            s.url + "/v1/adaptations",
+            json={"model": "sinusoid-mlp", "support": sin_support()},
+            headers={"Authorization": "Bearer key-acme"},
+            timeout=10,
+        )
         assert r.headers["retry-after"] == "1"
         assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
         s.start_redis()  # same port, empty: the API and worker reconnect by themselves
@@ -436,7 +545,10 @@ def test_api_processes_each_serve_and_a_dead_one_is_replaced(new_stack):
     assert all(c.get("/healthz").status_code == 200 for c in clients)
     os.kill(first[0], signal.SIGKILL)
     wait_until(lambda: len(children()) == 2 and first[0] not in children(), 30, "a replacement API process")
-    wait_until(lambda: all(httpx.get(s.url + "/healthz", timeout=2).status_code == 200 for _ in range(16)), 60,
-               "both API processes answering")
+    wait_until(
+        lambda: all(httpx.get(s.url + "/healthz", timeout=2).status_code == 200 for _ in range(16)),
+        60,
+        "both API processes answering",
+    )
     for c in clients:
         c.close()

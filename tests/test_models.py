@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from models import checkpoint, registry
-from models.research import evaluate, omniglot, sinusoid
 from models.adapt import adapt, predict
 from models.nets import SHIFTS, Conv4, SinusoidMLP, shifted_views
 from models.preprocess import ImageError, decode_image
+from models.research import evaluate, omniglot, sinusoid
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def test_omniglot_counts(ds):
     assert ds.images.shape == (4840, 1, 28, 28)
     assert torch.bincount(ds.char).eq(20).all()
     splits = [set(ds.chars_of(a)) for a in omniglot.SPLITS.values()]
-    assert sum(map(len, splits)) == 242 and not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
+    assert sum(map(len, splits)) == 242 and not (
+        splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]
+    )
 
 
 def test_the_final_recipe_trains_on_train_and_val(ds):
@@ -54,23 +56,34 @@ def test_served_png_is_preprocessed_exactly_as_in_training(ds):
 
 def test_framing_centres_each_drawing_on_its_ink_and_never_cuts_a_stroke(ds):
     from models.preprocess import SIDE, frame_ink
+
     img = Image.open(io.BytesIO(omniglot.original_png(ds.files[100]))).convert("L")
     ink = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(105, 105).int()
     assert ink[:, :8].max() == 0 and ink[-5:].max() == 0  # the strokes stay on the canvas when moved
     moved = Image.new("L", img.size, 255)
     moved.paste(img, (-8, 5))
-    ink28 = lambda im, framed=True: 255 - torch.tensor(list(
-        frame_ink([im])[0] if framed else im.resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()), dtype=torch.int32)
+    ink28 = lambda im, framed=True: (
+        255
+        - torch.tensor(
+            list(frame_ink([im])[0] if framed else im.resize((SIDE, SIDE), Image.Resampling.BOX).tobytes()),
+            dtype=torch.int32,
+        )
+    )
     # moved by whole pixels: the same tensor, where plain resizing moves the strokes
     assert torch.equal(ink28(moved), ink28(img)) and (ink28(moved, False) - ink28(img, False)).abs().max() > 100
     # ink touching the canvas's edge is kept whole: the window moves off-centre instead
     corner = Image.new("L", img.size, 255)
     corner.paste(img.crop((8, 0, 105, 100)), (0, 5))
-    assert abs(ink28(corner).sum().item() * 16 - (255 - torch.tensor(list(corner.tobytes()))).sum().item()) < 16 * 28 * 28 / 2
+    assert (
+        abs(ink28(corner).sum().item() * 16 - (255 - torch.tensor(list(corner.tobytes()))).sum().item())
+        < 16 * 28 * 28 / 2
+    )
     # drawings framed together come out as each alone, whatever their sizes
     big = img.resize((300, 300))
     blank = Image.new("L", (40, 40), 255)
-    assert frame_ink([img, big, moved, blank, corner]) == [frame_ink([im])[0] for im in (img, big, moved, blank, corner)]
+    assert frame_ink([img, big, moved, blank, corner]) == [
+        frame_ink([im])[0] for im in (img, big, moved, blank, corner)
+    ]
     assert frame_ink([blank]) == [bytes([255]) * SIDE * SIDE]
     # every training drawing's ink is centred to a fraction of a pixel, unless centring would cut a stroke
     x = ds.images[:, 0]
@@ -90,6 +103,7 @@ def test_a_base_trained_on_other_preprocessing_is_refused(tmp_path):
 def test_a_batch_of_pngs_decodes_as_each_alone(ds):
     from app.api.inputs import batch
     from app.api.schemas import ImageInput
+
     spec = registry.load("omniglot-conv4")[1]
     ids = [0, 777, 2500, 4839]
     values = [ImageInput(image=base64.b64encode(omniglot.original_png(ds.files[i])).decode()) for i in ids]
@@ -120,7 +134,8 @@ def test_shear_jitter_warps_and_zero_shear_keeps_the_old_stream(ds):
 def test_any_size_jpeg_and_bad_images():
     img = Image.new("L", (300, 120), 255)
     img.paste(0, (140, 20, 160, 100))  # a dark vertical stroke on white
-    buf = io.BytesIO(); img.save(buf, "JPEG")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
     x = decode_image(buf.getvalue(), 10**6)
     assert x.shape == (1, 28, 28) and x.max() > 0.5 and x[0, :, :5].max() < 0.05  # ink is 1, paper 0
     with pytest.raises(ImageError) as e:
@@ -213,8 +228,8 @@ def test_shifted_views_move_the_drawing_one_pixel_with_paper_filling_in():
     views = shifted_views(x)
     assert views.shape == (len(SHIFTS), 1, 1, 4, 4) and torch.equal(views[SHIFTS.index((0, 0))], x)
     for (dx, dy), view in zip(SHIFTS, views):
-        inside = view[0, 0, max(dy, 0):4 + min(dy, 0), max(dx, 0):4 + min(dx, 0)]
-        torch.testing.assert_close(inside, x[0, 0, max(-dy, 0):4 + min(-dy, 0), max(-dx, 0):4 + min(-dx, 0)])
+        inside = view[0, 0, max(dy, 0) : 4 + min(dy, 0), max(dx, 0) : 4 + min(dx, 0)]
+        torch.testing.assert_close(inside, x[0, 0, max(-dy, 0) : 4 + min(-dy, 0), max(-dx, 0) : 4 + min(-dx, 0)])
         assert (dx, dy) == (0, 0) or view.sum() < x.sum()  # the row or column moved out is gone, paper came in
 
 
@@ -242,14 +257,17 @@ def test_the_committed_base_adapts_with_shifted_support():
     assert model.support_shifts
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda x, y: (x[:0], y[:0]), "empty"),
-    (lambda x, y: (x, torch.zeros_like(y)), "at least 2 classes"),
-    (lambda x, y: (x[..., :20], y), "shape"),
-    (lambda x, y: (x.clone().index_fill_(0, torch.tensor([0]), float("nan")), y), "NaN"),
-    (lambda x, y: (x, y[:-1]), "labels"),
-    (lambda x, y: (x, y.float()), "integer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda x, y: (x[:0], y[:0]), "empty"),
+        (lambda x, y: (x, torch.zeros_like(y)), "at least 2 classes"),
+        (lambda x, y: (x[..., :20], y), "shape"),
+        (lambda x, y: (x.clone().index_fill_(0, torch.tensor([0]), float("nan")), y), "NaN"),
+        (lambda x, y: (x, y[:-1]), "labels"),
+        (lambda x, y: (x, y.float()), "integer"),
+    ],
+)
 def test_bad_support_raises_clear_errors(ds, conv4, bad, message):
     sx, sy, _, _ = episode(ds, 5, 1)
     x, y = bad(sx, sy)
@@ -300,10 +318,16 @@ def test_registry_serves_both_bases():
 
 def test_evaluation_is_reproducible_from_a_seed(tmp_path, capsys):
     torch.manual_seed(0)
-    checkpoint.save(SinusoidMLP(steps=2), {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression",
-                                           "algorithm": "metasgd"}, tmp_path / "sinusoid-mlp")
-    checkpoint.save(SinusoidMLP(steps=2), {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression",
-                                           "algorithm": "transfer"}, tmp_path / "sinusoid-transfer")
+    checkpoint.save(
+        SinusoidMLP(steps=2),
+        {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression", "algorithm": "metasgd"},
+        tmp_path / "sinusoid-mlp",
+    )
+    checkpoint.save(
+        SinusoidMLP(steps=2),
+        {"architecture": "mlp", "architecture_kwargs": {"steps": 2}, "task": "regression", "algorithm": "transfer"},
+        tmp_path / "sinusoid-transfer",
+    )
     argv = ["sinusoid", "--episodes", "20", "--shots", "5", "--dir", str(tmp_path), "--seed", "3"]
     evaluate.main(argv)
     first = (tmp_path / "sinusoid-mlp-tasks-seed3.eval.json").read_text()
@@ -329,8 +353,22 @@ def test_official_run_format_scores_the_base(tmp_path, ds, capsys):
 
 def test_training_writes_the_best_checkpoint_and_init_continues_from_it(tmp_path):
     from models.research import train
-    common = ["sinusoid", "--iterations", "4", "--val-every", "2", "--val-tasks", "5", "--meta-batch", "2",
-              "--threads", "1", "--out", str(tmp_path)]
+
+    common = [
+        "sinusoid",
+        "--iterations",
+        "4",
+        "--val-every",
+        "2",
+        "--val-tasks",
+        "5",
+        "--meta-batch",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     train.main([*common, "--name", "first"])
     first = json.loads((tmp_path / "first.json").read_text())
     assert first["algorithm"] == "metasgd" and (tmp_path / "first.safetensors").exists()

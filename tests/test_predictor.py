@@ -5,14 +5,14 @@ import torch
 
 from app.api.predictor import forward_merged
 from models import registry
-from models.research import omniglot
 from models.adapt import adapt, predict
+from models.research import omniglot
 
 
 def test_merged_inputs_in_equal_passes_match_each_alone():
     model, _ = registry.load("omniglot-conv4")
     ds = omniglot.load()
-    tasks = [adapt(model, ds.images[i * 20:(i + 1) * 20], torch.arange(20)).fast for i in range(3)]
+    tasks = [adapt(model, ds.images[i * 20 : (i + 1) * 20], torch.arange(20)).fast for i in range(3)]
     queries = [ds.images[100:127], ds.images[300:301], ds.images[500:540]]  # 68 images: 2 passes of 34 at most 64
     outs = forward_merged(model, list(zip(tasks, queries)), max_batch=64)
     assert len(outs) == 3

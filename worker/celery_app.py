@@ -4,6 +4,7 @@ named in `include` and imported by Celery, never by this module."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -44,10 +45,8 @@ def _start_heartbeat(sender=None, **_):
 
     def beat():
         while not stop.wait(settings.worker_heartbeat_seconds):
-            try:
+            with contextlib.suppress(Exception):  # Redis away: readiness will say so
                 heartbeats.beat(r, name)
-            except Exception:
-                pass  # Redis away: readiness will say so
 
     heartbeats.beat(r, name)
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -55,7 +54,5 @@ def _start_heartbeat(sender=None, **_):
     @signals.worker_shutdown.connect(weak=False)
     def _stop(**_):
         stop.set()
-        try:
+        with contextlib.suppress(Exception):
             heartbeats.forget(r, name)
-        except Exception:
-            pass

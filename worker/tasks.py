@@ -54,14 +54,18 @@ def adapt_job(adaptation_id: str) -> str:
     except ValueError as exc:
         return fail(s, adaptation_id, started, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:
-        return fail(s, adaptation_id, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
+        return fail(
+            s, adaptation_id, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s"
+        )
     metrics["weights_bytes"] = s.put_weights(adaptation_id, fast, s.ttl(adaptation_id))
     if not s.update(adaptation_id, status="succeeded", finished_at=now(), metrics=metrics):
         s.drop_weights(adaptation_id)  # deleted while running: leave nothing behind
         return "gone"
     stats.record_outcome(s.r, "succeeded", time.perf_counter() - started)
-    log.info("adaptation succeeded", extra={"adaptation_id": adaptation_id, "status": "succeeded",
-                                            "duration_ms": metrics["adaptation_ms"]})
+    log.info(
+        "adaptation succeeded",
+        extra={"adaptation_id": adaptation_id, "status": "succeeded", "duration_ms": metrics["adaptation_ms"]},
+    )
     return "succeeded"
 
 

@@ -38,8 +38,11 @@ def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
 
 def image_square(value: ImageInput, spec: dict, max_pixels: int, field: list):
     if spec["input"]["kind"] != "image":
-        raise invalid("invalid_input", f"{spec['name']} takes numeric arrays of shape {spec['input']['shape']}, "
-                      "not images", *field)
+        raise invalid(
+            "invalid_input",
+            f"{spec['name']} takes numeric arrays of shape {spec['input']['shape']}, not images",
+            *field,
+        )
     try:
         data = base64.b64decode(value.image, validate=True)
     except (binascii.Error, ValueError):
@@ -61,20 +64,29 @@ def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tupl
             if e.label is None:
                 raise invalid("missing_label", "a classification example needs a label", "support", i, "label")
             if e.target is not None:
-                raise invalid("unexpected_target", "a classification example takes a label, not a target",
-                              "support", i, "target")
+                raise invalid(
+                    "unexpected_target", "a classification example takes a label, not a target", "support", i, "target"
+                )
             key = str(e.label)  # scores are keyed by this string
             if key not in index:
                 index[key] = len(classes)
                 classes.append(e.label)
             elif classes[index[key]] != e.label or type(classes[index[key]]) is not type(e.label):
-                raise invalid("ambiguous_labels", f"labels {classes[index[key]]!r} and {e.label!r} would share the "
-                              f"score key {key!r}; use one or the other", "support", i, "label")
+                raise invalid(
+                    "ambiguous_labels",
+                    f"labels {classes[index[key]]!r} and {e.label!r} would share the "
+                    f"score key {key!r}; use one or the other",
+                    "support",
+                    i,
+                    "label",
+                )
             ys.append(index[key])
         if len(classes) < 2:
             raise invalid("too_few_classes", "the support set needs at least 2 different labels", "support")
         if len(classes) > spec["max_ways"]:
-            raise invalid("too_many_classes", f"{len(classes)} classes, more than max_ways {spec['max_ways']}", "support")
+            raise invalid(
+                "too_many_classes", f"{len(classes)} classes, more than max_ways {spec['max_ways']}", "support"
+            )
         return {"x": x, "y": torch.tensor(ys)}, {"classes": classes}
     targets, shape = [], None
     for i, e in enumerate(support):
@@ -85,13 +97,25 @@ def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tupl
         try:
             t = torch.tensor(e.target, dtype=torch.float32)
         except (TypeError, ValueError, RuntimeError):
-            raise invalid("invalid_target", "target must be a number or a numeric array", "support", i, "target") from None
+            raise invalid(
+                "invalid_target", "target must be a number or a numeric array", "support", i, "target"
+            ) from None
         if t.numel() != 1:
-            raise invalid("invalid_shape", f"{spec['name']} predicts one value: target must be a number or [v]",
-                          "support", i, "target")
+            raise invalid(
+                "invalid_shape",
+                f"{spec['name']} predicts one value: target must be a number or [v]",
+                "support",
+                i,
+                "target",
+            )
         if shape is not None and list(t.shape) != shape:
-            raise invalid("invalid_shape", f"target shape {list(t.shape)} differs from the first one {shape}",
-                          "support", i, "target")
+            raise invalid(
+                "invalid_shape",
+                f"target shape {list(t.shape)} differs from the first one {shape}",
+                "support",
+                i,
+                "target",
+            )
         if not torch.isfinite(t).all():
             raise invalid("non_finite", "target is NaN or infinite", "support", i, "target")
         shape = list(t.shape)

@@ -5,13 +5,19 @@ from prometheus_client import Counter, Histogram
 from ..core import heartbeats, stats
 
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram("rapid_adapt_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-                    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
+LATENCY = Histogram(
+    "rapid_adapt_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+)
 ADAPTATIONS = Counter("rapid_adapt_adaptations_created_total", "adaptations accepted", ["model"])
-CACHE = Counter("rapid_adapt_weights_cache_total", "adapted-weights lookups by where they were found",
-                ["result"])  # lru_hit, redis_hit, miss_readapt
-PREDICT_BATCH = Histogram("rapid_adapt_predict_batch_images", "images per batched forward pass",
-                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+CACHE = Counter(
+    "rapid_adapt_weights_cache_total", "adapted-weights lookups by where they were found", ["result"]
+)  # lru_hit, redis_hit, miss_readapt
+PREDICT_BATCH = Histogram(
+    "rapid_adapt_predict_batch_images", "images per batched forward pass", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
+)
 
 
 class StoreCollector:
@@ -31,16 +37,20 @@ class StoreCollector:
             depth = self.queue.depth()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
-        finished = CounterMetricFamily("rapid_adapt_adaptations_finished", "adaptation jobs by final status",
-                                       labels=["status"])
+        finished = CounterMetricFamily(
+            "rapid_adapt_adaptations_finished", "adaptation jobs by final status", labels=["status"]
+        )
         for status in ("succeeded", "failed"):
             finished.add_metric([status], counts.get(f"status:{status}", 0.0))
         yield finished
         buckets = [(str(le), counts.get(f"le:{le}", 0.0)) for le in stats.DURATION_BUCKETS]
         buckets.append(("+Inf", counts.get("duration_count", 0.0)))
-        yield HistogramMetricFamily("rapid_adapt_adaptation_duration_seconds",
-                                    "time from a job's start to its end on a worker",
-                                    buckets=buckets, sum_value=counts.get("duration_sum", 0.0))
+        yield HistogramMetricFamily(
+            "rapid_adapt_adaptation_duration_seconds",
+            "time from a job's start to its end on a worker",
+            buckets=buckets,
+            sum_value=counts.get("duration_sum", 0.0),
+        )
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting in the broker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)

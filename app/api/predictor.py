@@ -17,21 +17,23 @@ Redis are rebuilt from the stored support set with the worker's `run_adaptation`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from models import registry
 
-from . import metrics
 from ..core.adaptation import run_adaptation
 from ..core.config import Settings
 from ..core.store import Store
+from . import metrics
 from .errors import ApiError
 from .inputs import batch
 from .records import owned
@@ -88,8 +90,9 @@ def forward_merged(model, items: list[tuple[dict, torch.Tensor]], max_batch: int
     metrics.PREDICT_BATCH.observe(x.shape[0])
     passes = -(-x.shape[0] // max_batch)
     feats = model.embed(x) if passes == 1 else torch.cat([model.embed(c) for c in x.tensor_split(passes)])
-    return [model.fast_forward(fast, f.unsqueeze(0))[0]
-            for (fast, _), f in zip(items, feats.split([len(x) for x in xs]))]
+    return [
+        model.fast_forward(fast, f.unsqueeze(0))[0] for (fast, _), f in zip(items, feats.split([len(x) for x in xs]))
+    ]
 
 
 def outputs(record: dict, out: torch.Tensor) -> list:
@@ -142,8 +145,9 @@ class Predictor:
                 groups.setdefault(job.record["model"], []).append(job)
             for name, group in groups.items():
                 try:
-                    outs = forward_merged(registry.load(name)[0], [(j.fast, j.x) for j in group],
-                                          self.settings.predict_max_batch)
+                    outs = forward_merged(
+                        registry.load(name)[0], [(j.fast, j.x) for j in group], self.settings.predict_max_batch
+                    )
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")
                     for job in group:
@@ -170,9 +174,16 @@ class Predictor:
     def _prepare(self, job: Job) -> bool:
         try:
             job.record = owned(self.store, job.aid, job.tenant)
-            job.x = job.inputs if isinstance(job.inputs, torch.Tensor) else batch(
-                job.inputs, registry.load(job.record["model"])[1], self.settings.max_image_pixels,
-                [["inputs", i] for i in range(len(job.inputs))])
+            job.x = (
+                job.inputs
+                if isinstance(job.inputs, torch.Tensor)
+                else batch(
+                    job.inputs,
+                    registry.load(job.record["model"])[1],
+                    self.settings.max_image_pixels,
+                    [["inputs", i] for i in range(len(job.inputs))],
+                )
+            )
             if job.record["status"] != "succeeded":
                 job.reply(Outcome(job.record, job.x, None))
                 return False
@@ -185,10 +196,8 @@ class Predictor:
 
 def _reply(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result) -> None:
     """From the predictor thread: settle the request's future on its event loop."""
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: the process is shutting down
         loop.call_soon_threadsafe(_settle, fut, result)
-    except RuntimeError:  # the loop has closed: the process is shutting down
-        pass
 
 
 def _settle(fut: asyncio.Future, result) -> None:

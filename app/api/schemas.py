@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-Label = Union[StrictInt, StrictStr]
+Label = StrictInt | StrictStr
 Status = Literal["queued", "running", "succeeded", "failed"]
 
 
 class ImageInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image: str = Field(description="base64 of a PNG or JPEG, any size, ink dark on light",
-                       examples=["iVBORw0KGgoAAAANSUhEUgAA..."])
+    image: str = Field(
+        description="base64 of a PNG or JPEG, any size, ink dark on light", examples=["iVBORw0KGgoAAAANSUhEUgAA..."]
+    )
 
 
-Input = Union[ImageInput, list[Any]]
-INPUT_DOC = "a nested numeric array of the base's input shape, or {\"image\": BASE64} for image bases"
+Input = ImageInput | list[Any]
+INPUT_DOC = 'a nested numeric array of the base\'s input shape, or {"image": BASE64} for image bases'
 
 
 class Example(BaseModel):
@@ -28,12 +29,30 @@ class Example(BaseModel):
 
 
 class AdaptationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"model": "sinusoid-mlp", "steps": 10, "ttl_seconds": 600, "support": [
-            {"input": [-2.0], "target": 1.2}, {"input": [0.5], "target": -0.4}, {"input": [3.1], "target": 0.9}]},
-        {"model": "omniglot-conv4", "support": [
-            {"input": {"image": "iVBORw0KGgo..."}, "label": "alpha"}, {"input": {"image": "iVBORw0KGgo..."}, "label": "beta"}]},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "sinusoid-mlp",
+                    "steps": 10,
+                    "ttl_seconds": 600,
+                    "support": [
+                        {"input": [-2.0], "target": 1.2},
+                        {"input": [0.5], "target": -0.4},
+                        {"input": [3.1], "target": 0.9},
+                    ],
+                },
+                {
+                    "model": "omniglot-conv4",
+                    "support": [
+                        {"input": {"image": "iVBORw0KGgo..."}, "label": "alpha"},
+                        {"input": {"image": "iVBORw0KGgo..."}, "label": "beta"},
+                    ],
+                },
+            ]
+        },
+    )
     model: str = Field(description="a base from GET /v1/models")
     support: list[Example] = Field(description="the labelled examples of the new task")
     steps: int | None = Field(None, description="inner steps; default the base's default_steps")
@@ -55,19 +74,43 @@ class AdaptationMetrics(BaseModel):
     support_loss_before: float
     support_loss_after: float
     adaptation_ms: float
-    stopped_early: bool = Field(False, description="the support loss blew up (data unlike the base's tasks): "
-                                                   "the weights with the lowest support loss were kept")
+    stopped_early: bool = Field(
+        False,
+        description="the support loss blew up (data unlike the base's tasks): "
+        "the weights with the lowest support loss were kept",
+    )
     device: str
     weights_bytes: int
 
 
 class Adaptation(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "ad_5f0c3e...", "status": "succeeded", "model": "omniglot-conv4", "classes": ["alpha", "beta"],
-        "steps": 10, "created_at": "2026-11-27T12:00:00.000Z", "expires_at": "2026-11-27T13:00:00.000Z",
-        "started_at": "2026-11-27T12:00:00.004Z", "finished_at": "2026-11-27T12:00:00.020Z", "error": None,
-        "metrics": {"steps": 10, "support_loss_before": 0.02, "support_loss_after": 0.004, "adaptation_ms": 9.1,
-                    "stopped_early": False, "device": "cpu", "weights_bytes": 832}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "ad_5f0c3e...",
+                    "status": "succeeded",
+                    "model": "omniglot-conv4",
+                    "classes": ["alpha", "beta"],
+                    "steps": 10,
+                    "created_at": "2026-11-27T12:00:00.000Z",
+                    "expires_at": "2026-11-27T13:00:00.000Z",
+                    "started_at": "2026-11-27T12:00:00.004Z",
+                    "finished_at": "2026-11-27T12:00:00.020Z",
+                    "error": None,
+                    "metrics": {
+                        "steps": 10,
+                        "support_loss_before": 0.02,
+                        "support_loss_after": 0.004,
+                        "adaptation_ms": 9.1,
+                        "stopped_early": False,
+                        "device": "cpu",
+                        "weights_bytes": 832,
+                    },
+                }
+            ]
+        }
+    )
     id: str
     status: Status
     model: str
@@ -101,9 +144,14 @@ class ValuePrediction(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"predictions": [{"label": "alpha", "scores": {"alpha": 0.97, "beta": 0.03}}]},
-        {"predictions": [{"value": 0.42}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"predictions": [{"label": "alpha", "scores": {"alpha": 0.97, "beta": 0.03}}]},
+                {"predictions": [{"value": 0.42}]},
+            ]
+        }
+    )
     predictions: list[ClassPrediction] | list[ValuePrediction]
 
 

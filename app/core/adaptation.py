@@ -5,7 +5,7 @@ calls models' `adapt`. Deterministic: the same support set gives the same weight
 from __future__ import annotations
 
 import time
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -17,7 +17,7 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@lru_cache(maxsize=None)
+@cache
 def base_on(name: str, dev: str):
     """The base once per process and device."""
     model, _ = registry.load(name)

@@ -27,8 +27,9 @@ class Classifier(nn.Module):
         return self.head(self.base.embed(x))
 
 
-def classic_finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, task: str,
-                     params=None) -> nn.Module:
+def classic_finetune(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, task: str, params=None
+) -> nn.Module:
     """Deep-copy `model` and train it on (x, y) for `steps` Adam steps; `params`
     picks which of the copy's parameters train (a callable of the copy; all by default)."""
     model = copy.deepcopy(model).train().requires_grad_(False)

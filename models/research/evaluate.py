@@ -25,11 +25,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import checkpoint, registry, runtime
-from . import omniglot, sinusoid
 from ..adapt import adapt, predict
-from .baselines import Classifier, classic_finetune
 from ..nets import Base
 from ..preprocess import decode_image
+from . import omniglot, sinusoid
+from .baselines import Classifier, classic_finetune
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -49,10 +49,16 @@ def base_curve(model: Base, sx, sy, qx, steps: int) -> list[torch.Tensor]:
 def summarize(metric: str, scores: dict, curve: list, zero_steps: str, base: str) -> dict:
     """Baseline rows, then the base after 0, 1 and its default steps, each as mean ± 95% CI."""
     steps = len(curve) - 1
-    scores = scores | {zero_steps: curve[0], f"{base}, 1 step": curve[1], f"{base}, {steps} steps (default)": curve[steps]}
-    return {"metric": metric,
-            "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
-            "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve]}
+    scores = scores | {
+        zero_steps: curve[0],
+        f"{base}, 1 step": curve[1],
+        f"{base}, {steps} steps (default)": curve[steps],
+    }
+    return {
+        "metric": metric,
+        "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
+        "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve],
+    }
 
 
 def evaluate_omniglot(args) -> dict:
@@ -69,18 +75,29 @@ def evaluate_omniglot(args) -> dict:
         curve: list[list[float]] = [[] for _ in range(steps + 1)]
         for i in tqdm(range(args.episodes), desc=f"omniglot {n_way}-way {k_shot}-shot ({args.split})", mininterval=2):
             sx, sy, qx, qy = sampler.sample(n_way, k_shot, args.queries, gen)
-            acc = lambda out: (out.argmax(-1) == qy).float().mean().item()
+            acc = lambda out, qy=qy: (out.argmax(-1) == qy).float().mean().item()
             outs = base_curve(model, sx, sy, qx, steps)
             for k, out in enumerate(outs):
                 curve[k].append(acc(out))
             torch.manual_seed(args.seed * 1_000_003 + i)
-            scratch = classic_finetune(Classifier(type(model)(), n_way), sx, sy, steps, args.scratch_lr, "classification")
-            tuned = classic_finetune(Classifier(transfer, n_way), sx, sy, steps, args.transfer_lr, "classification",
-                                     params=lambda m: m.head.parameters())
+            scratch = classic_finetune(
+                Classifier(type(model)(), n_way), sx, sy, steps, args.scratch_lr, "classification"
+            )
+            tuned = classic_finetune(
+                Classifier(transfer, n_way),
+                sx,
+                sy,
+                steps,
+                args.transfer_lr,
+                "classification",
+                params=lambda m: m.head.parameters(),
+            )
             with torch.no_grad():
                 scores.setdefault("scratch (classic loop, all weights)", []).append(acc(scratch(qx)))
                 scores.setdefault("transfer (pre-trained, new head)", []).append(acc(tuned(qx)))
-        results[f"{n_way}-way {k_shot}-shot"] = summarize("accuracy", scores, curve, f"{args.base}, 0 steps (prototypes)", args.base)
+        results[f"{n_way}-way {k_shot}-shot"] = summarize(
+            "accuracy", scores, curve, f"{args.base}, 0 steps (prototypes)", args.base
+        )
     return results
 
 
@@ -94,16 +111,24 @@ def evaluate_sinusoid(args) -> dict:
         sx, sy, qx, qy = sinusoid.sample_tasks(args.episodes, k_shot, args.queries, gen)
         scores: dict[str, list[float]] = {}
         curve: list[list[float]] = [[] for _ in range(steps + 1)]
-        mse = lambda out, i: ((out - qy[i]) ** 2).mean().item()
+        mse = lambda out, i, qy=qy: ((out - qy[i]) ** 2).mean().item()
         for i in tqdm(range(args.episodes), desc=f"sinusoid {k_shot}-shot", mininterval=2):
             for k, out in enumerate(base_curve(model, sx[i], sy[i], qx[i], steps)):
                 curve[k].append(mse(out, i))
             torch.manual_seed(args.seed * 1_000_003 + i)
             scratch = classic_finetune(type(model)().net, sx[i], sy[i], steps, args.scratch_lr, "regression")
             head = nn.Linear(transfer.net[4].in_features, 1)
-            nn.init.zeros_(head.weight); nn.init.zeros_(head.bias)
-            tuned = classic_finetune(nn.Sequential(*transfer.net[:4], head), sx[i], sy[i], steps, args.transfer_lr,
-                                     "regression", params=lambda m: m[4].parameters())
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            tuned = classic_finetune(
+                nn.Sequential(*transfer.net[:4], head),
+                sx[i],
+                sy[i],
+                steps,
+                args.transfer_lr,
+                "regression",
+                params=lambda m: m[4].parameters(),
+            )
             with torch.no_grad():
                 scores.setdefault("scratch (classic loop, all weights)", []).append(mse(scratch(qx[i]), i))
                 scores.setdefault("transfer (pre-trained, new head)", []).append(mse(tuned(qx[i]), i))
@@ -113,31 +138,52 @@ def evaluate_sinusoid(args) -> dict:
 
 def write_report(args, results: dict) -> None:
     """Print the table; write it as Markdown, JSON and a PNG of metric vs steps."""
-    lines = [f"# {args.base}: meta-test evaluation", "",
-             f"`python -m models.evaluate {' '.join(sys.argv[1:])}`", "",
-             f"{args.episodes} tasks per protocol, seed {args.seed}; mean ± 95% confidence interval.", ""]
+    lines = [
+        f"# {args.base}: meta-test evaluation",
+        "",
+        f"`python -m models.evaluate {' '.join(sys.argv[1:])}`",
+        "",
+        f"{args.episodes} tasks per protocol, seed {args.seed}; mean ± 95% confidence interval.",
+        "",
+    ]
     for protocol, r in results.items():
         lines += [f"## {protocol} ({r['metric']})", "", f"| method | {r['metric']} |", "| --- | --- |"]
         lines += [f"| {name} | {v['mean']:.4f} ± {v['ci95']:.4f} |" for name, v in r["rows"].items()]
         lines.append("")
     text = "\n".join(lines)
     print(text)
-    tag = "" if getattr(args, "split", "test") == "test" and args.seed == 0 else f"-{getattr(args, 'split', 'tasks')}-seed{args.seed}"
+    tag = (
+        ""
+        if getattr(args, "split", "test") == "test" and args.seed == 0
+        else f"-{getattr(args, 'split', 'tasks')}-seed{args.seed}"
+    )
     out = Path(args.dir) / (args.base + tag)  # only the canonical run (test split, seed 0) is what the API serves
     out.with_suffix(".eval.md").write_text(text)
-    out.with_suffix(".eval.json").write_text(json.dumps(
-        {"protocol": args.protocol_text, "episodes": args.episodes, "seed": args.seed, "results": results}, indent=2) + "\n")
+    out.with_suffix(".eval.json").write_text(
+        json.dumps(
+            {"protocol": args.protocol_text, "episodes": args.episodes, "seed": args.seed, "results": results}, indent=2
+        )
+        + "\n"
+    )
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for protocol, r in results.items():
-        m = torch.tensor([c["mean"] for c in r["curve"]]); ci = torch.tensor([c["ci95"] for c in r["curve"]])
+        m = torch.tensor([c["mean"] for c in r["curve"]])
+        ci = torch.tensor([c["ci95"] for c in r["curve"]])
         ax.plot(range(len(m)), m, marker="o", label=protocol)
         ax.fill_between(range(len(m)), m - ci, m + ci, alpha=0.2)
-    ax.set_xlabel("inner steps"); ax.set_ylabel(r["metric"]); ax.set_title(f"{args.base} on held-out tasks")
-    ax.grid(alpha=0.3); ax.legend()
-    fig.tight_layout(); fig.savefig(out.with_suffix(".eval.png"), dpi=100); plt.close(fig)
+    ax.set_xlabel("inner steps")
+    ax.set_ylabel(r["metric"])
+    ax.set_title(f"{args.base} on held-out tasks")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".eval.png"), dpi=100)
+    plt.close(fig)
 
 
 def omniglot_runs(args) -> float:
@@ -167,31 +213,56 @@ def omniglot_runs(args) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    common = dict(dir=str(checkpoint.CHECKPOINT_DIR))
+    common = {"dir": str(checkpoint.CHECKPOINT_DIR)}
     o = sub.add_parser("omniglot", help="N-way K-shot within-alphabet episodes on held-out alphabets")
-    o.add_argument("--base", default="omniglot-conv4"); o.add_argument("--transfer", default="omniglot-transfer")
+    o.add_argument("--base", default="omniglot-conv4")
+    o.add_argument("--transfer", default="omniglot-transfer")
     o.add_argument("--protocols", default="20x1,5x1", help="comma-separated WAYSxSHOTS")
-    o.add_argument("--split", default="test", choices=list(omniglot.SPLITS)); o.add_argument("--queries", type=int, default=5)
-    o.add_argument("--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on the val split)")
-    o.add_argument("--transfer-lr", type=float, default=1e-2, help="Adam lr of the transfer baseline's new head (chosen on the val split)")
+    o.add_argument("--split", default="test", choices=list(omniglot.SPLITS))
+    o.add_argument("--queries", type=int, default=5)
+    o.add_argument(
+        "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on the val split)"
+    )
+    o.add_argument(
+        "--transfer-lr",
+        type=float,
+        default=1e-2,
+        help="Adam lr of the transfer baseline's new head (chosen on the val split)",
+    )
     s = sub.add_parser("sinusoid", help="K-shot sinusoid regression on fresh tasks")
-    s.add_argument("--base", default="sinusoid-mlp"); s.add_argument("--transfer", default="sinusoid-transfer")
-    s.add_argument("--shots", default="5,10,20"); s.add_argument("--queries", type=int, default=100)
-    s.add_argument("--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on seed-123 tasks)")
-    s.add_argument("--transfer-lr", type=float, default=1e-2, help="Adam lr of the transfer baseline's new head (chosen on seed-123 tasks)")
+    s.add_argument("--base", default="sinusoid-mlp")
+    s.add_argument("--transfer", default="sinusoid-transfer")
+    s.add_argument("--shots", default="5,10,20")
+    s.add_argument("--queries", type=int, default=100)
+    s.add_argument(
+        "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on seed-123 tasks)"
+    )
+    s.add_argument(
+        "--transfer-lr",
+        type=float,
+        default=1e-2,
+        help="Adam lr of the transfer baseline's new head (chosen on seed-123 tasks)",
+    )
     for q in (o, s):
-        q.add_argument("--episodes", type=int, default=600); q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--episodes", type=int, default=600)
+        q.add_argument("--seed", type=int, default=0)
         q.add_argument("--dir", default=common["dir"])
     r = sub.add_parser("omniglot-runs", help="error rate on Lake et al.'s one-shot run folders")
-    r.add_argument("--base", default="omniglot-conv4"); r.add_argument("--runs", required=True)
+    r.add_argument("--base", default="omniglot-conv4")
+    r.add_argument("--runs", required=True)
     r.add_argument("--dir", default=common["dir"])
     m = sub.add_parser("make-runs", help="write run folders in Lake et al.'s format from held-out alphabets")
-    m.add_argument("--out", required=True); m.add_argument("--split", default="test", choices=list(omniglot.SPLITS))
-    m.add_argument("--runs", type=int, default=20); m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", required=True)
+    m.add_argument("--split", default="test", choices=list(omniglot.SPLITS))
+    m.add_argument("--runs", type=int, default=20)
+    m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     runtime.configure()
     if args.command == "omniglot":
-        args.protocol_text = f"within-alphabet episodes on the {args.split} alphabets {omniglot.SPLITS[args.split]}, {args.queries} queries per class"
+        alphabets = omniglot.SPLITS[args.split]
+        args.protocol_text = (
+            f"within-alphabet episodes on the {args.split} alphabets {alphabets}, {args.queries} queries per class"
+        )
         write_report(args, evaluate_omniglot(args))
     elif args.command == "sinusoid":
         args.protocol_text = f"fresh tasks (amplitude 0.1-5, phase 0-pi, x in -5..5), {args.queries} query points"

@@ -121,8 +121,15 @@ class EpisodeSampler:
     symmetries of the square); an episode keeps one variant when the alphabet has
     enough characters. `jitter` adds a small random affine warp."""
 
-    def __init__(self, ds: Omniglot, split: str, rotations: bool = False, jitter: bool = False, flips: bool = False,
-                 shear: float = 0.0):
+    def __init__(
+        self,
+        ds: Omniglot,
+        split: str,
+        rotations: bool = False,
+        jitter: bool = False,
+        flips: bool = False,
+        shear: float = 0.0,
+    ):
         self.ds, self.jitter, self.shear = ds, jitter, shear
         self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
@@ -186,8 +193,9 @@ def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1
     s = 1 + u() * scale
     cos, sin = torch.cos(a) / s, torch.sin(a) / s
     k = u() * shear if shear else torch.zeros(n)  # no draw at 0: the same stream as before shear existed
-    theta = torch.stack([torch.stack([cos, cos * k - sin, u() * shift], 1),
-                         torch.stack([sin, sin * k + cos, u() * shift], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, cos * k - sin, u() * shift], 1), torch.stack([sin, sin * k + cos, u() * shift], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import checkpoint, runtime
-from . import omniglot, sinusoid
 from ..adapt import adapt
 from ..nets import Base, Conv4, SinusoidMLP
 from ..preprocess import PREPROCESSING
+from . import omniglot, sinusoid
 
 ALGORITHMS = ("maml", "fomaml", "metasgd")
 
@@ -48,8 +48,9 @@ class OmniglotFamily(Family):
         self.args = args
         self.keep_last = "val" in args.train_split.split("+")  # validation is then no held-out score
         self.metric = "val 20-way 1-shot accuracy" + (" (alphabet seen in training)" if self.keep_last else "")
-        self.train = omniglot.EpisodeSampler(ds, args.train_split, rotations=True, jitter=True, flips=args.flips,
-                                              shear=args.shear)
+        self.train = omniglot.EpisodeSampler(
+            ds, args.train_split, rotations=True, jitter=True, flips=args.flips, shear=args.shear
+        )
         self.val = omniglot.EpisodeSampler(ds, "val")
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         self.val_tasks = [[t.to(args.device) for t in self.val.sample(20, 1, 5, gen)] for _ in range(args.val_tasks)]
@@ -113,7 +114,9 @@ def meta_train(args) -> None:
     if args.init:
         start, init_meta = checkpoint.load(Path(args.out) / args.init)
         if init_meta["architecture_kwargs"] != architecture_kwargs(args):
-            raise SystemExit(f"--init {args.init}: architecture {init_meta['architecture_kwargs']} != {architecture_kwargs(args)}")
+            raise SystemExit(
+                f"--init {args.init}: architecture {init_meta['architecture_kwargs']} != {architecture_kwargs(args)}"
+            )
         model.load_state_dict(start.state_dict())
         args.init_from = {k: init_meta.get(k) for k in ("name", "algorithm", "training", "validation")}
     model.to(args.device)
@@ -121,7 +124,9 @@ def meta_train(args) -> None:
     model.step_sizes.requires_grad_(learn_phi)
     first_order = args.first_order or args.algorithm == "fomaml"
     theta = [p for n, p in model.named_parameters() if not n.startswith("step_sizes.")]
-    groups = [{"params": theta}] + ([{"params": list(model.step_sizes.parameters()), "lr": args.phi_lr}] if learn_phi else [])
+    groups = [{"params": theta}] + (
+        [{"params": list(model.step_sizes.parameters()), "lr": args.phi_lr}] if learn_phi else []
+    )
     opt = torch.optim.Adam(groups, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / args.iterations)))
     weights = step_weights(args.steps).to(args.device)
@@ -130,7 +135,9 @@ def meta_train(args) -> None:
     if args.init:  # the starting point is the score to beat
         model.eval()
         best = family.validate(model)
-        log["iteration"].append(0); log["train_loss"].append(math.nan); log["val"].append(best)
+        log["iteration"].append(0)
+        log["train_loss"].append(math.nan)
+        log["val"].append(best)
         save(model, args, family, best, log, started, skipped)
     bar = tqdm(range(1, args.iterations + 1), desc=f"meta-train {args.name}", mininterval=2)
     for it in bar:
@@ -151,16 +158,21 @@ def meta_train(args) -> None:
         if it % args.val_every == 0 or it == args.iterations:
             model.eval()
             score = family.validate(model)
-            log["iteration"].append(it); log["train_loss"].append(running); log["val"].append(score)
+            log["iteration"].append(it)
+            log["train_loss"].append(running)
+            log["val"].append(score)
             if score > best or (family.keep_last and it == args.iterations):
                 best = score  # with keep_last, the last save is the kept checkpoint and its score
                 save(model, args, family, best, log, started, skipped)  # the best so far is always on disk
             bar.set_postfix(loss=f"{running:.3f}", val=f"{score:.4f}", best=f"{best:.4f}", skipped=skipped)
-            bar.write(f"iteration {it}: train loss {running:.4f}, {family.metric} {score:.4f} (best {best:.4f}), "
-                      f"{time.time() - started:.0f} s")
+            bar.write(
+                f"iteration {it}: train loss {running:.4f}, {family.metric} {score:.4f} (best {best:.4f}), "
+                f"{time.time() - started:.0f} s"
+            )
     out = Path(args.out) / args.name
     plot_curves(log, family.metric, out.with_suffix(".training.png"))
-    print(f"saved {out}.safetensors ({out.with_suffix('.safetensors').stat().st_size} bytes); best {family.metric} {best:.4f}")
+    size = out.with_suffix(".safetensors").stat().st_size
+    print(f"saved {out}.safetensors ({size} bytes); best {family.metric} {best:.4f}")
 
 
 def save(model: Base, args, family: Family, best: float, log: dict, started: float, skipped: int) -> None:
@@ -175,21 +187,31 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
         "adapted": sorted(model.step_sizes.keys()),
         "default_steps": args.steps,
         "learned_step_sizes": {
-            n: {"per_step_mean": [round(v, 5) for v in a.detach().flatten(1).mean(1).tolist()],
-                "min": round(a.min().item(), 5), "max": round(a.max().item(), 5)}
+            n: {
+                "per_step_mean": [round(v, 5) for v in a.detach().flatten(1).mean(1).tolist()],
+                "min": round(a.min().item(), 5),
+                "max": round(a.max().item(), 5),
+            }
             for n, a in model.step_sizes.items()
         },
         "training": {k: v for k, v in vars(args).items() if k != "func"},
         "training_seconds_to_best": round(time.time() - started, 1),
         "best_iteration": log["iteration"][-1],
         "skipped_non_finite_batches": skipped,
-        "validation": {"metric": family.metric, "best": round(best, 5),
-                       "curve": dict(zip(log["iteration"], [round(v, 5) for v in log["val"]]))},
+        "validation": {
+            "metric": family.metric,
+            "best": round(best, 5),
+            "curve": dict(zip(log["iteration"], [round(v, 5) for v in log["val"]])),
+        },
         "torch": torch.__version__,
     }
     if args.family == "omniglot":
-        meta["data"] = {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS, "trained_on": args.train_split,
-                        "preprocessing": PREPROCESSING}
+        meta["data"] = {
+            "sha256": omniglot.data_checksums(),
+            "splits": omniglot.SPLITS,
+            "trained_on": args.train_split,
+            "preprocessing": PREPROCESSING,
+        }
         meta["max_ways"] = model.max_ways
     checkpoint.save(model, meta, Path(args.out) / args.name)
 
@@ -214,18 +236,32 @@ def train_transfer(args) -> None:
     head = nn.Linear(model.dim, 4 * len(chars))
     opt = torch.optim.Adam([*model.body.parameters(), *head.parameters()], lr=args.lr)
     n = x.shape[0]
-    for epoch in tqdm(range(args.epochs), desc="transfer pre-training"):
+    for _ in tqdm(range(args.epochs), desc="transfer pre-training"):
         for idx in torch.randperm(n, generator=gen).split(128):
             rot = torch.randint(4, (len(idx),), generator=gen)
             xb = torch.stack([torch.rot90(x[i], int(r), dims=(1, 2)) for i, r in zip(idx, rot)])
             xb = omniglot.affine_jitter(xb, gen)
             loss = F.cross_entropy(head(model.embed(xb)), labels[idx] * 4 + rot)
-            opt.zero_grad(); loss.backward(); opt.step()
-    meta = {"name": args.name, "task": "classification", "family": "omniglot", "architecture": "conv4",
-            "architecture_kwargs": architecture_kwargs(args), "algorithm": "transfer",
-            "default_steps": args.steps, "training": {k: v for k, v in vars(args).items() if k != "func"},
-            "data": {"sha256": omniglot.data_checksums(), "splits": omniglot.SPLITS, "trained_on": args.train_split,
-                     "preprocessing": PREPROCESSING}, "max_ways": model.max_ways}
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    meta = {
+        "name": args.name,
+        "task": "classification",
+        "family": "omniglot",
+        "architecture": "conv4",
+        "architecture_kwargs": architecture_kwargs(args),
+        "algorithm": "transfer",
+        "default_steps": args.steps,
+        "training": {k: v for k, v in vars(args).items() if k != "func"},
+        "data": {
+            "sha256": omniglot.data_checksums(),
+            "splits": omniglot.SPLITS,
+            "trained_on": args.train_split,
+            "preprocessing": PREPROCESSING,
+        },
+        "max_ways": model.max_ways,
+    }
     checkpoint.save(model, meta, Path(args.out) / args.name)
     print(f"saved {Path(args.out) / args.name}.safetensors")
 
@@ -238,24 +274,40 @@ def train_sinusoid_transfer(args) -> None:
     for _ in tqdm(range(args.iterations), desc="transfer pre-training", mininterval=2):
         _, _, x, y = sinusoid.sample_tasks(args.meta_batch, 0, args.shots + args.queries, gen)
         loss = F.mse_loss(model.net(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
-    meta = {"name": args.name, "task": "regression", "family": "sinusoid", "architecture": "mlp",
-            "architecture_kwargs": {"steps": args.steps, "step_size": args.step_size}, "algorithm": "transfer",
-            "default_steps": args.steps, "training": {k: v for k, v in vars(args).items() if k != "func"}}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meta = {
+        "name": args.name,
+        "task": "regression",
+        "family": "sinusoid",
+        "architecture": "mlp",
+        "architecture_kwargs": {"steps": args.steps, "step_size": args.step_size},
+        "algorithm": "transfer",
+        "default_steps": args.steps,
+        "training": {k: v for k, v in vars(args).items() if k != "func"},
+    }
     checkpoint.save(model, meta, Path(args.out) / args.name)
     print(f"saved {Path(args.out) / args.name}.safetensors")
 
 
 def plot_curves(log: dict, metric: str, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(log["iteration"], log["train_loss"]); ax[0].set_title("train query loss (final step, EMA)")
-    ax[1].plot(log["iteration"], log["val"]); ax[1].set_title(metric)
+    ax[0].plot(log["iteration"], log["train_loss"])
+    ax[0].set_title("train query loss (final step, EMA)")
+    ax[1].plot(log["iteration"], log["val"])
+    ax[1].set_title(metric)
     for a in ax:
-        a.set_xlabel("iteration"); a.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+        a.set_xlabel("iteration")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -268,29 +320,47 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=20, help="omniglot-transfer only")
     p.add_argument("--steps", type=int, default=10, help="inner steps (the base's default and maximum)")
     p.add_argument("--step-size", type=float, default=None, help="initial (MAML: fixed) inner step size")
-    p.add_argument("--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts")
-    p.add_argument("--train-split", default="train", choices=["train", "train+val"],
-                   help="omniglot: alphabets to meta-train on; train+val (the final recipe) keeps the last checkpoint")
-    p.add_argument("--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)")
-    p.add_argument("--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter")
+    p.add_argument(
+        "--adapt", choices=["all", "head"], default="all", help="sinusoid: which weights the inner loop adapts"
+    )
+    p.add_argument(
+        "--train-split",
+        default="train",
+        choices=["train", "train+val"],
+        help="omniglot: alphabets to meta-train on; train+val (the final recipe) keeps the last checkpoint",
+    )
+    p.add_argument(
+        "--flips", action="store_true", help="omniglot: mirror images as new classes too (8 variants per character)"
+    )
+    p.add_argument(
+        "--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter"
+    )
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--queries", type=int, default=None)
     p.add_argument("--meta-batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--phi-lr", type=float, default=None, help="outer learning rate of the step sizes (default step_size/100)")
+    p.add_argument(
+        "--phi-lr", type=float, default=None, help="outer learning rate of the step sizes (default step_size/100)"
+    )
     p.add_argument("--clip", type=float, default=1.0, help="outer gradient-norm clip")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-tasks", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", help="continue meta-training from this checkpoint in --out (same architecture)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="cpu", help="torch device for meta-training, e.g. cuda (episodes are sampled on the CPU)")
+    p.add_argument(
+        "--device", default="cpu", help="torch device for meta-training, e.g. cuda (episodes are sampled on the CPU)"
+    )
     p.add_argument("--out", default=str(checkpoint.CHECKPOINT_DIR))
     args = p.parse_args(argv)
     sin = args.family.startswith("sinusoid")
-    defaults = dict(step_size=0.01 if sin else 0.1, shots=5 if sin else 1, queries=10 if sin else 5,
-                    meta_batch=25 if sin else 1)
+    defaults = {
+        "step_size": 0.01 if sin else 0.1,
+        "shots": 5 if sin else 1,
+        "queries": 10 if sin else 5,
+        "meta_batch": 25 if sin else 1,
+    }
     defaults["phi_lr"] = (args.step_size or defaults["step_size"]) / 100
     for k, v in defaults.items():
         if getattr(args, k) is None:

@@ -48,8 +48,7 @@ async def predict(
         classes = record["classes"]
         keys = [str(c) for c in classes]
         predictions = [
-            {"label": classes[max(range(len(p)), key=p.__getitem__)], "scores": dict(zip(keys, p))}
-            for p in got.outputs
+            {"label": classes[max(range(len(p)), key=p.__getitem__)], "scores": dict(zip(keys, p))} for p in got.outputs
         ]
     else:
         shaped = (lambda v: [v]) if record["target_shape"] == [1] else (lambda v: v)
