@@ -22,7 +22,7 @@ COPY pyproject.toml README.md /src/
 COPY models/ /src/models/
 COPY app/ /src/app/
 COPY worker/ /src/worker/
-RUN /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} /src
+RUN /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} "/src[serving]"
 
 FROM ${BASE_IMAGE}
 RUN (getent group app || groupadd --system app) && (id app || useradd --system --gid app --home-dir /srv app)

@@ -17,7 +17,7 @@ import torch
 
 from models.research import omniglot
 
-from .client import Client, image_input
+from rapid_adapt_client import Client, image_input
 
 
 def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "test"):

@@ -34,6 +34,20 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def ensure_free(host: str, port: int) -> None:
+    """Refuse a port another program listens on. The API's own sockets use SO_REUSEPORT, which
+    would let a second deployment bind beside the first and the kernel split traffic between
+    them; a plain bind (no SO_REUSEPORT) fails on any listener, so this check comes first."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        raise SystemExit(f"app.serve: {host}:{port} is already in use ({exc.strerror}); refusing to share it") from None
+    finally:
+        probe.close()
+
+
 def serve(host: str, port: int, graceful: int, log_level: str) -> None:
     """One API process on its own socket."""
     config = uvicorn.Config(
@@ -52,10 +66,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers (WEB_CONCURRENCY) must be at least 1")
+    ensure_free(args.host, args.port)  # once, here, not in N restarting children
     serve_args = (args.host, args.port, args.timeout_graceful_shutdown, args.log_level)
     if args.workers == 1:
         return serve(*serve_args)
-    listen_socket(args.host, args.port).close()  # a port in use fails here, once, not in N restarting children
     logs.configure()  # the parent's own lines (a restarted process) as JSON, like the API's
     ctx = multiprocessing.get_context("spawn")
     start = lambda: ctx.Process(target=serve, args=serve_args, name="api", daemon=False)

@@ -12,10 +12,13 @@ meta-trained on) at its lowest-loss weights instead of returning garbage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from .augment import support_views
 from .nets import Base
 
 
@@ -27,6 +30,8 @@ class Adapted:
     steps: int
     trajectory: list[dict[str, torch.Tensor]] | None = None  # fast weights after 0..K steps
     stopped_early: torch.Tensor | None = None  # [T] bool: the divergence guard kept earlier weights
+    mode: str = "fast"  # the inner loop that ran: "fast" or "fine-tune"
+    loss_curve: torch.Tensor | None = None  # [T, K + 1] support loss before each step and after the last
 
 
 def check_support(
@@ -71,19 +76,47 @@ def check_support(
     return x, y, n_ways
 
 
+MODES = ("fast", "fine-tune")
+
+
+def mode_steps(model: Base) -> dict[str, dict[str, int]]:
+    """Each mode's default and largest number of inner steps. A base without a tail
+    (the sinusoid MLP, whose fast loop already adapts every weight) runs the same loop
+    in both modes."""
+    fast = {"default_steps": model.default_steps, "max_steps": model.max_steps}
+    if not hasattr(model, "tail"):
+        return {"fast": fast, "fine-tune": fast}
+    return {"fast": fast, "fine-tune": {"default_steps": model.tune_steps, "max_steps": model.tune_steps}}
+
+
+def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
+    """The `auto` mode's choice, from the support set alone."""
+    return "fine-tune" if hasattr(model, "tail") else "fast"
+
+
 def adapt(
     model: Base,
     support_x: torch.Tensor,
     support_y: torch.Tensor,
     steps: int | None = None,
     *,
+    mode: str = "fast",
     n_ways: int | None = None,
     train: bool = False,
     first_order: bool = False,
     trajectory: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    seed: int = 0,
 ) -> Adapted:
-    """Adapt `model` to a support set; see the module docstring."""
+    """Adapt `model` to a support set; see the module docstring. `mode` "fine-tune" adapts
+    the base's tail too where it has one (`fine_tune`); `on_step(k, loss)` is called after
+    each step (progress, cancellation: whatever it raises stops the loop)."""
     x, y, n_ways = check_support(model, support_x, support_y, n_ways)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "fine-tune" and hasattr(model, "tail"):
+        kw = {"train": train, "first_order": first_order, "trajectory": trajectory, "on_step": on_step, "seed": seed}
+        return fine_tune(model, x, y, n_ways, steps, **kw)
     steps = model.default_steps if steps is None else steps
     if not 0 <= steps <= model.max_steps:
         raise ValueError(f"steps must lie in 0..{model.max_steps}, got {steps}")
@@ -91,6 +124,7 @@ def adapt(
     with torch.set_grad_enabled(train):
         feats = model.embed_support(x.flatten(0, 1)).unflatten(0, (t, s))
     stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
+    curve = []
     with torch.enable_grad():
         fast = model.init_fast(feats, y, n_ways)
         if not train:
@@ -100,6 +134,7 @@ def adapt(
         for k in range(steps):
             loss = model.loss(model.fast_forward(fast, feats), y)
             loss_before = loss.detach() if loss_before is None else loss_before
+            curve.append(loss.detach())
             grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=train and not first_order)
             stepped = {n: p - model.step_size(n, k) * g for (n, p), g in zip(fast.items(), grads)}
             if not train:  # divergence guard: a task whose loss blew up stops at its lowest-loss weights
@@ -110,6 +145,8 @@ def adapt(
             fast = stepped
             if path is not None:
                 path.append(fast)
+            if on_step:
+                on_step(k, float(loss.detach().mean()))
     with torch.no_grad():
         loss_after = model.loss(model.fast_forward(fast, feats.detach()), y)
         if not train and steps:
@@ -118,7 +155,73 @@ def adapt(
                 fast = pick(stopped, best, fast)
                 loss_after = model.loss(model.fast_forward(fast, feats), y)
             fast = {n: p.detach() for n, p in fast.items()}
-    return Adapted(fast, loss_after if loss_before is None else loss_before, loss_after, steps, path, stopped)
+    curve.append(loss_after)
+    before = loss_after if loss_before is None else loss_before
+    return Adapted(fast, before, loss_after, steps, path, stopped, "fast", torch.stack(curve, 1))
+
+
+def fine_tune(
+    model, x, y, n_ways, steps, *, train=False, first_order=False, trajectory=False, on_step=None, seed=0
+) -> Adapted:
+    """The `fine-tune` inner loop of a base with a tail (Conv4), for one task (T = 1).
+
+    The trunk embeds the support set once, clean and as `tune_views` augmented copies
+    (`augment.support_views`, seeded: the same support set always gives the same weights).
+    Each step moves the tail by its learned step sizes down the gradient of the prototype
+    loss: prototypes from the clean support, the augmented copies classified against
+    them. The loss stays informative at one shot, where a support image is its own
+    prototype. The head is then built from the adapted embedding of the support (and its
+    views, with `support_shifts`). Support losses are those of the augmented copies."""
+    if x.shape[0] != 1:
+        raise ValueError("fine-tune adapts one task at a time")
+    steps = model.tune_steps if steps is None else steps
+    if not 0 <= steps <= model.tune_steps:
+        raise ValueError(f"steps must lie in 0..{model.tune_steps} for fine-tune, got {steps}")
+    xs, ys = x[0], y[0]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        h_views = model.trunk(support_views(xs, gen, model.tune_views))
+        h_support = [model.trunk(v) for v in model.support_views(xs)]  # the first is the plain support
+    y_views = ys.repeat(model.tune_views)
+    onehot = F.one_hot(ys, n_ways).to(h_views.dtype)
+
+    def view_loss(tail):
+        protos = onehot.T @ model.tail(h_support[0], tail) / onehot.sum(0).unsqueeze(1)
+        feats = model.tail(h_views, tail)
+        return F.cross_entropy(2 * feats @ protos.T - (protos**2).sum(-1), y_views)
+
+    def adapted(tail):  # the fast weights of a tail: it, and the head built from its support embedding
+        feats = torch.stack([model.tail(h, tail) for h in h_support]).mean(0)
+        return model.init_fast(feats.unsqueeze(0), y, n_ways) | {n: p.unsqueeze(0) for n, p in tail.items()}
+
+    tail = {n: p.detach().requires_grad_() for n, p in model.tail_params().items()}
+    best, best_loss, curve, stopped, path = tail, float("inf"), [], False, []
+    with torch.enable_grad():
+        for k in range(steps):
+            if trajectory:
+                path.append(adapted({n: p.detach() for n, p in tail.items()}))
+            loss = view_loss(tail)
+            curve.append(loss.detach())
+            if not train:  # divergence guard: a loss that blew up stops at the lowest-loss tail
+                if stopped := bool(diverged(loss.detach(), curve[0])):
+                    break
+                best, best_loss = (tail, loss.item()) if loss.item() < best_loss else (best, best_loss)
+            params = list(tail.values())
+            grads = torch.autograd.grad(loss, params, create_graph=train and not first_order)
+            tail = {n: p - model.tune_step_size(n, k) * g for (n, p), g in zip(tail.items(), grads)}
+            if not train:
+                tail = {n: p.detach().requires_grad_() for n, p in tail.items()}
+            if on_step:
+                on_step(k, float(loss.detach()))
+    with torch.set_grad_enabled(train):
+        last = view_loss(tail)
+        if not train and steps and (stopped or diverged(last.detach(), curve[0])):
+            stopped, tail, last = True, best, torch.tensor(best_loss)
+        curve.append(last.detach())
+        fast = adapted(tail if train else {n: p.detach() for n, p in tail.items()})
+    curve = torch.stack(curve).view(1, -1)
+    path = path + [fast] if trajectory else None
+    return Adapted(fast, curve[:, 0], curve[:, -1], steps, path, torch.tensor([stopped]), "fine-tune", curve)
 
 
 def diverged(loss: torch.Tensor, loss_before: torch.Tensor) -> torch.Tensor:
@@ -134,4 +237,4 @@ def pick(mask: torch.Tensor, a: dict, b: dict) -> dict:
 @torch.inference_mode()
 def predict(model: Base, fast: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Outputs of one adapted task on inputs x [Q, *shape]: logits [Q, N] or values [Q, out]."""
-    return model.fast_forward(fast, model.embed(x).unsqueeze(0))[0]
+    return model.fast_forward(fast, model.embed_adapted(x, fast).unsqueeze(0))[0]

@@ -12,6 +12,7 @@ from .nets import ARCHITECTURES, Base
 from .preprocess import PREPROCESSING
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+OPTIONAL = ("tune_step_sizes.",)  # a checkpoint without them keeps their hand-set initial values
 
 
 def build(meta: dict) -> Base:
@@ -42,6 +43,8 @@ def load(path: Path) -> tuple[Base, dict]:
             f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it"
         )
     model = build(meta)
-    model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+    missing, unexpected = model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))), strict=False)
+    if unexpected or any(not k.startswith(OPTIONAL) for k in missing):
+        raise ValueError(f"{path.name}: tensors missing {missing} or unexpected {unexpected} for its architecture")
     model.eval().requires_grad_(False)
     return model, meta

@@ -1,6 +1,7 @@
-"""The two base networks. Each splits into a frozen part (`embed`, run once per
-support set) and fast weights (`init_fast`, `fast_forward`) that the inner loop
-adapts, with learned per-step, per-element step sizes (`step_sizes`, φ).
+"""The base networks. Each splits into a frozen part (`embed`, run once per support
+set) and fast weights (`init_fast`, `fast_forward`) that the inner loop adapts, with
+learned per-step, per-element step sizes (`step_sizes`, φ); Conv4 can also adapt its
+last block (`tail`, with `tune_step_sizes`).
 
 Every fast-weight tensor carries a leading task dimension T so that a batch of
 tasks adapts in one pass (meta-training) and serving is the case T = 1.
@@ -53,25 +54,56 @@ class Base(nn.Module):
     def step_size(self, name: str, step: int) -> torch.Tensor:
         return self.step_sizes[name][step]
 
+    def embed_adapted(self, x: torch.Tensor, fast: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The embedding under an adaptation: `finish(shared(x), fast)`."""
+        return self.finish(self.shared(x), fast)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of the embedding that no adaptation changes, which the predictor runs
+        once for the inputs of every adaptation of the base together."""
+        return self.embed(x)
+
+    def finish(self, h: torch.Tensor, fast: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The rest of the embedding, under one adaptation's fast weights."""
+        return h
+
+    def to_stored(self, fast: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors an adaptation is stored as (`from_stored` inverts it)."""
+        return fast
+
+    def from_stored(self, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return stored
+
 
 class Conv4(Base):
-    """Omniglot base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool),
-    28x28 -> a `channels`-wide embedding. Group norm normalises each image
-    on its own, so a prediction never depends on the other images in the batch.
+    """The image base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool) over
+    `in_channels` x `size` x `size` images, then the mean over what is left of the map
+    (nothing to average at 28 pixels: 28 -> 14 -> 7 -> 3 -> 1), a `channels`-wide
+    embedding. Group norm normalises each image on its own, so a prediction never
+    depends on the other images in the batch.
 
-    Fast weights are a linear head built per task from the class prototypes of
-    the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, which is the
-    prototype classifier by squared distance), so any N from 2 to `max_ways`, any
-    labels and unequal shots work. Only the head adapts (ANIL): the embedding is
-    computed once per support set and the adapted state is N x (dim + 1) floats.
+    Two inner loops:
+    - `fast` (ANIL): only a linear head adapts, built per task from the class prototypes
+      of the support embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, the prototype
+      classifier by squared distance), so any N from 2 to `max_ways`, any labels and
+      unequal shots work; the embedding runs once per support set.
+    - `fine-tune`: the last block (the `tail`: conv and group norm, 37k weights) adapts
+      too, on `tune_views` augmented copies of the support set, with per-step step sizes
+      per tensor (`tune_step_sizes`, meta-learned with θ frozen); the first three blocks
+      (the `trunk`) run once per image and stay shared, so predictions of fine-tuned
+      and fast adaptations of one base still share most of their forward pass.
 
-    With `support_shifts`, a support image's embedding is the mean over the image
-    and its four one-pixel shifts (zero-filled): a prototype that a drawer's
-    pixel-level placement moves less. It costs five embeddings per support image
-    at adaptation and nothing per prediction."""
+    With `support_shifts`, a support image's embedding is the mean over the image and its
+    four one-pixel shifts (zero-filled): a prototype that a drawer's pixel-level placement
+    moves less. It costs five embeddings per support image and nothing per prediction."""
 
     task = "classification"
-    input_shape = (1, 28, 28)
+    TAIL = {  # fast-weight name -> parameter of the last block
+        "tail.conv.weight": "body.12.weight",
+        "tail.conv.bias": "body.12.bias",
+        "tail.norm.weight": "body.13.weight",
+        "tail.norm.bias": "body.13.bias",
+    }
 
     def __init__(
         self,
@@ -81,25 +113,30 @@ class Conv4(Base):
         step_size: float = 0.1,
         max_ways: int = 50,
         support_shifts: bool = False,
+        in_channels: int = 1,
+        size: int = 28,
+        tune_steps: int = 20,
+        tune_views: int = 4,
+        tune_step_size: float = 0.2,
     ):
         super().__init__(steps, step_size)
         self.max_ways, self.support_shifts = max_ways, support_shifts
-        blocks, c_in = [], 1
+        self.input_shape = (in_channels, size, size)
+        self.tune_steps, self.tune_views = tune_steps, tune_views
+        blocks, c_in = [], in_channels
         for _ in range(4):
-            blocks += [
-                nn.Conv2d(c_in, channels, 3, padding=1),
-                nn.GroupNorm(groups, channels),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
+            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU()]
+            blocks += [nn.MaxPool2d(2)]
             c_in = channels
-        self.body = nn.Sequential(*blocks, nn.Flatten())  # the reference definition; `embed` computes the same
-        self.blocks = tuple(
-            zip(self.body[0::4], self.body[1::4])
-        )  # (conv, norm) x 4, for `embed` (not registered twice)
-        self.dim = channels  # 28 -> 14 -> 7 -> 3 -> 1
+        # the reference definition, which `embed` computes faster
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.blocks = tuple(zip(self.body[0::4], self.body[1::4]))  # (conv, norm) x 4, not registered twice
+        self.dim = channels
         self.step_sizes["weight"] = nn.Parameter(torch.full((steps, 1, self.dim), step_size))
         self.step_sizes["bias"] = nn.Parameter(torch.full((steps, 1), step_size))
+        self.tune_step_sizes = nn.ParameterDict(
+            {key(n): nn.Parameter(torch.full((tune_steps,), tune_step_size)) for n in self.TAIL}
+        )
 
     def embed(self, x):
         """`self.body(x)`, on the faster path for the job: the plain layers when a
@@ -110,17 +147,40 @@ class Conv4(Base):
         return self.embed_inference(x)
 
     def embed_inference(self, x):
-        """`self.body(x)` rewritten for forward-only CPU speed: the one-channel first conv
-        as a matmul over 3x3 patches, and 2x2 max-pooling as the max of four strided views,
+        return self.tail(self.trunk(x))
+
+    def trunk(self, x):
+        """The first three blocks, rewritten for forward-only CPU speed: the first conv as
+        a matmul over 3x3 patches, and 2x2 max-pooling as the max of four strided views,
         taken before the ReLU (they commute), where PyTorch's NCHW max_pool2d and
-        1-channel conv are slow (docs/experiments.md has the figures)."""
+        few-channel conv are slow (docs/experiments.md has the figures)."""
         first = self.blocks[0][0]
-        patches = F.unfold(x, 3, padding=1)  # [B, 9, H*W]
+        patches = F.unfold(x, 3, padding=1)  # [B, C*9, H*W]
         h = (first.weight.flatten(1) @ patches + first.bias.unsqueeze(1)).unflatten(2, x.shape[-2:])
-        for i, (conv, norm) in enumerate(self.blocks):
-            h = norm(conv(h) if i else h)
-            h = F.relu(pool2x2(h))
-        return h.flatten(1)
+        for i, (conv, norm) in enumerate(self.blocks[:3]):
+            h = F.relu(pool2x2(norm(conv(h) if i else h)))
+        return h
+
+    def tail(self, h, fast: dict | None = None):
+        """The last block on trunk features h, with its weights from `fast` where given
+        (one adaptation's tail, without the task dimension) -> [B, dim]."""
+        conv, norm = self.blocks[3]
+        w = lambda name, p: p if fast is None or name not in fast else fast[name]
+        h = F.conv2d(h, w("tail.conv.weight", conv.weight), w("tail.conv.bias", conv.bias), padding=1)
+        h = F.group_norm(
+            h, norm.num_groups, w("tail.norm.weight", norm.weight), w("tail.norm.bias", norm.bias), norm.eps
+        )
+        return F.relu(pool2x2(h)).mean((-2, -1))
+
+    def tail_params(self) -> dict[str, torch.Tensor]:
+        named = dict(self.named_parameters())
+        return {n: named[p] for n, p in self.TAIL.items()}
+
+    def shared(self, x):
+        return self.trunk(x)
+
+    def finish(self, h, fast):
+        return self.tail(h, {n: fast[n][0] for n in self.TAIL if n in fast})
 
     def embed_support(self, x):
         """With `support_shifts`, the mean over the views, embedded one view at a time: the
@@ -130,6 +190,10 @@ class Conv4(Base):
             return super().embed_support(x)
         return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
 
+    def support_views(self, x):
+        """The views a support image's prototype averages over: [V, B, ...]."""
+        return shifted_views(x) if self.support_shifts else x.unsqueeze(0)
+
     def init_fast(self, feats, y, n_ways):
         onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
         protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
@@ -137,6 +201,39 @@ class Conv4(Base):
 
     def fast_forward(self, fast, feats):
         return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
+
+    def tune_step_size(self, name: str, step: int) -> torch.Tensor:
+        return self.tune_step_sizes[key(name)][step]
+
+    def to_stored(self, fast):
+        """What Redis keeps of an adaptation: the head as it is; a tail as its change from θ,
+        the conv weight's in 8 bits with a scale per output channel and the rest in half
+        precision (38 KB where the tensors would take 148 KB in full)."""
+        if "tail.conv.weight" not in fast:
+            return fast
+        theta = {n: p.detach() for n, p in self.tail_params().items()}
+        out = {n: v for n, v in fast.items() if n not in theta}
+        out |= {n: (fast[n] - theta[n]).half() for n in theta if n != "tail.conv.weight"}
+        delta = fast["tail.conv.weight"] - theta["tail.conv.weight"]  # [1, out, in, 3, 3]
+        scale = delta.abs().amax((2, 3, 4), keepdim=True).clamp(min=1e-12) / 127
+        out["tail.conv.weight.q"] = torch.round(delta / scale).to(torch.int8)
+        out["tail.conv.weight.scale"] = scale.float()
+        return out
+
+    def from_stored(self, stored):
+        if "tail.conv.weight.q" not in stored:
+            return stored
+        theta = {n: p.detach() for n, p in self.tail_params().items()}
+        fast = {n: v for n, v in stored.items() if not n.startswith("tail.")}
+        fast |= {n: theta[n] + stored[n].float() for n in theta if n != "tail.conv.weight"}
+        q, scale = stored["tail.conv.weight.q"], stored["tail.conv.weight.scale"]
+        fast["tail.conv.weight"] = theta["tail.conv.weight"] + q.float() * scale
+        return fast
+
+
+def key(name: str) -> str:
+    """A fast weight's name as a ParameterDict key (no dots)."""
+    return name.replace(".", "_")
 
 
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (dx, dy) in pixels

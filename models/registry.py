@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 from . import checkpoint
+from .adapt import mode_steps
 from .nets import Base
 
 SERVED = ("omniglot-conv4", "sinusoid-mlp")
@@ -40,6 +41,15 @@ def names(directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[str, ...]:
     return tuple(n for n in SERVED if (Path(directory) / f"{n}.safetensors").exists())
 
 
+def metrics(path: Path) -> dict | None:
+    """The base's canonical meta-test evaluation, with the cross-domain one under `cross_domain`."""
+    evaluation, cross = path.with_suffix(".eval.json"), path.parent / f"{path.name}.glyphs.eval.json"
+    found = json.loads(evaluation.read_text()) if evaluation.exists() else None
+    if found is not None and cross.exists():
+        found["cross_domain"] = json.loads(cross.read_text())
+    return found
+
+
 @cache
 def load(name: str, directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[Base, dict]:
     """-> (model in eval mode with no parameter requiring grad, spec dict)."""
@@ -47,7 +57,6 @@ def load(name: str, directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[Base, 
     if not path.with_suffix(".safetensors").exists():
         raise KeyError(name)
     model, meta = checkpoint.load(path)
-    evaluation = path.with_suffix(".eval.json")
     spec = {
         "name": name,
         "task": meta["task"],
@@ -55,8 +64,9 @@ def load(name: str, directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[Base, 
         "max_ways": meta.get("max_ways") if meta["task"] == "classification" else None,
         "default_steps": model.default_steps,
         "max_steps": model.max_steps,
+        "modes": mode_steps(model),
         "algorithm": meta["algorithm"],
         "adapted": meta.get("adapted"),
-        "metrics": json.loads(evaluation.read_text()) if evaluation.exists() else None,
+        "metrics": metrics(path),
     }
     return model, spec

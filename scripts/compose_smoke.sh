@@ -77,7 +77,7 @@ if ! curl -fsS "http://127.0.0.1:$API_PORT/readyz"; then
 fi
 echo
 log "round trip through the API and worker containers"
-if ! python3 -m app.demo --url "http://127.0.0.1:$API_PORT" --key change-me; then
+if ! .venv/bin/python -m app.demo --url "http://127.0.0.1:$API_PORT" --key change-me; then
   $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: round trip"; exit 1
 fi
 $COMPOSE ps

@@ -1,35 +1,51 @@
 #!/usr/bin/env bash
-# Quick start: install what is missing, start Redis, a Celery worker and the API on 127.0.0.1,
-# run the demo round trip, and leave the service running (stop it with: bash scripts/stop.sh).
+# Quick start: install what is missing (scripts/setup.sh), start this checkout's own Redis servers, a Celery
+# worker and the API on 127.0.0.1, run the demo round trip, and leave the service running (stop it with
+# bash scripts/stop.sh). It never joins another service: it refuses to start when a port it needs is taken.
+#   RAPID_ADAPT_PORT          API port (8000)
+#   RAPID_ADAPT_BROKER_PORT   Redis for Celery's queue (6379)
+#   RAPID_ADAPT_STORE_PORT    Redis for records, support sets and adapted weights (6380)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-mkdir -p run
+PY=.venv/bin/python
 PORT="${RAPID_ADAPT_PORT:-8000}"
-REDIS_PORT="${RAPID_ADAPT_REDIS_PORT:-6379}"
+BROKER_PORT="${RAPID_ADAPT_BROKER_PORT:-6379}"
+STORE_PORT="${RAPID_ADAPT_STORE_PORT:-6380}"
 export RAPID_ADAPT_API_KEYS="${RAPID_ADAPT_API_KEYS:-demo:demo-key}"
-export RAPID_ADAPT_BROKER_URL="${RAPID_ADAPT_BROKER_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
-export RAPID_ADAPT_REDIS_URL="${RAPID_ADAPT_REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/1}"
+export RAPID_ADAPT_BROKER_URL="redis://127.0.0.1:$BROKER_PORT/0"
+export RAPID_ADAPT_REDIS_URL="redis://127.0.0.1:$STORE_PORT/0"
 KEY="${RAPID_ADAPT_API_KEYS#*:}"; KEY="${KEY%%,*}"
+mkdir -p run
 
-if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
-  # one local instance for queue, store and weights: noeviction, every key with its TTL (see README)
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxmemory-policy noeviction \
-    --daemonize yes --pidfile "$PWD/run/redis.pid" --logfile "$PWD/run/redis.log"
-fi
-for name in worker api; do
-  if [ -f "run/$name.pid" ] && kill -0 "$(cat "run/$name.pid")" 2>/dev/null; then kill "$(cat "run/$name.pid")"; sleep 1; fi
+bash scripts/stop.sh >/dev/null  # this checkout's own earlier run, if any (by its recorded pids)
+for pair in "API:$PORT:RAPID_ADAPT_PORT" "broker Redis:$BROKER_PORT:RAPID_ADAPT_BROKER_PORT" \
+            "store Redis:$STORE_PORT:RAPID_ADAPT_STORE_PORT"; do
+  IFS=: read -r what port var <<<"$pair"
+  if ! $PY -c "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+    echo "quickstart: port $port ($what) is already in use by another program; refusing to start beside it." >&2
+    echo "quickstart: stop that program, or choose another port: $var=<port> bash scripts/quickstart.sh" >&2
+    exit 1
+  fi
 done
-nohup python3 -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
+
+start_redis() {  # name port maxmemory policy: never evicts for the broker and the store
+  redis-server --port "$2" --bind 127.0.0.1 --save "" --appendonly no --maxmemory "$3" --maxmemory-policy "$4" \
+    --daemonize yes --pidfile "$PWD/run/redis-$1.pid" --logfile "$PWD/run/redis-$1.log"
+}
+start_redis broker "$BROKER_PORT" 256mb noeviction
+start_redis store "$STORE_PORT" 1gb noeviction
+nohup $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
   --without-gossip --without-mingle >run/worker.log 2>&1 & echo $! >run/worker.pid
-nohup python3 -m app.serve --host 127.0.0.1 --port "$PORT" >run/api.log 2>&1 & echo $! >run/api.pid
+nohup $PY -m app.serve --host 127.0.0.1 --port "$PORT" >run/api.log 2>&1 & echo $! >run/api.pid
 
 echo "waiting for http://127.0.0.1:$PORT/readyz ..."
 for _ in $(seq 120); do
   if curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null; then break; fi
+  if ! kill -0 "$(cat run/api.pid)" 2>/dev/null; then tail -n 20 run/api.log; echo "quickstart: the API exited" >&2; exit 1; fi
   sleep 0.5
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz"; echo
-python3 -m app.demo --url "http://127.0.0.1:$PORT" --key "$KEY"
+$PY -m app.demo --url "http://127.0.0.1:$PORT" --key "$KEY"
 echo
 echo "Rapid Adapt is running on http://127.0.0.1:$PORT (API key: $KEY; logs in run/). Stop it: bash scripts/stop.sh"

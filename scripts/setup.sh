@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Install what Rapid Adapt needs on a fresh Debian machine: Redis, CPU PyTorch, the project.
-# Idempotent: skips what is already there.
+# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis (apt), a virtual
+# environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local wheel where pip's
+# configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), and the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "setup: installing redis-server"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+apt_install() {
+  echo "setup: installing $* (apt-get)"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
 fi
-if ! python3 -c "import torch" 2>/dev/null; then
-  echo "setup: installing torch 2.13.0 (CPU)"
-  python3 -m pip install -q "torch==2.13.0"
+PY=.venv/bin/python
+if ! $PY -c "import torch" 2>/dev/null; then
+  local_wheel=$(ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-2.13.0*.whl 2>/dev/null | head -n 1 || true)
+  if [ -n "$local_wheel" ]; then
+    echo "setup: installing torch 2.13.0 (CPU) from $local_wheel"
+    $PY -m pip install -q "$local_wheel"
+  else
+    echo "setup: installing torch 2.13.0 (CPU) from PyTorch's CPU index"
+    $PY -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+  fi
 fi
-python3 -m pip install -q -e ".[dev]"
+$PY -m pip install -q -e ".[dev]" -e ./clients/python

@@ -16,10 +16,11 @@ import redis
 import torch
 from PIL import Image
 
-from app.client import AsyncClient, Client, RapidAdaptError
 from app.demo import omniglot_task, sinusoid_task
 from models import registry
+from models.adapt import adapt, predict
 from models.research import evaluate, omniglot
+from rapid_adapt_client import AsyncClient, Client, RapidAdaptError
 
 from .stack import KEYS, wait_until
 
@@ -58,24 +59,22 @@ def error_of(call) -> RapidAdaptError:
 # ---- end to end -----------------------------------------------------------
 
 
-def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme):
+@pytest.mark.parametrize("mode", ["fast", "fine-tune"])
+def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme, mode):
     support, queries, truth = omniglot_task(seed=3)
-    a = acme.create_adaptation("omniglot-conv4", support, wait=30)
+    a = acme.create_adaptation("omniglot-conv4", support, mode=mode, wait=30)
     assert a["status"] == "succeeded", a
-    assert len(a["classes"]) == 20 and a["metrics"]["support_loss_after"] <= a["metrics"]["support_loss_before"]
+    m = a["metrics"]
+    assert len(a["classes"]) == 20 and m["mode"] == mode and a["mode"] == mode
+    assert m["support_loss_after"] <= m["support_loss_before"] and len(m["loss_curve"]) == m["steps"] + 1
     preds = acme.predict(a["id"], queries)
     http_acc = sum(p["label"] == y for p, y in zip(preds, truth)) / len(truth)
     # the evaluation command's code path on the same drawings
     ds = omniglot.load()
     sids, qids = omniglot.EpisodeSampler(ds, "test").sample_ids(20, 1, 5, torch.Generator().manual_seed(3))
     model, _ = registry.load("omniglot-conv4")
-    out = evaluate.base_curve(
-        model,
-        ds.images[[i for i, _, _ in sids]],
-        torch.arange(20),
-        ds.images[[i for i, _, _ in qids]],
-        model.default_steps,
-    )[-1]
+    fast = adapt(model, ds.images[[i for i, _, _ in sids]], torch.arange(20), mode=mode).fast
+    out = predict(model, fast, ds.images[[i for i, _, _ in qids]])
     eval_acc = (out.argmax(-1) == torch.tensor([label for *_, label in qids])).float().mean().item()
     assert http_acc == pytest.approx(eval_acc)
     assert http_acc > 0.5  # chance is 5%; on the test alphabets the base is right about 9 times in 10
@@ -415,7 +414,7 @@ def test_list_is_newest_first_and_paginated(stack):
         ids = [c.create_adaptation("sinusoid-mlp", sin_support())["id"] for _ in range(3)]
         page = c.adaptations(limit=2)
         assert [x["id"] for x in page["data"]][:2] == ids[::-1][:2] and page["next_cursor"]
-        rest = c.adaptations(limit=2, cursor=page["next_cursor"])
+        rest = c.adaptations(limit=2, after=page["next_cursor"])
         assert ids[0] in [x["id"] for x in rest["data"]]
 
 
@@ -478,7 +477,7 @@ def test_prediction_waits_for_a_running_adaptation(new_stack):
 
 def test_redis_down_is_503_fast_and_recovers(new_stack):
     s = new_stack().start()
-    with Client(s.url, api_key=KEYS["acme"], timeout=10) as c:
+    with Client(s.url, api_key=KEYS["acme"], timeout=10, max_retries=0) as c:
         assert c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)["status"] == "succeeded"
         s.stop_redis()
         for call in (lambda: c.create_adaptation("sinusoid-mlp", sin_support()), lambda: c.adaptations()):

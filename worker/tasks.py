@@ -17,7 +17,7 @@ from app.core import stats
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME
-from app.core.store import Store
+from app.core.store import Store, event
 
 from .celery_app import app
 
@@ -36,6 +36,10 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class Stopped(Exception):
+    """The adaptation was cancelled or deleted while running."""
+
+
 @app.task(name=TASK_NAME)
 def adapt_job(adaptation_id: str) -> str:
     s, settings = store(), get_settings()
@@ -45,12 +49,29 @@ def adapt_job(adaptation_id: str) -> str:
     if record["status"] == "succeeded" and s.weights(adaptation_id) is not None:
         return "duplicate"
     started = time.perf_counter()
-    s.update(adaptation_id, status="running", started_at=now(), attempts=record.get("attempts", 0) + 1)
+    attempts = record.get("attempts", 0) + 1
+    # queued, or running when a dead worker's job is redelivered; a cancelled job never runs
+    if s.transition(
+        adaptation_id, ("queued", "running"), status="running", started_at=now(), attempts=attempts
+    ) not in (
+        "queued",
+        "running",
+    ):
+        return "skipped"
+    s.add_events(adaptation_id, event("started", attempt=attempts))
     support = s.support(adaptation_id)
     if support is None:
         return "gone"
+
+    def on_step(k: int, loss: float) -> None:
+        if s.step(adaptation_id, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
+            raise Stopped
+
     try:
-        fast, metrics = run_adaptation(record, support, device())
+        fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
+    except Stopped:
+        log.info("adaptation stopped", extra={"adaptation_id": adaptation_id, "status": "cancelled"})
+        return "cancelled"
     except ValueError as exc:
         return fail(s, adaptation_id, started, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:
@@ -58,9 +79,11 @@ def adapt_job(adaptation_id: str) -> str:
             s, adaptation_id, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s"
         )
     metrics["weights_bytes"] = s.put_weights(adaptation_id, fast, s.ttl(adaptation_id))
-    if not s.update(adaptation_id, status="succeeded", finished_at=now(), metrics=metrics):
-        s.drop_weights(adaptation_id)  # deleted while running: leave nothing behind
+    done = {"status": "succeeded", "finished_at": now(), "metrics": metrics, "steps": metrics["steps"]}
+    if s.transition(adaptation_id, ("running",), **done) != "running":
+        s.drop_weights(adaptation_id)  # cancelled or deleted meanwhile: leave nothing behind
         return "gone"
+    s.add_events(adaptation_id, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
     stats.record_outcome(s.r, "succeeded", time.perf_counter() - started)
     log.info(
         "adaptation succeeded",
@@ -70,7 +93,9 @@ def adapt_job(adaptation_id: str) -> str:
 
 
 def fail(s: Store, adaptation_id: str, started: float, code: str, message: str) -> str:
-    s.update(adaptation_id, status="failed", finished_at=now(), error={"code": code, "message": message})
-    stats.record_outcome(s.r, "failed", time.perf_counter() - started)
+    fields = {"status": "failed", "finished_at": now(), "error": {"code": code, "message": message}}
+    if s.transition(adaptation_id, ("running",), **fields) == "running":
+        s.add_events(adaptation_id, event("failed", code=code))
+        stats.record_outcome(s.r, "failed", time.perf_counter() - started)
     log.warning("adaptation failed", extra={"adaptation_id": adaptation_id, "status": "failed", "error": code})
     return "failed"

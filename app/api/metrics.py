@@ -3,6 +3,7 @@
 from prometheus_client import Counter, Histogram
 
 from ..core import heartbeats, stats
+from ..core.store import TERMINAL
 
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -40,7 +41,7 @@ class StoreCollector:
         finished = CounterMetricFamily(
             "rapid_adapt_adaptations_finished", "adaptation jobs by final status", labels=["status"]
         )
-        for status in ("succeeded", "failed"):
+        for status in TERMINAL:
             finished.add_metric([status], counts.get(f"status:{status}", 0.0))
         yield finished
         buckets = [(str(le), counts.get(f"le:{le}", 0.0)) for le in stats.DURATION_BUCKETS]

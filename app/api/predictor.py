@@ -83,16 +83,19 @@ class Job:
 
 @torch.inference_mode()
 def forward_merged(model, items: list[tuple[dict, torch.Tensor]], max_batch: int) -> list[torch.Tensor]:
-    """The outputs of each (adapted weights, inputs) pair, with the inputs of all of
-    them embedded together, in equal passes of at most max_batch (80 as 40 + 40)."""
+    """The outputs of each (stored adaptation, inputs) pair. The part of the network no
+    adaptation changes (`Base.shared`) runs over the inputs of all of them together, in
+    equal passes of at most max_batch (80 as 40 + 40); the rest under each adaptation."""
     xs = [x for _, x in items]
     x = xs[0] if len(xs) == 1 else torch.cat(xs)
     metrics.PREDICT_BATCH.observe(x.shape[0])
     passes = -(-x.shape[0] // max_batch)
-    feats = model.embed(x) if passes == 1 else torch.cat([model.embed(c) for c in x.tensor_split(passes)])
-    return [
-        model.fast_forward(fast, f.unsqueeze(0))[0] for (fast, _), f in zip(items, feats.split([len(x) for x in xs]))
-    ]
+    h = model.shared(x) if passes == 1 else torch.cat([model.shared(c) for c in x.tensor_split(passes)])
+    outs = []
+    for (stored, _), hi in zip(items, h.split([len(x) for x in xs])):
+        fast = model.from_stored(stored)
+        outs.append(model.fast_forward(fast, model.finish(hi, fast).unsqueeze(0))[0])
+    return outs
 
 
 def outputs(record: dict, out: torch.Tensor) -> list:
@@ -119,6 +122,8 @@ class Predictor:
         self.lru.drop(aid)
 
     def weights(self, record: dict) -> dict[str, torch.Tensor]:
+        """An adaptation's tensors as stored (`Base.to_stored`: the compact form is what the
+        LRU holds)."""
         aid = record["id"]
         fast = self.lru.get(aid)
         if fast is not None:

@@ -4,15 +4,21 @@ public form, and waiting for a job to end."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
 import time
 from datetime import datetime
 
 from ..core.config import Settings
-from ..core.store import Store
+from ..core.store import TERMINAL, Position, Store
 from .errors import invalid, not_found
 from .schemas import Adaptation
 
-DONE = ("succeeded", "failed")
+DONE = TERMINAL
+ID = re.compile(r"ad_[0-9a-f]{32}")
+MAX_OFFSET = 10_000  # the legacy numeric cursor: further than this, page with next_cursor
 
 
 def iso(t: datetime) -> str:
@@ -34,6 +40,29 @@ def wait_param(settings: Settings, wait: float | None) -> float:
     if wait is not None and not 0 <= wait <= settings.max_wait_seconds:
         raise invalid("invalid_wait", f"wait must lie in 0..{settings.max_wait_seconds} seconds", "query", "wait")
     return wait or 0.0
+
+
+def encode_cursor(pos: Position) -> str:
+    """An opaque cursor: where a page ended, as (created_ts, id)."""
+    return base64.urlsafe_b64encode(f"{pos.score!r}|{pos.aid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str, field: str) -> Position | int:
+    """A cursor from next_cursor -> Position, or a legacy numeric one (v1's offsets) -> int;
+    anything else is a 422 naming the query field."""
+    bad = invalid("invalid_cursor", f"{field} must be a value of next_cursor", "query", field)
+    if text.isdecimal() and text.isascii():
+        if int(text) > MAX_OFFSET:
+            raise invalid("invalid_cursor", f"a numeric {field} may be at most {MAX_OFFSET}", "query", field)
+        return int(text)
+    try:
+        score, _, aid = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode().partition("|")
+        pos = Position(float(score), aid)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise bad from None
+    if not (math.isfinite(pos.score) and ID.fullmatch(pos.aid)):
+        raise bad
+    return pos
 
 
 def wait_for(store: Store, aid: str, seconds: float, record: dict) -> dict:

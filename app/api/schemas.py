@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
-Label = StrictInt | StrictStr
-Status = Literal["queued", "running", "succeeded", "failed"]
+SAFE_INT = 2**53 - 1  # the integers every JSON client (JavaScript's too) reads exactly
+Label = (
+    Annotated[StrictInt, Field(ge=-SAFE_INT, le=SAFE_INT)] | Annotated[StrictStr, Field(min_length=1, max_length=200)]
+)
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[
+    dict[MetadataKey, MetadataValue],
+    Field(max_length=16, description="up to 16 string pairs (keys 1-64 characters, values up to 512)"),
+]
 
 
 class ImageInput(BaseModel):
@@ -24,7 +33,9 @@ INPUT_DOC = 'a nested numeric array of the base\'s input shape, or {"image": BAS
 class Example(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: Input = Field(description=INPUT_DOC)
-    label: Label | None = Field(None, description="classification: any JSON string or integer")
+    label: Label | None = Field(
+        None, description="classification: a JSON string (1-200 characters) or an integer (|n| < 2^53)"
+    )
     target: float | list[Any] | None = Field(None, description="regression: a number or numeric array")
 
 
@@ -55,8 +66,19 @@ class AdaptationCreate(BaseModel):
     )
     model: str = Field(description="a base from GET /v1/models")
     support: list[Example] = Field(description="the labelled examples of the new task")
-    steps: int | None = Field(None, description="inner steps; default the base's default_steps")
+    steps: int | None = Field(
+        None,
+        description="inner steps of the mode that runs: 0 to that mode's max_steps (with auto, at most the smaller "
+        "of the modes' max_steps); default the mode's default_steps",
+    )
+    mode: Literal["auto", "fast", "fine-tune"] = Field(
+        "auto",
+        description="fast: only the head adapts (milliseconds); fine-tune: the base's last block adapts too, on "
+        "augmented copies of the support set (for tasks unlike the base's training data); auto: the service "
+        "chooses from the support set",
+    )
     ttl_seconds: int | None = Field(None, description="how long the adaptation is kept")
+    metadata: Metadata | None = Field(None, description="your own string pairs, returned everywhere, filterable")
 
 
 class ErrorInfo(BaseModel):
@@ -70,9 +92,13 @@ class ErrorBody(BaseModel):
 
 
 class AdaptationMetrics(BaseModel):
+    mode: Literal["fast", "fine-tune"] = Field("fast", description="the inner loop that ran")
     steps: int
     support_loss_before: float
     support_loss_after: float
+    loss_curve: list[float] = Field(
+        [], description="support loss before each step and after the last (fine-tune: on the augmented copies)"
+    )
     adaptation_ms: float
     stopped_early: bool = Field(
         False,
@@ -92,17 +118,20 @@ class Adaptation(BaseModel):
                     "status": "succeeded",
                     "model": "omniglot-conv4",
                     "classes": ["alpha", "beta"],
-                    "steps": 10,
+                    "mode": "auto",
+                    "steps": 20,
                     "created_at": "2026-11-27T12:00:00.000Z",
                     "expires_at": "2026-11-27T13:00:00.000Z",
                     "started_at": "2026-11-27T12:00:00.004Z",
                     "finished_at": "2026-11-27T12:00:00.020Z",
                     "error": None,
                     "metrics": {
-                        "steps": 10,
-                        "support_loss_before": 0.02,
+                        "mode": "fine-tune",
+                        "steps": 20,
+                        "support_loss_before": 0.52,
                         "support_loss_after": 0.004,
-                        "adaptation_ms": 9.1,
+                        "loss_curve": [0.52, 0.21, 0.004],
+                        "adaptation_ms": 95.1,
                         "stopped_early": False,
                         "device": "cpu",
                         "weights_bytes": 832,
@@ -115,7 +144,11 @@ class Adaptation(BaseModel):
     status: Status
     model: str
     classes: list[Label] | None = Field(None, description="classification: the labels, in the order first seen")
-    steps: int
+    mode: Literal["auto", "fast", "fine-tune"] = Field("fast", description="as requested; metrics.mode says what ran")
+    steps: int | None = Field(
+        None, description="inner steps: as requested, else the mode's default; null while auto has not chosen"
+    )
+    metadata: dict[str, str] = Field({}, description="as given at creation")
     created_at: str
     expires_at: str
     started_at: str | None = None
@@ -126,7 +159,25 @@ class Adaptation(BaseModel):
 
 class AdaptationList(BaseModel):
     data: list[Adaptation]
-    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page")
+    has_more: bool = Field(False, description="whether another page follows")
+    next_cursor: str | None = Field(
+        None, description="opaque; pass as ?after= (or ?cursor=) for the next page; stable under inserts and deletes"
+    )
+
+
+class Event(BaseModel):
+    id: str = Field(description="ev_N, N counting from the job's first event")
+    type: Literal["queued", "started", "step", "succeeded", "failed", "cancelled"]
+    created_at: str
+    data: dict[str, Any] | None = Field(
+        None, description="step: {step, loss}; succeeded: {mode, steps}; failed: {code}"
+    )
+
+
+class EventList(BaseModel):
+    data: list[Event] = Field(description="oldest first")
+    has_more: bool = False
+    next_cursor: str | None = Field(None, description="pass as ?after= for the next page")
 
 
 class PredictionRequest(BaseModel):
@@ -163,13 +214,19 @@ class InputSpec(BaseModel):
     preprocessing: str
 
 
+class ModeSteps(BaseModel):
+    default_steps: int
+    max_steps: int
+
+
 class ModelInfo(BaseModel):
     name: str
     task: Literal["classification", "regression"]
     input: InputSpec
     max_ways: int | None
-    default_steps: int
-    max_steps: int
+    default_steps: int = Field(description="the fast mode's (as in v1)")
+    max_steps: int = Field(description="the fast mode's (as in v1)")
+    modes: dict[str, ModeSteps] = Field(description="steps of each mode: fast, fine-tune")
     algorithm: str
     adapted: list[str] | None = None
     metrics: dict[str, Any] | None = Field(None, description="meta-test figures with their protocol")

@@ -10,7 +10,7 @@ from functools import cache
 import torch
 
 from models import registry, runtime
-from models.adapt import adapt
+from models.adapt import adapt, choose_mode
 
 
 def device() -> torch.device:
@@ -32,27 +32,35 @@ def warm_up(dev: torch.device, threads: int = 0) -> None:
         model = base_on(name, dev.type)
         x = torch.zeros(2, *model.input_shape, device=dev)
         y = torch.arange(2, device=dev) if model.task == "classification" else torch.zeros(2, 1, device=dev)
-        adapt(model, x, y)
+        for mode in ("fast", "fine-tune"):
+            adapt(model, x, y, mode=mode)
 
 
-def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None):
-    """-> (fast weights on CPU, metrics). Raises ValueError for a support set `adapt` refuses."""
+def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None, on_step=None):
+    """-> (the adaptation's tensors as stored, on CPU (`Base.to_stored`), metrics). Raises
+    ValueError for a support set `adapt` refuses. The `auto` mode is resolved here, from the
+    support set (`models.adapt.choose_mode`)."""
     dev = dev or torch.device("cpu")
     model = base_on(record["model"], dev.type)
     x, y = support["x"].to(dev), support["y"].to(dev)
     n_ways = len(record["classes"]) if record.get("classes") else None
     started = time.perf_counter()
-    adapted = adapt(model, x, y, record["steps"], n_ways=n_ways)
+    mode = record.get("mode", "fast")
+    if mode == "auto":
+        mode = choose_mode(model, x, y)
+    adapted = adapt(model, x, y, record.get("steps"), mode=mode, n_ways=n_ways, on_step=on_step)
+    stored = {k: v.cpu() for k, v in model.to_stored(adapted.fast).items()}
     if dev.type == "cuda":
         torch.cuda.synchronize()
     ms = (time.perf_counter() - started) * 1000
-    fast = {k: v.cpu() for k, v in adapted.fast.items()}
     metrics = {
+        "mode": adapted.mode if hasattr(model, "tail") else mode,
         "steps": adapted.steps,
         "support_loss_before": round(adapted.loss_before.item(), 6),
         "support_loss_after": round(adapted.loss_after.item(), 6),
+        "loss_curve": [round(v, 6) for v in adapted.loss_curve[0].tolist()],
         "adaptation_ms": round(ms, 3),
         "stopped_early": bool(adapted.stopped_early.any()),
         "device": dev.type,
     }
-    return fast, metrics
+    return stored, metrics

@@ -4,7 +4,9 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:a:{id}               hash: the adaptation record, each field JSON-encoded
   ra:s:{id}               the support set as safetensors bytes (codecs.support_to_bytes)
   ra:idem:{tenant}:{h}    "{id} {request fingerprint}" for an Idempotency-Key (h: its SHA-256)
-  ra:t:{tenant}           sorted set of the tenant's ids by creation time
+  ra:t:{tenant}           sorted set of the tenant's ids by creation time (the listing's index)
+  ra:x:{tenant}           sorted set of the same ids by expiry time (pruning the index)
+  ra:e:{id}               list of the job's events, oldest first, each JSON
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:stats                hash: finished jobs by status and a duration histogram
 Weights cache (settings.weights_url, may evict):
@@ -33,6 +35,14 @@ def weights(aid: str) -> str:
 
 def tenant_index(tenant: str) -> str:
     return f"ra:t:{tenant}"
+
+
+def expiries(tenant: str) -> str:
+    return f"ra:x:{tenant}"
+
+
+def events(aid: str) -> str:
+    return f"ra:e:{aid}"
 
 
 def idempotency(tenant: str, key: str) -> str:

@@ -1,10 +1,16 @@
 """The adaptation store in Redis: records, support sets, idempotency keys, the
-per-tenant index, and the adapted weights (a cache that may evict). Key names
-live in `keys`, byte formats in `codecs`."""
+per-tenant index, job events, and the adapted weights (a cache that may evict).
+Key names live in `keys`, byte formats in `codecs`.
+
+A record's status moves queued -> running -> succeeded | failed, or to cancelled
+from queued or running; each move is one compare-and-set (`transition`), so a
+cancel and a finishing worker can race and exactly one of them wins."""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 
 import redis
 import torch
@@ -20,6 +26,29 @@ end
 return 0
 """
 
+# KEYS[1] record; ARGV[1] allowed current statuses (JSON list); ARGV[2..] field, value pairs.
+# -> the status it had (JSON), or nil when the record is gone; the fields are set only when allowed.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return nil end
+for _, allowed in ipairs(cjson.decode(ARGV[1])) do
+  if cjson.decode(status) == allowed then
+    redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+    return status
+  end
+end
+return status
+"""
+
+# KEYS[1] record, KEYS[2] events; ARGV[1] the event. Appends it only while the job runs.
+_STEP = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == '"running"' then redis.call('RPUSHX', KEYS[2], ARGV[1]) end
+return status
+"""
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
 
 def connect(url: str, settings: Settings) -> redis.Redis:
     """A client with short timeouts: a Redis that is down answers 503 quickly."""
@@ -31,6 +60,14 @@ def decode_record(raw: dict) -> dict:
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a page of the listing ends: newest first is (created_ts, id) descending."""
+
+    score: float
+    aid: str
+
+
 class Store:
     max_index_ttl = 30 * 24 * 3600
 
@@ -38,6 +75,8 @@ class Store:
         self.r = connect(settings.redis_url, settings)
         self.cache = self.r if settings.weights_url == settings.redis_url else connect(settings.weights_url, settings)
         self._set_if_exists = self.r.register_script(_SET_IF_EXISTS)
+        self._transition = self.r.register_script(_TRANSITION)
+        self._step = self.r.register_script(_STEP)
 
     # ---- adaptations -------------------------------------------------------
     def create(
@@ -58,12 +97,19 @@ class Store:
                     return old_id, False
                 self.r.set(ikey, f"{aid} {fingerprint}", ex=ttl)  # the earlier one was deleted: start anew
             record = record | {"idempotency_key": ikey}
+        self.prune(tenant)
         p = self.r.pipeline(transaction=True)
         p.hset(keys.record(aid), mapping={k: json.dumps(v) for k, v in record.items()})
         p.expire(keys.record(aid), ttl)
         p.set(keys.support(aid), codecs.support_to_bytes(support), ex=ttl)
-        p.zadd(keys.tenant_index(tenant), {aid: record["created_ts"]})
-        p.expire(keys.tenant_index(tenant), self.max_index_ttl)
+        p.rpush(keys.events(aid), json.dumps(event("queued")))
+        p.expire(keys.events(aid), ttl)
+        for index, score in (
+            (keys.tenant_index(tenant), record["created_ts"]),
+            (keys.expiries(tenant), time.time() + ttl),
+        ):
+            p.zadd(index, {aid: score})
+            p.expire(index, self.max_index_ttl)
         p.execute()
         return aid, True
 
@@ -76,31 +122,72 @@ class Store:
         args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
         return bool(self._set_if_exists(keys=[keys.record(aid)], args=args))
 
+    def transition(self, aid: str, allowed: tuple[str, ...], **fields) -> str | None:
+        """Set fields (a new status among them) only if the status is one of `allowed`;
+        -> the status the record had, or None when it is gone."""
+        args = [json.dumps(list(allowed))] + [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        had = self._transition(keys=[keys.record(aid)], args=args)
+        return None if had is None else json.loads(had)
+
+    def status(self, aid: str) -> str | None:
+        raw = self.r.hget(keys.record(aid), "status")
+        return None if raw is None else json.loads(raw)
+
     def ttl(self, aid: str) -> int:
         return max(int(self.r.ttl(keys.record(aid))), 1)
 
-    def list(self, tenant: str, offset: int, limit: int) -> tuple[list[dict], bool]:
-        """The tenant's adaptations, newest first; also whether more follow."""
-        index = keys.tenant_index(tenant)
-        ids = [i.decode() for i in self.r.zrevrange(index, offset, offset + limit)]
-        p = self.r.pipeline(transaction=False)
-        for aid in ids:
-            p.hgetall(keys.record(aid))
-        records, gone = [], []
-        for aid, raw in zip(ids, p.execute()):
-            if raw:
-                records.append(decode_record(raw))
-            else:
-                gone.append(aid)
-        if gone:
-            self.r.zrem(index, *gone)
-        return records[:limit], len(ids) > limit
+    def prune(self, tenant: str) -> None:
+        """Drop expired adaptations from the tenant's index: it holds no dead ids."""
+        expiries, index = keys.expiries(tenant), keys.tenant_index(tenant)
+        dead = self.r.zrangebyscore(expiries, "-inf", time.time())
+        if dead:
+            p = self.r.pipeline(transaction=True)
+            p.zrem(index, *dead)
+            p.zrem(expiries, *dead)
+            p.execute()
+
+    def page(
+        self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True
+    ) -> tuple[list[dict], bool]:
+        """A page of the tenant's adaptations, newest first, starting after `after`; records
+        for which `match` is false are skipped. -> (records, whether more follow). Exact under
+        concurrent inserts, deletes and expiry: it walks the index by (created_ts, id), never
+        by position, and fetches on until the page is full or the index is exhausted."""
+        self.prune(tenant)
+        index, found, bound = keys.tenant_index(tenant), [], after
+        chunk = limit + 1
+        while len(found) <= limit:
+            top = "+inf" if bound is None else repr(bound.score)
+            fetched = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=chunk, withscores=True)
+            rows = [(m.decode(), s) for m, s in fetched]
+            if bound is not None:  # ties on the score sort by id, descending
+                rows = [(a, s) for a, s in rows if s < bound.score or a < bound.aid]
+            if not rows:
+                if len(fetched) < chunk or chunk >= 100_000:
+                    break
+                chunk *= 4  # a run of ties on the bound's score longer than the chunk: fetch past it
+                continue
+            p = self.r.pipeline(transaction=False)
+            for aid, _ in rows:
+                p.hgetall(keys.record(aid))
+            for (aid, score), raw in zip(rows, p.execute()):
+                bound = Position(score, aid)
+                if raw and match(record := decode_record(raw)):
+                    found.append(record)
+                    if len(found) > limit:
+                        break
+            chunk = min(chunk * 2, 1000)
+        return found[:limit], len(found) > limit
+
+    def position(self, record: dict) -> Position:
+        return Position(float(record["created_ts"]), record["id"])
 
     def delete(self, record: dict) -> None:
         aid = record["id"]
         p = self.r.pipeline(transaction=True)
-        p.delete(keys.record(aid), keys.support(aid))
+        p.delete(keys.record(aid), keys.support(aid), keys.events(aid))
         p.zrem(keys.tenant_index(record["tenant"]), aid)
+        p.zrem(keys.expiries(record["tenant"]), aid)
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
         p.execute()
@@ -117,6 +204,25 @@ class Store:
             if n >= cap:
                 break
         return n
+
+    # ---- events ------------------------------------------------------------
+    def add_events(self, aid: str, *items: dict) -> None:
+        """Append events to the job's list, if the adaptation still exists."""
+        if items:
+            p = self.r.pipeline(transaction=False)
+            p.rpushx(keys.events(aid), *(json.dumps(e) for e in items))
+            p.execute()
+
+    def step(self, aid: str, item: dict) -> str | None:
+        """A running job's step: append its event while the job still runs, and read the status
+        (a cancel shows here) in one round trip. -> the status, None when the adaptation is gone."""
+        raw = self._step(keys=[keys.record(aid), keys.events(aid)], args=[json.dumps(item)])
+        return None if raw is None else json.loads(raw)
+
+    def events(self, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
+        raw = self.r.lrange(keys.events(aid), start, start + limit)
+        items = [json.loads(e) | {"id": f"ev_{start + i}"} for i, e in enumerate(raw)]
+        return items[:limit], len(items) > limit
 
     # ---- weights cache -----------------------------------------------------
     def put_weights(self, aid: str, fast: dict[str, torch.Tensor], ttl: int) -> int:
@@ -135,3 +241,10 @@ class Store:
         self.r.ping()
         if self.cache is not self.r:
             self.cache.ping()
+
+
+def event(kind: str, **data) -> dict:
+    """One job event: its type, a UTC timestamp, and what it carries (a step's number and loss)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {"type": kind, "created_at": stamp, **({"data": data} if data else {})}

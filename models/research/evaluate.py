@@ -25,10 +25,10 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .. import checkpoint, registry, runtime
-from ..adapt import adapt, predict
+from ..adapt import MODES, adapt, choose_mode, predict
 from ..nets import Base
 from ..preprocess import decode_image
-from . import omniglot, sinusoid
+from . import glyphs, omniglot, sinusoid
 from .baselines import Classifier, classic_finetune
 
 
@@ -38,66 +38,69 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return t.mean().item(), (1.96 * t.std(unbiased=True) / math.sqrt(len(t))).item()
 
 
-def base_curve(model: Base, sx, sy, qx, steps: int) -> list[torch.Tensor]:
-    """Outputs on the query after 0..steps inner steps: one `adapt` call."""
-    adapted = adapt(model, sx, sy, steps, trajectory=True)
+def base_curve(model: Base, sx, sy, qx, steps: int, mode: str = "fast") -> list[torch.Tensor]:
+    """Outputs on the query after 0..steps inner steps of a mode: one `adapt` call, the
+    query's shared features computed once."""
+    adapted = adapt(model, sx, sy, steps, mode=mode, trajectory=True)
     with torch.no_grad():
-        feats = model.embed(qx).unsqueeze(0)
-        return [model.fast_forward(f, feats)[0] for f in adapted.trajectory]
+        h = model.shared(qx)
+        return [model.fast_forward(f, model.finish(h, f).unsqueeze(0))[0] for f in adapted.trajectory]
 
 
-def summarize(metric: str, scores: dict, curve: list, zero_steps: str, base: str) -> dict:
-    """Baseline rows, then the base after 0, 1 and its default steps, each as mean ± 95% CI."""
-    steps = len(curve) - 1
-    scores = scores | {
-        zero_steps: curve[0],
-        f"{base}, 1 step": curve[1],
-        f"{base}, {steps} steps (default)": curve[steps],
-    }
-    return {
-        "metric": metric,
-        "rows": {name: dict(zip(("mean", "ci95"), mean_ci(v))) for name, v in scores.items()},
-        "curve": [dict(zip(("mean", "ci95"), mean_ci(v))) for v in curve],
-    }
+def stat(values: list[float]) -> dict:
+    return dict(zip(("mean", "ci95"), mean_ci(values)))
 
 
-def evaluate_omniglot(args) -> dict:
+def evaluate_classification(args, sampler, title: str) -> dict:
+    """Every protocol WAYSxSHOTS on the sampler's episodes: the base after 0 steps, after 1
+    step and the default steps of each mode, the default request (`auto`), and the transfer
+    and scratch baselines on the same episodes."""
     model, _ = registry.load(args.base, Path(args.dir))
     transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
-    ds = omniglot.load()
-    sampler = omniglot.EpisodeSampler(ds, args.split)
-    steps = model.default_steps
+    steps = model.default_steps  # the baselines' budget: the fast mode's steps
     results = {}
     for protocol in args.protocols.split(","):
         n_way, k_shot = (int(v) for v in protocol.split("x"))
         gen = torch.Generator().manual_seed(args.seed)
         scores: dict[str, list[float]] = {}
-        curve: list[list[float]] = [[] for _ in range(steps + 1)]
-        for i in tqdm(range(args.episodes), desc=f"omniglot {n_way}-way {k_shot}-shot ({args.split})", mininterval=2):
+        curves: dict[str, list[list[float]]] = {}
+        chosen = []
+        for i in tqdm(range(args.episodes), desc=f"{title} {n_way}-way {k_shot}-shot ({args.split})", mininterval=2):
             sx, sy, qx, qy = sampler.sample(n_way, k_shot, args.queries, gen)
             acc = lambda out, qy=qy: (out.argmax(-1) == qy).float().mean().item()
-            outs = base_curve(model, sx, sy, qx, steps)
-            for k, out in enumerate(outs):
-                curve[k].append(acc(out))
+            final = {}
+            for mode in MODES:
+                outs = [acc(out) for out in base_curve(model, sx, sy, qx, None, mode)]
+                for k, a in enumerate(outs):
+                    curves.setdefault(mode, [[] for _ in outs])[k].append(a)
+                final[mode] = outs[-1]
+            chosen.append(choose_mode(model, sx, sy))
+            scores.setdefault(f"{args.base}, auto (the default request)", []).append(final[chosen[-1]])
             torch.manual_seed(args.seed * 1_000_003 + i)
             scratch = classic_finetune(
                 Classifier(type(model)(), n_way), sx, sy, steps, args.scratch_lr, "classification"
             )
+            head_only = lambda m: m.head.parameters()
             tuned = classic_finetune(
-                Classifier(transfer, n_way),
-                sx,
-                sy,
-                steps,
-                args.transfer_lr,
-                "classification",
-                params=lambda m: m.head.parameters(),
+                Classifier(transfer, n_way), sx, sy, steps, args.transfer_lr, "classification", params=head_only
             )
             with torch.no_grad():
-                scores.setdefault("scratch (classic loop, all weights)", []).append(acc(scratch(qx)))
-                scores.setdefault("transfer (pre-trained, new head)", []).append(acc(tuned(qx)))
-        results[f"{n_way}-way {k_shot}-shot"] = summarize(
-            "accuracy", scores, curve, f"{args.base}, 0 steps (prototypes)", args.base
-        )
+                scores.setdefault(f"transfer (pre-trained, new head, {steps} Adam steps)", []).append(acc(tuned(qx)))
+                scores.setdefault(f"scratch (all weights, {steps} Adam steps)", []).append(acc(scratch(qx)))
+        fast, tune = curves["fast"], curves["fine-tune"]
+        rows = {
+            f"{args.base}, 0 steps (prototypes)": fast[0],
+            f"{args.base}, fast, 1 step": fast[1],
+            f"{args.base}, fast, {len(fast) - 1} steps (default)": fast[-1],
+            f"{args.base}, fine-tune, 1 step": tune[1],
+            f"{args.base}, fine-tune, {len(tune) - 1} steps (default)": tune[-1],
+        } | scores
+        results[f"{n_way}-way {k_shot}-shot"] = {
+            "metric": "accuracy",
+            "rows": {name: stat(v) for name, v in rows.items()},
+            "curves": {mode: [stat(v) for v in c] for mode, c in curves.items()},
+            "auto_chose": {mode: chosen.count(mode) for mode in MODES},
+        }
     return results
 
 
@@ -132,57 +135,71 @@ def evaluate_sinusoid(args) -> dict:
             with torch.no_grad():
                 scores.setdefault("scratch (classic loop, all weights)", []).append(mse(scratch(qx[i]), i))
                 scores.setdefault("transfer (pre-trained, new head)", []).append(mse(tuned(qx[i]), i))
-        results[f"{k_shot}-shot"] = summarize("mse", scores, curve, f"{args.base}, 0 steps", args.base)
+        rows = {
+            f"{args.base}, 0 steps": curve[0],
+            f"{args.base}, 1 step": curve[1],
+            f"{args.base}, {steps} steps (default)": curve[steps],
+        } | scores
+        results[f"{k_shot}-shot"] = {
+            "metric": "mse",
+            "rows": {name: stat(v) for name, v in rows.items()},
+            "curves": {"fast": [stat(v) for v in curve]},
+        }
     return results
 
 
-def write_report(args, results: dict) -> None:
-    """Print the table; write it as Markdown, JSON and a PNG of metric vs steps."""
+def write_report(args, results: dict, benchmark: str = "") -> None:
+    """Print the table; write it as Markdown, JSON and a PNG of the metric against steps
+    per mode. Only the canonical run (test split, seed 0) is written under the names the
+    API serves (NAME.eval.json, and NAME.glyphs.eval.json for the cross-domain benchmark)."""
     lines = [
-        f"# {args.base}: meta-test evaluation",
+        f"# {args.base}: meta-test evaluation{f' ({benchmark})' if benchmark else ''}",
         "",
         f"`python -m models.evaluate {' '.join(sys.argv[1:])}`",
         "",
-        f"{args.episodes} tasks per protocol, seed {args.seed}; mean ± 95% confidence interval.",
+        f"{args.protocol_text}; {args.episodes} tasks per protocol, seed {args.seed}; mean ± 95% confidence interval.",
         "",
     ]
     for protocol, r in results.items():
         lines += [f"## {protocol} ({r['metric']})", "", f"| method | {r['metric']} |", "| --- | --- |"]
         lines += [f"| {name} | {v['mean']:.4f} ± {v['ci95']:.4f} |" for name, v in r["rows"].items()]
+        if "auto_chose" in r:
+            lines += ["", "auto chose: " + ", ".join(f"{m} {n}" for m, n in r["auto_chose"].items())]
         lines.append("")
     text = "\n".join(lines)
     print(text)
+    split = getattr(args, "split", "test")
     tag = (
-        ""
-        if getattr(args, "split", "test") == "test" and args.seed == 0
-        else f"-{getattr(args, 'split', 'tasks')}-seed{args.seed}"
+        "" if split == "test" and args.seed == 0 else f"-{split if hasattr(args, 'split') else 'tasks'}-seed{args.seed}"
     )
-    out = Path(args.dir) / (args.base + tag)  # only the canonical run (test split, seed 0) is what the API serves
-    out.with_suffix(".eval.md").write_text(text)
-    out.with_suffix(".eval.json").write_text(
-        json.dumps(
-            {"protocol": args.protocol_text, "episodes": args.episodes, "seed": args.seed, "results": results}, indent=2
-        )
-        + "\n"
-    )
+    out = Path(args.dir) / (args.base + (f".{benchmark}" if benchmark else "") + tag)
+    Path(f"{out}.eval.md").write_text(text)
+    record = {"protocol": args.protocol_text, "episodes": args.episodes, "seed": args.seed, "results": results}
+    Path(f"{out}.eval.json").write_text(json.dumps(record, indent=2) + "\n")
+    plot_steps(results, f"{args.base} on held-out tasks{f' ({benchmark})' if benchmark else ''}", f"{out}.eval.png")
+
+
+def plot_steps(results: dict, title: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     for protocol, r in results.items():
-        m = torch.tensor([c["mean"] for c in r["curve"]])
-        ci = torch.tensor([c["ci95"] for c in r["curve"]])
-        ax.plot(range(len(m)), m, marker="o", label=protocol)
-        ax.fill_between(range(len(m)), m - ci, m + ci, alpha=0.2)
+        for mode, curve in r["curves"].items():
+            m = torch.tensor([c["mean"] for c in curve])
+            ci = torch.tensor([c["ci95"] for c in curve])
+            label = protocol if len(r["curves"]) == 1 else f"{protocol}, {mode}"
+            ax.plot(range(len(m)), m, marker="o", markersize=3, label=label, linestyle="-" if mode == "fast" else "--")
+            ax.fill_between(range(len(m)), m - ci, m + ci, alpha=0.2)
     ax.set_xlabel("inner steps")
     ax.set_ylabel(r["metric"])
-    ax.set_title(f"{args.base} on held-out tasks")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".eval.png"), dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -215,20 +232,25 @@ def main(argv=None) -> None:
     sub = p.add_subparsers(dest="command", required=True)
     common = {"dir": str(checkpoint.CHECKPOINT_DIR)}
     o = sub.add_parser("omniglot", help="N-way K-shot within-alphabet episodes on held-out alphabets")
-    o.add_argument("--base", default="omniglot-conv4")
-    o.add_argument("--transfer", default="omniglot-transfer")
     o.add_argument("--protocols", default="20x1,5x1", help="comma-separated WAYSxSHOTS")
     o.add_argument("--split", default="test", choices=list(omniglot.SPLITS))
     o.add_argument("--queries", type=int, default=5)
-    o.add_argument(
-        "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on the val split)"
-    )
-    o.add_argument(
-        "--transfer-lr",
-        type=float,
-        default=1e-2,
-        help="Adam lr of the transfer baseline's new head (chosen on the val split)",
-    )
+    g = sub.add_parser("glyphs", help="cross-domain: N-way K-shot within-script episodes of Noto glyphs")
+    g.add_argument("--protocols", default="10x1,10x5", help="comma-separated WAYSxSHOTS")
+    g.add_argument("--split", default="test", choices=list(glyphs.SPLITS))
+    g.add_argument("--queries", type=int, default=10)
+    for q in (o, g):
+        q.add_argument("--base", default="omniglot-conv4")
+        q.add_argument("--transfer", default="omniglot-transfer")
+        q.add_argument(
+            "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on the val split)"
+        )
+        q.add_argument(
+            "--transfer-lr",
+            type=float,
+            default=1e-2,
+            help="Adam lr of the transfer baseline's new head (chosen on the val split)",
+        )
     s = sub.add_parser("sinusoid", help="K-shot sinusoid regression on fresh tasks")
     s.add_argument("--base", default="sinusoid-mlp")
     s.add_argument("--transfer", default="sinusoid-transfer")
@@ -243,7 +265,7 @@ def main(argv=None) -> None:
         default=1e-2,
         help="Adam lr of the transfer baseline's new head (chosen on seed-123 tasks)",
     )
-    for q in (o, s):
+    for q in (o, g, s):
         q.add_argument("--episodes", type=int, default=600)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--dir", default=common["dir"])
@@ -263,7 +285,18 @@ def main(argv=None) -> None:
         args.protocol_text = (
             f"within-alphabet episodes on the {args.split} alphabets {alphabets}, {args.queries} queries per class"
         )
-        write_report(args, evaluate_omniglot(args))
+        write_report(
+            args, evaluate_classification(args, omniglot.EpisodeSampler(omniglot.load(), args.split), "omniglot")
+        )
+    elif args.command == "glyphs":
+        args.protocol_text = (
+            f"cross-domain: within-script episodes of Noto glyphs on the {args.split} scripts "
+            f"{glyphs.SPLITS[args.split]}, {args.queries} queries per class "
+            f"({glyphs.VERSION}, sha256 {glyphs.sha256(glyphs.build(omniglot.CACHE_DIR))[:16]})"
+        )
+        write_report(
+            args, evaluate_classification(args, glyphs.EpisodeSampler(glyphs.load(), args.split), "glyphs"), "glyphs"
+        )
     elif args.command == "sinusoid":
         args.protocol_text = f"fresh tasks (amplitude 0.1-5, phase 0-pi, x in -5..5), {args.queries} query points"
         write_report(args, evaluate_sinusoid(args))

@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ..augment import affine_jitter
 from ..preprocess import PREPROCESSING, SIDE, frame_ink, levels_to_tensor, square_gray
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "omniglot"
@@ -182,22 +181,6 @@ def symmetry(img: torch.Tensor, v: int) -> torch.Tensor:
     """The v-th of the 8 symmetries of the square: rotation by 90*(v%4) degrees, then a mirror if v >= 4."""
     img = torch.rot90(img, v % 4, dims=(1, 2))
     return img.flip(-1) if v >= 4 else img
-
-
-def affine_jitter(x: torch.Tensor, gen: torch.Generator, degrees=10.0, scale=0.1, shift=0.1, shear=0.0) -> torch.Tensor:
-    """Small random rotation, scale, shift (and with `shear`, a horizontal shear) per
-    image (bilinear, zero = paper)."""
-    n = x.shape[0]
-    u = lambda: torch.rand(n, generator=gen) * 2 - 1
-    a = u() * math.radians(degrees)
-    s = 1 + u() * scale
-    cos, sin = torch.cos(a) / s, torch.sin(a) / s
-    k = u() * shear if shear else torch.zeros(n)  # no draw at 0: the same stream as before shear existed
-    theta = torch.stack(
-        [torch.stack([cos, cos * k - sin, u() * shift], 1), torch.stack([sin, sin * k + cos, u() * shift], 1)], 1
-    )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
 def make_runs(ds: Omniglot, split: str, out: Path, n_runs: int = 20, seed: int = 0) -> Path:

@@ -7,15 +7,17 @@ import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
+from ...core import stats
+from ...core.store import event
 from .. import metrics
 from ..bases import spec_of
 from ..deps import PredictorDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..inputs import support_tensors
-from ..records import DONE, iso, owned, public, wait_for, wait_param
-from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody
+from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
+from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
 
 router = APIRouter(prefix="/v1", tags=["adaptations"])
 WAIT = Query(None, description="hold the answer until the job ends, at most 30 s")
@@ -48,9 +50,11 @@ def create_adaptation(
         raise invalid("empty_support", "the support set is empty", "support")
     if len(body.support) > settings.max_support:
         raise invalid("too_many_examples", f"at most {settings.max_support} support examples", "support")
-    steps = spec["default_steps"] if body.steps is None else body.steps
-    if not 0 <= steps <= spec["max_steps"]:
-        raise invalid("invalid_steps", f"steps must lie in 0..{spec['max_steps']}", "steps")
+    modes = spec["modes"] if body.mode == "auto" else {body.mode: spec["modes"][body.mode]}
+    max_steps = min(m["max_steps"] for m in modes.values())
+    if body.steps is not None and not 0 <= body.steps <= max_steps:
+        raise invalid("invalid_steps", f"steps must lie in 0..{max_steps} for mode {body.mode}", "steps")
+    steps = modes[body.mode]["default_steps"] if body.steps is None and body.mode != "auto" else body.steps
     ttl = settings.default_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not 1 <= ttl <= settings.max_ttl_seconds:
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
@@ -62,8 +66,10 @@ def create_adaptation(
         "model": body.model,
         "task": spec["task"],
         "status": "queued",
+        "mode": body.mode,
         "steps": steps,
         "ttl_seconds": ttl,
+        "metadata": body.metadata or {},
         "n_support": len(body.support),
         "created_at": iso(now),
         "created_ts": now.timestamp(),
@@ -96,19 +102,48 @@ def create_adaptation(
     return public(record)
 
 
-@router.get("/adaptations", response_model=AdaptationList, summary="The caller's adaptations, newest first")
+@router.get(
+    "/adaptations",
+    response_model=AdaptationList,
+    summary="The caller's adaptations, newest first",
+    description="Keyset pagination: pass next_cursor as ?after= for the next page (?cursor= as in v1 works "
+    "too). Filter with ?metadata[KEY]=VALUE, repeated for several keys.",
+)
 def list_adaptations(
+    request: Request,
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
     limit: int | None = Query(None, ge=1, le=100),
-    cursor: str | None = Query(None),
+    after: str | None = Query(None, max_length=200, description="next_cursor of the previous page"),
+    cursor: str | None = Query(None, max_length=200, description="v1's name for after"),
 ):
-    if cursor is not None and not cursor.isdigit():
-        raise invalid("invalid_cursor", "cursor must be a value of next_cursor", "query", "cursor")
-    offset, limit = int(cursor or 0), limit or settings.list_page_size
-    records, more = store.list(tenant, offset, limit)
-    return {"data": [public(r) for r in records], "next_cursor": str(offset + limit) if more else None}
+    field, token = ("after", after) if after is not None else ("cursor", cursor)
+    start = decode_cursor(token, field) if token else None
+    limit = limit or settings.list_page_size
+    wanted = metadata_filters(request)
+    match = lambda r: all(r.get("metadata", {}).get(k) == v for k, v in wanted.items())
+    if isinstance(start, int):  # v1's numeric cursor: an offset
+        records, more = store.page(tenant, start + limit, None, match)
+        records = records[start:]
+    else:
+        records, more = store.page(tenant, limit, start, match)
+    return {
+        "data": [public(r) for r in records],
+        "has_more": more,
+        "next_cursor": encode_cursor(store.position(records[-1])) if more and records else None,
+    }
+
+
+def metadata_filters(request: Request) -> dict[str, str]:
+    """?metadata[KEY]=VALUE pairs of the query string."""
+    found = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata["):
+            if not name.endswith("]") or len(name) == len("metadata[]"):
+                raise invalid("invalid_filter", "filter by metadata as ?metadata[KEY]=VALUE", "query", name)
+            found[name[len("metadata[") : -1]] = value
+    return found
 
 
 @router.get("/adaptations/{aid}", response_model=Adaptation, summary="Status, timestamps, metrics")
@@ -123,3 +158,46 @@ def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, predictor: P
     store.delete(owned(store, aid, tenant))
     predictor.forget(aid)
     return Response(status_code=204)
+
+
+@router.post(
+    "/adaptations/{aid}/cancel",
+    response_model=Adaptation,
+    summary="Cancel a queued or running job",
+    description="A queued job never runs; a running one stops at its next step. Cancelling a cancelled job "
+    "answers it again; a finished one is 409 adaptation_finished.",
+    responses={409: {"model": ErrorBody}},
+)
+def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep):
+    owned(store, aid, tenant)
+    had = store.transition(aid, ("queued", "running"), status="cancelled", finished_at=iso(datetime.now(timezone.utc)))
+    if had in ("queued", "running"):
+        store.add_events(aid, event("cancelled"))
+        stats.record_outcome(store.r, "cancelled", None)
+    elif had in ("succeeded", "failed"):
+        raise ApiError(409, "adaptation_finished", f"adaptation already {had}", [had])
+    return public(owned(store, aid, tenant))
+
+
+@router.get(
+    "/adaptations/{aid}/events",
+    response_model=EventList,
+    summary="The job's events, oldest first",
+    description="queued, started, one per step (its loss), then succeeded, failed or cancelled.",
+)
+def list_events(
+    aid: str,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    limit: int | None = Query(None, ge=1, le=100),
+    after: str | None = Query(None, max_length=40, description="next_cursor of the previous page"),
+):
+    owned(store, aid, tenant)
+    start = 0
+    if after is not None:
+        if not (after.startswith("ev_") and after[3:].isdecimal() and after[3:].isascii() and len(after) < 12):
+            raise invalid("invalid_cursor", "after must be an event id, ev_N", "query", "after")
+        start = int(after[3:]) + 1
+    items, more = store.events(aid, start, limit or settings.list_page_size)
+    return {"data": items, "has_more": more, "next_cursor": items[-1]["id"] if more else None}

@@ -42,7 +42,7 @@ async def predict(
         got = await predictor.predict(aid, tenant, got.x)
     record = got.record
     if got.outputs is None:
-        code = "adaptation_failed" if record["status"] == "failed" else "not_ready"
+        code = {"failed": "adaptation_failed", "cancelled": "adaptation_cancelled"}.get(record["status"], "not_ready")
         raise ApiError(409, code, f"adaptation is {record['status']}", [record["status"]])
     if record["task"] == "classification":
         classes = record["classes"]

@@ -1,0 +1,148 @@
+"""The jobs API against a real stack: keyset pagination, cancel, metadata, events."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import redis
+
+from app.demo import sinusoid_task
+from rapid_adapt_client import Client, RapidAdaptError
+
+from .stack import KEYS
+
+
+def sin_support(seed: int = 0):
+    return sinusoid_task(seed)[0]
+
+
+def error_of(call) -> RapidAdaptError:
+    with pytest.raises(RapidAdaptError) as e:
+        call()
+    return e.value
+
+
+def test_paging_is_stable_under_inserts_and_deletes(new_stack):
+    """The bug of v1's offset cursor: after page 1, two new adaptations pushed page 2 back
+    onto page 1's ids. Keyset cursors see every id once, none twice, whatever happens
+    between pages."""
+    s = new_stack().start()
+    with Client(s.url, KEYS["globex"]) as c:
+        ids = [c.create_adaptation("sinusoid-mlp", sin_support(), ttl_seconds=600)["id"] for _ in range(10)]
+        first = c.adaptations(limit=4)
+        assert [a["id"] for a in first["data"]] == ids[::-1][:4] and first["has_more"]
+        new = [c.create_adaptation("sinusoid-mlp", sin_support())["id"] for _ in range(2)]  # inserts before page 2
+        c.delete(ids[4])  # and a delete of an item on page 2
+        second = c.adaptations(limit=4, after=first["next_cursor"])
+        assert second["has_more"]
+        c.delete(ids[0])  # a delete on page 3, and an insert, before it is read
+        new.append(c.create_adaptation("sinusoid-mlp", sin_support())["id"])
+        third = c.adaptations(limit=4, after=second["next_cursor"])
+        assert not third["has_more"] and third["next_cursor"] is None
+        seen = [a["id"] for page in (first, second, third) for a in page["data"]]
+        assert len(seen) == len(set(seen)) == 8 and not set(new) & set(seen)
+        assert seen == [i for i in ids[::-1] if i not in (ids[4], ids[0])]
+        # the iterator walks the same way, new ones first
+        everything = new[::-1] + seen
+        assert [a["id"] for a in c.iter_adaptations(limit=3)] == everything
+        # v1's numeric cursor still works as an offset
+        legacy = httpx.get(s.url + "/v1/adaptations?limit=2&cursor=2", headers={"Authorization": "Bearer key-globex"})
+        assert [a["id"] for a in legacy.json()["data"]] == everything[2:4]
+
+
+def test_listing_is_exact_under_expiry_and_keeps_no_dead_ids(new_stack):
+    s = new_stack().start()
+    with Client(s.url, KEYS["globex"]) as c:
+        live, dying = [], []
+        for i in range(12):  # interleaved: every other one expires in a second
+            a = c.create_adaptation("sinusoid-mlp", sin_support(), ttl_seconds=1 if i % 2 else 600)
+            (dying if i % 2 else live).append(a["id"])
+        time.sleep(2.2)
+        pages, after = [], None
+        while True:
+            page = c.adaptations(limit=2, after=after)
+            pages.append(page)
+            assert len(page["data"]) == 2 or not page["has_more"]  # no short page with a cursor
+            if not page["has_more"]:
+                break
+            after = page["next_cursor"]
+        assert [a["id"] for p in pages for a in p["data"]] == live[::-1]
+    r = redis.Redis(port=s.redis_port, db=1)
+    assert {m.decode() for m in r.zrange("ra:t:globex", 0, -1)} == set(live)
+    assert {m.decode() for m in r.zrange("ra:x:globex", 0, -1)} == set(live)
+
+
+def test_metadata_is_returned_everywhere_and_filters_the_list(stack):
+    with Client(stack.url, KEYS["acme"]) as c:
+        tag = f"run-{time.monotonic_ns()}"
+        a = c.create_adaptation("sinusoid-mlp", sin_support(), metadata={"run": tag, "team": "vision"}, wait=30)
+        b = c.create_adaptation("sinusoid-mlp", sin_support(), metadata={"run": tag, "team": "audio"})
+        assert a["metadata"] == {"run": tag, "team": "vision"}
+        assert c.adaptation(a["id"])["metadata"]["team"] == "vision"
+        assert [x["id"] for x in c.adaptations(metadata={"run": tag})["data"]] == [b["id"], a["id"]]
+        assert [x["id"] for x in c.adaptations(metadata={"run": tag, "team": "vision"})["data"]] == [a["id"]]
+        too_many = {f"k{i}": "v" for i in range(17)}
+        e = error_of(lambda: c.create_adaptation("sinusoid-mlp", sin_support(), metadata=too_many))
+        assert (e.status, e.code, e.details[:1]) == (422, "invalid_request", ["metadata"])
+        e = error_of(lambda: c.create_adaptation("sinusoid-mlp", sin_support(), metadata={"k": "v" * 513}))
+        assert e.details[:2] == ["metadata", "k"]
+
+
+def test_events_and_loss_curve_show_the_progress(stack):
+    with Client(stack.url, KEYS["acme"]) as c:
+        a = c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
+        events = list(c.iter_events(a["id"]))
+        types = [e["type"] for e in events]
+        steps = a["metrics"]["steps"]
+        assert types == ["queued", "started"] + ["step"] * steps + ["succeeded"]
+        assert [e["data"]["step"] for e in events if e["type"] == "step"] == list(range(1, steps + 1))
+        curve = a["metrics"]["loss_curve"]
+        assert len(curve) == steps + 1 and curve[-1] < curve[0]
+        assert [e["data"]["loss"] for e in events if e["type"] == "step"] == pytest.approx(curve[:-1], rel=1e-4)
+        page = c.events(a["id"], limit=3)
+        rest = c.events(a["id"], after=page["next_cursor"])
+        assert [e["id"] for e in page["data"] + rest["data"]] == [e["id"] for e in events]
+        e = error_of(lambda: c.events(a["id"], after="ev_x"))
+        assert (e.status, e.code, e.details) == (422, "invalid_cursor", ["query", "after"])
+
+
+def test_cancel_queued_and_running_jobs_under_a_real_worker(new_stack):
+    """20 queued and 5 running jobs cancelled: none succeeds, all end cancelled, and the
+    worker takes the next job at once."""
+    s = new_stack()
+    s.start_redis()
+    s.start_worker(job_delay=1.0)
+    s.start_api()
+    s.wait_ready()
+    with Client(s.url, KEYS["acme"]) as c:
+        running = []
+        for _ in range(5):  # one at a time: each caught while running, then cancelled
+            a = c.create_adaptation("sinusoid-mlp", sin_support())
+            deadline = time.monotonic() + 30
+            while c.adaptation(a["id"])["status"] != "running":
+                assert time.monotonic() < deadline, s.logs()
+                time.sleep(0.02)
+            assert c.cancel(a["id"])["status"] == "cancelled"
+            running.append(a["id"])
+        queued = [c.create_adaptation("sinusoid-mlp", sin_support())["id"] for _ in range(20)]
+        for aid in queued:
+            assert c.cancel(aid)["status"] == "cancelled"
+            assert c.cancel(aid)["status"] == "cancelled"  # idempotent
+        t = time.monotonic()
+        after = c.create_adaptation("sinusoid-mlp", sin_support())
+        done = c.wait(after["id"], timeout=60)
+        assert done["status"] == "succeeded", s.logs()
+        assert time.monotonic() - t < 10  # 20 cancelled jobs are skipped, not run: about one job's delay
+        for aid in running + queued:
+            a = c.adaptation(aid)
+            assert a["status"] == "cancelled" and a["metrics"] is None, a
+            types = [e["type"] for e in c.iter_events(aid)]
+            assert types[-1] == "cancelled" and types.count("step") <= 1  # a running job stops at its next step
+            assert "started" not in types or aid in running  # a queued one never runs
+            e = error_of(lambda aid=aid: c.predict(aid, [[0.0]]))
+            assert (e.status, e.code) == (409, "adaptation_cancelled")
+        e = error_of(lambda: c.cancel(after["id"]))
+        assert (e.status, e.code) == (409, "adaptation_finished")
+        assert s.workers[0].poll() is None  # the worker lives on
