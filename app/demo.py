@@ -16,7 +16,6 @@ import time
 import torch
 
 from models.research import omniglot
-
 from rapid_adapt_client import Client, image_input
 
 

@@ -5,6 +5,7 @@
 #   RAPID_ADAPT_PORT          API port (8000)
 #   RAPID_ADAPT_BROKER_PORT   Redis for Celery's queue (6379)
 #   RAPID_ADAPT_STORE_PORT    Redis for records, support sets and adapted weights (6380)
+#   RAPID_ADAPT_RUN_DIR       where its pids and logs go (run/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,9 +17,16 @@ export RAPID_ADAPT_API_KEYS="${RAPID_ADAPT_API_KEYS:-demo:demo-key}"
 export RAPID_ADAPT_BROKER_URL="redis://127.0.0.1:$BROKER_PORT/0"
 export RAPID_ADAPT_REDIS_URL="redis://127.0.0.1:$STORE_PORT/0"
 KEY="${RAPID_ADAPT_API_KEYS#*:}"; KEY="${KEY%%,*}"
-mkdir -p run
+RUN="${RAPID_ADAPT_RUN_DIR:-run}"
+mkdir -p "$RUN"; RUN="$(cd "$RUN" && pwd)"
 
-bash scripts/stop.sh >/dev/null  # this checkout's own earlier run, if any (by its recorded pids)
+for name in api worker redis-broker redis-store; do
+  if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    echo "quickstart: Rapid Adapt's quick start is already running from here ($name, pid $(cat "$RUN/$name.pid"))." >&2
+    echo "quickstart: stop it first: bash scripts/stop.sh" >&2
+    exit 1
+  fi
+done
 for pair in "API:$PORT:RAPID_ADAPT_PORT" "broker Redis:$BROKER_PORT:RAPID_ADAPT_BROKER_PORT" \
             "store Redis:$STORE_PORT:RAPID_ADAPT_STORE_PORT"; do
   IFS=: read -r what port var <<<"$pair"
@@ -31,21 +39,23 @@ done
 
 start_redis() {  # name port maxmemory policy: never evicts for the broker and the store
   redis-server --port "$2" --bind 127.0.0.1 --save "" --appendonly no --maxmemory "$3" --maxmemory-policy "$4" \
-    --daemonize yes --pidfile "$PWD/run/redis-$1.pid" --logfile "$PWD/run/redis-$1.log"
+    --daemonize yes --pidfile "$RUN/redis-$1.pid" --logfile "$RUN/redis-$1.log"
 }
 start_redis broker "$BROKER_PORT" 256mb noeviction
 start_redis store "$STORE_PORT" 1gb noeviction
 nohup $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
-  --without-gossip --without-mingle >run/worker.log 2>&1 & echo $! >run/worker.pid
-nohup $PY -m app.serve --host 127.0.0.1 --port "$PORT" >run/api.log 2>&1 & echo $! >run/api.pid
+  --without-gossip --without-mingle >"$RUN/worker.log" 2>&1 & echo $! >"$RUN/worker.pid"
+nohup $PY -m app.serve --host 127.0.0.1 --port "$PORT" >"$RUN/api.log" 2>&1 & echo $! >"$RUN/api.pid"
 
 echo "waiting for http://127.0.0.1:$PORT/readyz ..."
 for _ in $(seq 120); do
   if curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null; then break; fi
-  if ! kill -0 "$(cat run/api.pid)" 2>/dev/null; then tail -n 20 run/api.log; echo "quickstart: the API exited" >&2; exit 1; fi
+  if ! kill -0 "$(cat "$RUN/api.pid")" 2>/dev/null; then
+    tail -n 20 "$RUN/api.log"; echo "quickstart: the API exited" >&2; exit 1
+  fi
   sleep 0.5
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz"; echo
 $PY -m app.demo --url "http://127.0.0.1:$PORT" --key "$KEY"
 echo
-echo "Rapid Adapt is running on http://127.0.0.1:$PORT (API key: $KEY; logs in run/). Stop it: bash scripts/stop.sh"
+echo "Rapid Adapt is running on http://127.0.0.1:$PORT (API key: $KEY; logs in $RUN). Stop it: bash scripts/stop.sh"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Stop what scripts/quickstart.sh started, by the pids it recorded in run/ (nothing else).
+# Stop what scripts/quickstart.sh started, by the pids it recorded in run/ (or RAPID_ADAPT_RUN_DIR), nothing else.
 cd "$(dirname "$0")/.."
+RUN="${RAPID_ADAPT_RUN_DIR:-run}"
 for name in api worker redis-broker redis-store; do
-  f="run/$name.pid"
+  f="$RUN/$name.pid"
   if [ -f "$f" ]; then
     pid="$(cat "$f")"
     if kill -0 "$pid" 2>/dev/null; then

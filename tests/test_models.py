@@ -192,10 +192,11 @@ def test_any_ways_unequal_shots(ds, conv4, n_way):
     assert predict(conv4, a.fast, qx).shape == (n_way, n_way)
 
 
-def test_predictions_do_not_depend_on_the_batch(ds):
+@pytest.mark.parametrize("mode", ["fast", "fine-tune"])
+def test_predictions_do_not_depend_on_the_batch(ds, mode):
     model, _ = registry.load("omniglot-conv4")
     sx, sy, qx, _ = episode(ds, 20, 1, 1, split="val")
-    fast = adapt(model, sx, sy).fast
+    fast = adapt(model, sx, sy, mode=mode).fast
     others = ds.images[:499]
     alone = predict(model, fast, qx[:1])
     among = predict(model, fast, torch.cat([qx[:1], others]))[:1]
@@ -380,3 +381,73 @@ def test_training_writes_the_best_checkpoint_and_init_continues_from_it(tmp_path
     assert second["validation"]["best"] >= first["validation"]["best"]
     with pytest.raises(SystemExit, match="architecture"):
         train.main([*common, "--name", "third", "--init", "first", "--steps", "3"])
+
+
+# ---- the fine-tune mode --------------------------------------------------------
+
+
+def glyph_task(k_shot: int, seed: int = 0):
+    from models.research import glyphs
+
+    return glyphs.EpisodeSampler(glyphs.load(), "val").sample(10, k_shot, 5, torch.Generator().manual_seed(seed))
+
+
+def test_fine_tune_adapts_the_tail_and_moves_predictions_at_one_shot():
+    """On glyphs unlike Omniglot, with one example per class: the augmented copies' loss
+    falls, the tail moves from θ, the head is rebuilt from the new embedding, and
+    predictions change; the fast mode's head steps leave them as they were."""
+    model, _ = registry.load("omniglot-conv4")
+    sx, sy, qx, _ = glyph_task(1)
+    fast, tuned = adapt(model, sx, sy), adapt(model, sx, sy, mode="fine-tune")
+    assert tuned.mode == "fine-tune" and tuned.steps == model.tune_steps
+    assert tuned.loss_curve.shape == (1, model.tune_steps + 1)
+    assert tuned.loss_after.item() < 0.5 * tuned.loss_before.item()
+    theta = model.tail_params()
+    assert all(not torch.equal(tuned.fast[n][0], theta[n]) for n in theta)
+    zero = adapt(model, sx, sy, 0)
+    assert torch.equal(predict(model, fast.fast, qx).argmax(-1), predict(model, zero.fast, qx).argmax(-1))
+    assert not torch.equal(predict(model, tuned.fast, qx).argmax(-1), predict(model, zero.fast, qx).argmax(-1))
+
+
+def test_fine_tune_is_deterministic_and_stores_compactly():
+    model, _ = registry.load("omniglot-conv4")
+    sx, sy, qx, _ = glyph_task(5, seed=1)
+    a, b = adapt(model, sx, sy, mode="fine-tune"), adapt(model, sx, sy, mode="fine-tune")
+    assert all(torch.equal(a.fast[n], b.fast[n]) for n in a.fast)  # a job run twice writes the same weights
+    stored = model.to_stored(a.fast)
+    assert stored["tail.conv.weight.q"].dtype == torch.int8
+    from app.core.codecs import tensors_to_bytes
+
+    assert len(tensors_to_bytes(stored)) < 45_000  # 10-way; a 20-way head adds 5 KB
+    back = model.from_stored(stored)
+    torch.testing.assert_close(predict(model, back, qx), predict(model, a.fast, qx), rtol=1e-3, atol=1e-3)
+    assert torch.equal(predict(model, back, qx).argmax(-1), predict(model, a.fast, qx).argmax(-1))
+    assert model.from_stored(model.to_stored(adapt(model, sx, sy).fast)).keys() == {"weight", "bias"}
+
+
+def test_fine_tune_step_sizes_get_a_meta_gradient_and_theta_none():
+    model = checkpoint.build({"architecture": "conv4", "architecture_kwargs": {"tune_steps": 3}}).eval()
+    model.requires_grad_(False)
+    model.tune_step_sizes.requires_grad_(True)
+    sx, sy, qx, qy = glyph_task(2)
+    fast = adapt(model, sx, sy, mode="fine-tune", train=True).fast
+    out = model.fast_forward(fast, model.embed_adapted(qx, fast).unsqueeze(0))[0]
+    torch.nn.functional.cross_entropy(out, qy).backward()
+    grads = [p.grad for p in model.tune_step_sizes.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("tune_step_sizes"))
+
+
+def test_modes_and_the_auto_choice():
+    from models.adapt import choose_mode, mode_steps
+
+    conv4, _ = registry.load("omniglot-conv4")
+    mlp, _ = registry.load("sinusoid-mlp")
+    assert mode_steps(conv4)["fine-tune"]["max_steps"] == conv4.tune_steps
+    assert mode_steps(mlp)["fine-tune"] == mode_steps(mlp)["fast"]  # every weight adapts in both
+    sx, sy, _, _ = glyph_task(1)
+    assert choose_mode(conv4, sx, sy) in ("fast", "fine-tune")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        adapt(conv4, sx, sy, mode="slow")
+    with pytest.raises(ValueError, match="for fine-tune"):
+        adapt(conv4, sx, sy, conv4.tune_steps + 1, mode="fine-tune")

@@ -312,9 +312,7 @@ def plot_curves(log: dict, metric: str, path: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "family", choices=["omniglot", "omniglot-tune", "sinusoid", "omniglot-transfer", "sinusoid-transfer"]
-    )
+    p.add_argument("family", choices=["omniglot", "tune", "sinusoid", "omniglot-transfer", "sinusoid-transfer"])
     p.add_argument("--name", required=True, help="checkpoint name, e.g. omniglot-conv4")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="metasgd")
     p.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
@@ -368,7 +366,7 @@ def main(argv=None) -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     runtime.configure(args.threads)
-    if args.family == "omniglot-tune":
+    if args.family == "tune":
         from .tune import meta_train_tune
 
         return meta_train_tune(args)

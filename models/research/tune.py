@@ -1,13 +1,16 @@
-"""Meta-training the fine-tuning step sizes: `python -m models.train omniglot-tune --init BASE ...`.
+"""Meta-training the fine-tuning step sizes: `python -m models.train tune --init BASE ...`.
 
-θ stays as meta-trained (so the `fast` mode and every figure of it stay exactly as
-they were); only `tune_step_sizes` learn: one step size per tail tensor and per
-step, Meta-SGD's learned rates at the granularity of layers. The outer loss is the
-query loss after the fine-tune inner loop, second order (the tail is small, and the
-trunk's features are computed once without a graph), on Omniglot episodes drawn in
-random styles (`shift.draw_in_style`), where the base's features do not fit as they
-are and the tail has something to learn. Validation (choosing the checkpoint) is the
-Noto glyphs' validation scripts, 10-way 1- and 5-shot; their test scripts are never seen.
+θ stays as meta-trained on Omniglot (so the `fast` mode and every figure of it stay
+exactly as they were); only `tune_step_sizes` learn: one step size per tail tensor and
+per step, Meta-SGD's learned rates at the granularity of layers, 80 numbers. The outer
+loss is the query loss after the fine-tune inner loop, second order (the tail is small,
+and the trunk's features are computed once without a graph).
+
+The tasks are what the fine-tune mode is for: images unlike the base's training data,
+here the Noto glyphs' training scripts (Armenian, Hebrew), 5 to 20 ways, 1 to 5 shots.
+Omniglot episodes drawn in random styles were tried first and did not transfer
+(docs/experiments.md). The checkpoint is chosen on the validation scripts (Thai,
+Cherokee), 10-way 1- and 5-shot; the test scripts are never seen.
 """
 
 from __future__ import annotations
@@ -23,26 +26,24 @@ from tqdm import tqdm
 
 from .. import checkpoint
 from ..adapt import adapt, predict
-from . import glyphs, omniglot, shift
+from . import glyphs
 
 
 class TuneFamily:
     def __init__(self, args):
         self.args = args
-        ds = omniglot.load()
-        self.train = omniglot.EpisodeSampler(ds, args.train_split, rotations=True, flips=True)
-        val = glyphs.EpisodeSampler(glyphs.load(), "val")
+        ds = glyphs.load()
+        self.train = glyphs.EpisodeSampler(ds, "train")
+        val = glyphs.EpisodeSampler(ds, "val")
         gen = torch.Generator().manual_seed(30_000 + args.seed)
         half = args.val_tasks // 2
         self.val_tasks = [val.sample(10, k, 10, gen) for k in (1, 5) for _ in range(half)]
 
     def task(self, gen):
-        """An episode of 5 to 20 ways and 1 to 5 shots, drawn in one random style."""
+        """An episode of 5 to 20 ways and 1 to 5 shots of the training scripts."""
         n_way = int(torch.randint(5, 21, (1,), generator=gen))
         k_shot = int(torch.randint(1, 6, (1,), generator=gen))
-        sx, sy, qx, qy = self.train.sample(n_way, k_shot, 5, gen)
-        x = shift.draw_in_style(torch.cat([sx, qx]), gen)
-        return x[: len(sx)], sy, x[len(sx) :], qy
+        return self.train.sample(n_way, k_shot, 5, gen)
 
     def validate(self, model) -> float:
         """Mean query accuracy of the fine-tune mode over the validation tasks (1- and 5-shot)."""
@@ -57,7 +58,7 @@ def meta_train_tune(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     if not args.init:
-        raise SystemExit("omniglot-tune needs --init BASE: the meta-trained base whose tail step sizes to learn")
+        raise SystemExit("tune needs --init BASE: the meta-trained base whose tail step sizes to learn")
     model, meta = checkpoint.load(Path(args.out) / args.init)
     model.requires_grad_(False)
     phi = list(model.tune_step_sizes.parameters())
@@ -111,9 +112,9 @@ def save(model, meta: dict, args, best: float, log: dict, started: float) -> Non
                 n: [round(v, 5) for v in p.detach().tolist()] for n, p in model.tune_step_sizes.items()
             },
             "training": {k: v for k, v in vars(args).items() if k != "func"},
-            "tasks": "Omniglot episodes of the training alphabets drawn in random styles (models/research/shift.py)",
+            "tasks": "Noto glyphs, training scripts " + ", ".join(glyphs.SPLITS["train"]),
             "validation": {
-                "metric": "Noto glyphs val scripts, 10-way 1- and 5-shot, fine-tune accuracy",
+                "metric": "Noto glyphs, validation scripts, 10-way 1- and 5-shot, fine-tune accuracy",
                 "best": round(best, 5),
                 "curve": dict(zip(log["iteration"], [round(v, 5) for v in log["val"]])),
             },

@@ -1,0 +1,55 @@
+"""The client package against real stacks: retries, the async client, and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.demo import sinusoid_task
+from rapid_adapt_client import AsyncClient, Client, RapidAdaptError
+
+from .stack import KEYS
+
+
+def test_a_create_retried_while_redis_is_down_makes_one_adaptation(new_stack):
+    s = new_stack().start()
+    with Client(s.url, KEYS["acme"], timeout=10) as c:
+        s.stop_redis()
+        restart = threading.Timer(5.0, s.start_redis)
+        restart.start()
+        t = time.monotonic()
+        a = c.create_adaptation("sinusoid-mlp", sinusoid_task(1)[0])  # retried with one Idempotency-Key
+        restart.join()
+        assert time.monotonic() - t >= 5.0 and a["status"] in ("queued", "running", "succeeded")
+        assert c.wait(a["id"], timeout=60)["status"] == "succeeded", s.logs()
+        assert [x["id"] for x in c.iter_adaptations()] == [a["id"]]
+
+
+def test_the_async_client_waits_pages_and_names_the_field(stack):
+    async def go():
+        async with AsyncClient(stack.url, KEYS["acme"]) as c:
+            assert {m["name"] for m in await c.models()} >= {"omniglot-conv4", "sinusoid-mlp"}
+            a = await c.create_adaptation("sinusoid-mlp", sinusoid_task(2)[0], metadata={"suite": "async"})
+            done = await c.wait(a["id"], timeout=60)
+            listed = [x["id"] async for x in c.iter_adaptations(limit=1, metadata={"suite": "async"})]
+            with pytest.raises(RapidAdaptError) as e:
+                await c.create_adaptation("sinusoid-mlp", [{"input": [1.0, 2.0], "target": 0.0}])
+            return done, listed, a, e.value
+
+    done, listed, a, err = asyncio.run(go())
+    assert done["status"] == "succeeded" and a["id"] in listed
+    assert (err.status, err.code, err.field) == (422, "invalid_shape", "support[0].input")
+
+
+def test_errors_are_not_retried_and_an_unreachable_service_is_status_0(stack):
+    with Client(stack.url, KEYS["acme"]) as c:
+        t = time.monotonic()
+        with pytest.raises(RapidAdaptError) as e:
+            c.adaptation("ad_" + "0" * 32)
+        assert e.value.status == 404 and time.monotonic() - t < 2
+    with Client("http://127.0.0.1:1", "k", max_retries=1) as c, pytest.raises(RapidAdaptError) as e:
+        c.models()
+    assert (e.value.status, e.value.code) == (0, "unreachable")
