@@ -34,8 +34,8 @@ from app.core.adaptation import run_adaptation
 from app.core.config import Settings
 from app.core.store import Store
 from models import registry, runtime
-from models.adapt import adapt, predict
-from models.research import omniglot, sinusoid
+from models.adapt import adapt, choose_mode, predict
+from models.research import glyphs, omniglot, sinusoid
 from tests.stack import KEYS, Stack
 
 from . import naive
@@ -67,26 +67,42 @@ def png_b64(ds, i) -> dict:
 # ---- A. adaptation compute ----------------------------------------------------
 
 
+def adapt_as_requested(model, sx, sy, mode: str):
+    """What a job runs for a request's mode: `auto` chooses from the support set first."""
+    return adapt(model, sx, sy, mode=choose_mode(model, sx, sy) if mode == "auto" else mode)
+
+
 def bench_adapt_compute(reps: int) -> list[dict]:
+    """In process, per task: `adapt` for a mode (auto: its choice included) against the
+    classic loop over every weight for as many steps, and the accuracy each reaches."""
     rows = []
     model, _ = registry.load("omniglot-conv4")
-    ds = omniglot.load()
-    sampler = omniglot.EpisodeSampler(ds, "test")
-    for n_way in (5, 20):
-        gen = torch.Generator().manual_seed(n_way)
-        ours, base, acc_ours, acc_base = [], [], [], []
-        for _ in tqdm(range(reps), desc=f"A. adapt omniglot {n_way}-way 1-shot", mininterval=2):
-            sx, sy, qx, qy = sampler.sample(n_way, 1, 5, gen)
-            ms, a = timed(adapt, model, sx, sy)
+    in_domain = omniglot.EpisodeSampler(omniglot.load(), "test")
+    cross = glyphs.EpisodeSampler(glyphs.load(), "test")
+    cases = [
+        ("Omniglot test", in_domain, 5, 1, "fast"),
+        ("Omniglot test", in_domain, 20, 1, "fast"),
+        ("Omniglot test", in_domain, 20, 1, "auto"),
+        ("glyphs test", cross, 10, 1, "auto"),
+        ("glyphs test", cross, 10, 5, "auto"),
+    ]
+    for what, sampler, n_way, k_shot, mode in cases:
+        gen = torch.Generator().manual_seed(n_way * 10 + k_shot)
+        ours, base, acc_ours, acc_base, ran = [], [], [], [], []
+        for _ in tqdm(range(reps), desc=f"A. adapt {what} {n_way}-way {k_shot}-shot, {mode}", mininterval=2):
+            sx, sy, qx, qy = sampler.sample(n_way, k_shot, 5, gen)
+            ms, a = timed(adapt_as_requested, model, sx, sy, mode)
             ours.append(ms)
+            ran.append(a.mode)
             acc_ours.append((predict(model, a.fast, qx).argmax(-1) == qy).float().mean().item())
-            ms, m = timed(naive.adapt, model, sx, sy, model.default_steps)
+            ms, m = timed(naive.adapt, model, sx, sy, a.steps)
             base.append(ms)
             with torch.no_grad():
                 acc_base.append((m(qx).argmax(-1) == qy).float().mean().item())
+        modes = ", ".join(f"{ran.count(x)} {x}" for x in ("fast", "fine-tune") if x in ran)
         rows.append(
             {
-                "what": f"omniglot-conv4 {n_way}-way 1-shot, {model.default_steps} steps",
+                "what": f"omniglot-conv4, {what} {n_way}-way {k_shot}-shot, mode {mode} ({modes})",
                 "ours": stats(ours),
                 "naive": stats(base),
                 "quality": f"accuracy {statistics.mean(acc_ours):.3f} vs {statistics.mean(acc_base):.3f}",
@@ -280,23 +296,23 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
 
 
 def bench_size(stack: Stack) -> dict:
+    """Redis bytes of one 20-way 1-shot Omniglot adaptation in each mode (MEMORY USAGE of
+    its record, support set, weights and events), against the pickled adapted model."""
     body = omniglot_bodies(1)[0]
-    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
-        aid = c.post("/v1/adaptations?wait=10", json=body).json()["id"]
+    out = {}
     r = redis.Redis(port=stack.redis_port, db=1)
-    sizes = {k: int(r.memory_usage(f"ra:{k}:{aid}") or 0) for k in ("a", "s", "w")}
+    for mode in ("fast", "fine-tune"):
+        with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+            aid = c.post("/v1/adaptations?wait=10", json=body | {"mode": mode}).json()["id"]
+        sizes = {k: int(r.memory_usage(f"ra:{k}:{aid}") or 0) for k in ("a", "s", "w", "e")}
+        out[mode] = {"record": sizes["a"], "support": sizes["s"], "weights": sizes["w"], "events": sizes["e"]}
+        out[mode]["total"] = sum(sizes.values())
     model, _ = registry.load("omniglot-conv4")
     ds = omniglot.load()
     import pickle
 
-    pickled = len(pickle.dumps(naive.adapt(model, ds.images[:20], torch.arange(20), 1)))
-    return {
-        "record": sizes["a"],
-        "support": sizes["s"],
-        "weights": sizes["w"],
-        "total": sum(sizes.values()),
-        "naive_pickled_model": pickled,
-    }
+    out["naive_pickled_model"] = len(pickle.dumps(naive.adapt(model, ds.images[:20], torch.arange(20), 1)))
+    return out
 
 
 # ---- report ----------------------------------------------------------------------------
@@ -356,12 +372,16 @@ def report(res: dict, threads: int) -> str:
         "",
         "## D. Redis bytes per Omniglot adaptation (20-way 1-shot, MEMORY USAGE)",
         "",
-        "| record | support set | adapted weights | total | naive pickled model | ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| {D['record']} | {D['support']} | {D['weights']} | {D['total']} | {D['naive_pickled_model']} | "
-        f"{D['naive_pickled_model'] / D['total']:.1f}x |",
-        "",
+        "| mode | record | support set | adapted weights | events | total | naive pickled model | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    for mode in ("fast", "fine-tune"):
+        d, naive_bytes = D[mode], D["naive_pickled_model"]
+        L.append(
+            f"| {mode} | {d['record']} | {d['support']} | {d['weights']} | {d['events']} | {d['total']} | "
+            f"{naive_bytes} | {naive_bytes / d['total']:.1f}x |"
+        )
+    L.append("")
     return "\n".join(L)
 
 

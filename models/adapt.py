@@ -90,8 +90,24 @@ def mode_steps(model: Base) -> dict[str, dict[str, int]]:
 
 
 def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
-    """The `auto` mode's choice, from the support set alone."""
-    return "fine-tune" if hasattr(model, "tail") else "fast"
+    """The `auto` mode's choice, from the support set alone: fine-tune when most support
+    images are bolder than nearly all of the base's training images (their median
+    `solid_ink` above the base's `auto_threshold`, the 99th percentile of its training
+    images'), else fast. Drawn strokes of the training kind get the fast mode, where
+    fine-tuning cost a point (docs/experiments.md); typeset glyphs, scans and other bold
+    ink get the fine-tune mode, where it adds 20. A base without a threshold is fast."""
+    threshold = getattr(model, "auto_threshold", None)
+    if threshold is None or not hasattr(model, "tail"):
+        return "fast"
+    return "fine-tune" if solid_ink(support_x).median().item() > threshold else "fast"
+
+
+def solid_ink(x: torch.Tensor) -> torch.Tensor:
+    """Per image [B, C, H, W] (ink 1): the share of its ink that a 3x3 minimum filter keeps.
+    Strokes one or two pixels wide (Omniglot's, at 28 pixels) keep almost none of it."""
+    ink = x.flatten(1).sum(1)
+    core = (-F.max_pool2d(-x, 3, 1, 1)).flatten(1).sum(1)
+    return core / ink.clamp(min=1e-6)
 
 
 def adapt(

@@ -18,6 +18,7 @@ OPTIONAL = ("tune_step_sizes.",)  # a checkpoint without them keeps their hand-s
 def build(meta: dict) -> Base:
     model = ARCHITECTURES[meta["architecture"]](**meta["architecture_kwargs"])
     model.default_steps = meta.get("default_steps", model.max_steps)
+    model.auto_threshold = meta.get("auto", {}).get("solid_ink_threshold")
     return model
 
 

@@ -101,13 +101,15 @@ def test_a_base_trained_on_other_preprocessing_is_refused(tmp_path):
 
 
 def test_a_batch_of_pngs_decodes_as_each_alone(ds):
-    from app.api.inputs import batch
+    from app.api.inputs import Limits, batch
     from app.api.schemas import ImageInput
 
     spec = registry.load("omniglot-conv4")[1]
     ids = [0, 777, 2500, 4839]
     values = [ImageInput(image=base64.b64encode(omniglot.original_png(ds.files[i])).decode()) for i in ids]
-    assert torch.equal(batch(values, spec, 10**6, [["inputs", i] for i in range(4)]), ds.images[ids])
+    assert torch.equal(
+        batch(values, spec, Limits(10**6, 10**4, 10**9), [["inputs", i] for i in range(4)]), ds.images[ids]
+    )
 
 
 def test_episodes_with_flips_use_the_8_symmetries_as_classes(ds):

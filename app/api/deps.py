@@ -35,6 +35,7 @@ async def get_predictor(request: Request) -> Predictor:
 async def get_tenant(request: Request, authorization: str | None = Header(None, description="Bearer KEY")) -> str:
     """The caller's tenant from `Authorization: Bearer KEY` (or "public" with auth off)."""
     if request.app.state.settings.auth == "off":
+        request.state.tenant = "public"
         return "public"
     unauthorized = lambda message: ApiError(  # noqa: E731
         401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"}
@@ -44,6 +45,7 @@ async def get_tenant(request: Request, authorization: str | None = Header(None, 
     given = authorization[7:].strip().encode()
     for key, name in request.app.state.tenants.items():
         if hmac.compare_digest(given, key.encode()):
+            request.state.tenant = name  # for the request log
             return name
     raise unauthorized("unknown API key")
 

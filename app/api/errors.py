@@ -31,6 +31,16 @@ class ApiError(Exception):
         return FastJSON(self.body(), status_code=self.status, headers=self.headers)
 
 
+class BodyRefused(StarletteHTTPException):
+    """A body over the size limit, or that stalled: raised while FastAPI reads it. As a
+    Starlette HTTPException it passes FastAPI's body parsing, which would turn anything
+    else into a 400; the handler below answers it with its own error."""
+
+    def __init__(self, error: ApiError):
+        super().__init__(error.status, error.message)
+        self.error = error
+
+
 def invalid(code: str, message: str, *field) -> ApiError:
     return ApiError(422, code, message, list(field))
 
@@ -59,6 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, exc: StarletteHTTPException):
+        if isinstance(exc, BodyRefused):
+            return exc.error.response()
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return ApiError(exc.status_code, code, str(exc.detail), [], exc.headers).response()
 

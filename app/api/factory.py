@@ -54,5 +54,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registries = [REGISTRY, from_redis]
     routes.include(app)
     install_error_handlers(app)
-    app.add_middleware(Observe, limit=settings.max_body_bytes)
+    app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
     return app

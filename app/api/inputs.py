@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 
 import torch
 
@@ -13,21 +14,52 @@ from .errors import invalid
 from .schemas import Example, ImageInput
 
 
-def batch(values: list, spec: dict, max_pixels: int, fields: list[list]) -> torch.Tensor:
+@dataclass(frozen=True)
+class Limits:
+    """How much image a request may make the service decode: pixels and sides per image,
+    and pixels of all its images together (each checked from the headers, before decoding)."""
+
+    pixels: int
+    side: int
+    request_pixels: int
+
+    @classmethod
+    def of(cls, settings) -> Limits:
+        return cls(settings.max_image_pixels, settings.max_image_side, settings.max_request_pixels)
+
+
+def batch(values: list, spec: dict, limits: Limits, fields: list[list]) -> torch.Tensor:
     """Inputs -> [B, *shape], fields[i] naming values[i] in errors. Images are framed
     together (`frame_ink` finds all their windows in one pass)."""
+    used = 0
+
+    def budget(field):
+        def take(w: int, h: int) -> None:
+            nonlocal used
+            used += w * h
+            if used > limits.request_pixels:
+                raise invalid(
+                    "too_many_pixels",
+                    f"the images of this request have more than {limits.request_pixels} pixels together",
+                    *field,
+                    "image",
+                )
+
+        return take
+
     if all(isinstance(v, ImageInput) for v in values):
-        return levels_to_tensor(frame_ink([image_square(v, spec, max_pixels, f) for v, f in zip(values, fields)]))
-    return torch.stack([to_tensor(v, spec, max_pixels, f) for v, f in zip(values, fields)])
+        squares = [image_square(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)]
+        return levels_to_tensor(frame_ink(squares))
+    return torch.stack([to_tensor(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)])
 
 
-def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
+def to_tensor(value, spec: dict, limits: Limits, field: list, take=None) -> torch.Tensor:
     shape = spec["input"]["shape"]
     if isinstance(value, ImageInput):
-        return batch([value], spec, max_pixels, [field])[0]
+        return levels_to_tensor(frame_ink([image_square(value, spec, limits, field, take)]))[0]
     try:
         t = torch.tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):
         raise invalid("invalid_input", f"input must be a numeric array of shape {shape}", *field) from None
     if list(t.shape) != shape:
         raise invalid("invalid_shape", f"input has shape {list(t.shape)}, expected {shape}", *field)
@@ -36,7 +68,7 @@ def to_tensor(value, spec: dict, max_pixels: int, field: list) -> torch.Tensor:
     return t
 
 
-def image_square(value: ImageInput, spec: dict, max_pixels: int, field: list):
+def image_square(value: ImageInput, spec: dict, limits: Limits, field: list, take=None):
     if spec["input"]["kind"] != "image":
         raise invalid(
             "invalid_input",
@@ -48,14 +80,14 @@ def image_square(value: ImageInput, spec: dict, max_pixels: int, field: list):
     except (binascii.Error, ValueError):
         raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
     try:
-        return decode_square(data, max_pixels)
+        return decode_square(data, limits.pixels, limits.side, take)
     except ImageError as exc:
         raise invalid(exc.code, str(exc), *field, "image") from None
 
 
-def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tuple[dict, dict]:
+def support_tensors(support: list[Example], spec: dict, limits: Limits) -> tuple[dict, dict]:
     """-> ({x, y} tensors, record fields: classes or target_shape)."""
-    x = batch([e.input for e in support], spec, max_pixels, [["support", i, "input"] for i in range(len(support))])
+    x = batch([e.input for e in support], spec, limits, [["support", i, "input"] for i in range(len(support))])
     if spec["task"] == "classification":
         classes: list = []
         index: dict = {}
@@ -96,7 +128,7 @@ def support_tensors(support: list[Example], spec: dict, max_pixels: int) -> tupl
             raise invalid("unexpected_label", "a regression example takes a target, not a label", "support", i, "label")
         try:
             t = torch.tensor(e.target, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError):
+        except (TypeError, ValueError, RuntimeError, OverflowError):
             raise invalid(
                 "invalid_target", "target must be a number or a numeric array", "support", i, "target"
             ) from None

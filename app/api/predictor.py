@@ -1,17 +1,20 @@
 """Predictions in the API process.
 
-One thread per process does all the work of a prediction request: it reads the
-adaptation's record, decodes the inputs, finds the adapted weights, runs the
-forward pass and hands back plain lists, so a request costs the event loop one
-hand-off and one callback (a thread-pool handler waiting on a separate batcher
-thread costs four hand-offs; docs/experiments.md has the measurement).
+One thread per process does the work of a prediction request: it reads the
+adaptation's record (and counts the tenant's images against its rate), decodes the
+inputs, finds the adapted weights, runs the forward pass and hands back plain lists,
+so a request costs the event loop one hand-off and one callback (a thread-pool
+handler waiting on a separate batcher thread costs four hand-offs; docs/experiments.md).
+A large request (more images than one pass, or megabytes of them) is read and decoded
+in the thread pool instead, so that decoding it never holds up the shared thread.
 
-The thread takes every request waiting at that moment and embeds all their
-images together (also across different adaptations of one base; in equal passes
-of at most `predict_max_batch` images, past which a pass only gets slower per
-image on CPU), then applies each adaptation's head. Adapted weights come from a
-bounded in-process LRU, then the weights cache in Redis; weights evicted from
-Redis are rebuilt from the stored support set with the worker's `run_adaptation`.
+The thread serves tenants in turn: each pass takes waiting requests round robin by
+tenant, at most `predict_max_batch` images in all, a large request a slice at a time,
+so one tenant's flood delays another's request by about one pass. The images of a
+pass are embedded together (also across adaptations of one base), then each
+adaptation's own part runs. Adapted weights come from a bounded in-process LRU, then
+the weights cache in Redis; weights evicted from Redis are rebuilt from the stored
+support set with the worker's `run_adaptation`.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from starlette.concurrency import run_in_threadpool
 
 from models import registry
 
@@ -35,10 +38,11 @@ from ..core.config import Settings
 from ..core.store import Store
 from . import metrics
 from .errors import ApiError
-from .inputs import batch
+from .inputs import Limits, batch
 from .records import owned
 
 log = logging.getLogger("rapid_adapt.api")
+LARGE_BYTES = 2**20  # a request with more image data than this is decoded in the thread pool
 
 
 class WeightsLRU:
@@ -79,6 +83,36 @@ class Job:
     record: dict | None = None
     x: torch.Tensor | None = None
     fast: dict | None = None
+    done: int = 0  # images taken into a pass
+    outs: list = field(default_factory=list)  # their outputs, slice by slice
+    failed: bool = False
+
+
+class FairQueue:
+    """Waiting jobs by tenant, taken round robin: the tenant served goes to the back."""
+
+    def __init__(self):
+        self.ready = threading.Condition()
+        self.by_tenant: OrderedDict[str, deque[Job]] = OrderedDict()
+
+    def put(self, job: Job, front: bool = False) -> None:
+        with self.ready:
+            jobs = self.by_tenant.setdefault(job.tenant, deque())
+            jobs.appendleft(job) if front else jobs.append(job)
+            self.ready.notify()
+
+    def take(self, block: bool) -> Job | None:
+        with self.ready:
+            while block and not self.by_tenant:
+                self.ready.wait()
+            if not self.by_tenant:
+                return None
+            tenant, jobs = next(iter(self.by_tenant.items()))
+            job = jobs.popleft()
+            del self.by_tenant[tenant]
+            if jobs:
+                self.by_tenant[tenant] = jobs  # to the back of the rotation
+            return job
 
 
 @torch.inference_mode()
@@ -105,18 +139,31 @@ def outputs(record: dict, out: torch.Tensor) -> list:
 class Predictor:
     def __init__(self, settings: Settings, store: Store):
         self.settings, self.store, self.lru = settings, store, WeightsLRU(settings.lru_size)
-        self.q: queue.Queue[Job] = queue.Queue()
+        self.limits = Limits.of(settings)
+        self.q = FairQueue()
         threading.Thread(target=self._loop, name="predictor", daemon=True).start()
 
     async def predict(self, aid: str, tenant: str, inputs: list | torch.Tensor, timeout: float = 30.0) -> Outcome:
-        """From the event loop: raises what the thread raised (404, 422, ...), TimeoutError past `timeout`."""
+        """From the event loop: raises what the thread raised (404, 422, 429, ...), TimeoutError
+        past `timeout`."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self.q.put(Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result)))
+        job = Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result))
+        if self.large(inputs):
+            ready = await run_in_threadpool(self._prepare, job)  # replies itself when it fails or must wait
+            if ready:
+                self.q.put(job)
+        else:
+            self.q.put(job)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             raise TimeoutError("prediction timed out") from None
+
+    def large(self, inputs) -> bool:
+        if isinstance(inputs, torch.Tensor) or len(inputs) > self.settings.predict_max_batch:
+            return not isinstance(inputs, torch.Tensor)
+        return sum(len(getattr(v, "image", "")) for v in inputs) > LARGE_BYTES
 
     def forget(self, aid: str) -> None:
         self.lru.drop(aid)
@@ -145,48 +192,71 @@ class Predictor:
     # ---- the predictor thread ------------------------------------------------
     def _loop(self) -> None:
         while True:
-            groups: dict[str, list[Job]] = {}
-            for job in self._take():
-                groups.setdefault(job.record["model"], []).append(job)
+            groups: dict[str, list[tuple[Job, torch.Tensor]]] = {}
+            for job, x in self._take():
+                groups.setdefault(job.record["model"], []).append((job, x))
             for name, group in groups.items():
                 try:
                     outs = forward_merged(
-                        registry.load(name)[0], [(j.fast, j.x) for j in group], self.settings.predict_max_batch
+                        registry.load(name)[0], [(j.fast, x) for j, x in group], self.settings.predict_max_batch
                     )
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")
-                    for job in group:
-                        job.reply(exc)
+                    for job, _ in group:
+                        if not job.failed:
+                            job.failed = True  # answered now; a slice of it still waiting is dropped
+                            job.reply(exc)
                     continue
-                for job, out in zip(group, outs):
-                    job.reply(Outcome(job.record, job.x, outputs(job.record, out)))
+                for (job, _), out in zip(group, outs):
+                    job.outs.append(out)
+                    if sum(len(o) for o in job.outs) == len(job.x):
+                        job.reply(Outcome(job.record, job.x, outputs(job.record, torch.cat(job.outs))))
 
-    def _take(self) -> list[Job]:
-        """Wait for a job, then take every job waiting, up to a full pass of images.
-        Jobs that fail or whose adaptation has not succeeded are answered at once."""
-        jobs, n, block = [], 0, True
-        while n < self.settings.predict_max_batch:
-            try:
-                job = self.q.get(block=block)
-            except queue.Empty:
+    def _take(self) -> list[tuple[Job, torch.Tensor]]:
+        """Wait for a job, then take slices of waiting jobs round robin by tenant, up to a
+        full pass of images. Jobs that fail or whose adaptation has not succeeded are
+        answered at once; a job with images left goes back to the front of its tenant's line."""
+        taken, room, block = [], self.settings.predict_max_batch, True
+        while room > 0:
+            job = self.q.take(block)
+            if job is None:
                 break
-            if self._prepare(job):
-                jobs.append(job)
-                n += len(job.x)
-                block = False
-        return jobs
+            if job.failed or job.x is None and not self._prepare(job):
+                continue
+            block = False
+            part = job.x[job.done : job.done + room]
+            job.done += len(part)
+            room -= len(part)
+            taken.append((job, part))
+            if job.done < len(job.x):
+                self.q.put(job, front=True)
+        return taken
 
     def _prepare(self, job: Job) -> bool:
+        """Read the record, count the images against the tenant's rate, decode the inputs and
+        find the weights. -> whether the job is ready for a pass (else it has been answered)."""
         try:
-            job.record = owned(self.store, job.aid, job.tenant)
+            n = len(job.inputs)
+            job.record, count = self.store.get_counted(job.aid, job.tenant, n)
+            if job.record is None or job.record["tenant"] != job.tenant:
+                job.record = owned(self.store, job.aid, job.tenant)  # raises the 404
+            limit = self.settings.tenant_predict_images_per_second
+            if count > limit:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"over this tenant's limit of {limit} prediction images per second",
+                    ["tenant_predict_images_per_second", limit],
+                    {"Retry-After": "1"},
+                )
             job.x = (
                 job.inputs
                 if isinstance(job.inputs, torch.Tensor)
                 else batch(
                     job.inputs,
                     registry.load(job.record["model"])[1],
-                    self.settings.max_image_pixels,
-                    [["inputs", i] for i in range(len(job.inputs))],
+                    self.limits,
+                    [["inputs", i] for i in range(n)],
                 )
             )
             if job.record["status"] != "succeeded":

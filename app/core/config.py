@@ -19,15 +19,26 @@ class Settings(BaseSettings):
 
     auth: Literal["on", "off"] = "on"
     api_keys: str = ""  # "tenant:key,tenant2:key2"
+    metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
 
     max_body_bytes: int = 8 * 2**20
     max_support: int = 500  # examples per support set
     max_query: int = 1000  # inputs per prediction request
     max_image_pixels: int = 4_000_000  # decoded pixels per image (decompression bombs)
+    max_image_side: int = 8192  # pixels on either side of an image
+    max_request_pixels: int = 64_000_000  # decoded pixels of all the images of one request
+    body_timeout_seconds: float = 5.0  # a request body that stalls longer is answered 408
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
     max_wait_seconds: float = 30.0
     list_page_size: int = 20
+
+    # per tenant, each over its limit a 429 naming it
+    tenant_max_adaptations: int = 10_000  # adaptations stored
+    tenant_max_bytes: int = 256 * 2**20  # support sets and adapted weights stored
+    tenant_max_jobs: int = 50  # jobs queued or running
+    tenant_predict_images_per_second: int = 2000  # images in prediction requests
+    store_max_fill: float = 0.9  # of the store Redis's maxmemory: past it, creates answer 507
 
     lru_size: int = 4096  # adapted weights held in the API process
     predict_max_batch: int = 64  # images per forward pass: larger batches only add memory traffic on CPU
@@ -35,9 +46,9 @@ class Settings(BaseSettings):
 
     job_soft_time_limit: float = 60.0
     job_hard_time_limit: float = 90.0
-    visibility_timeout: float = 300.0  # > hard limit: a killed worker's job is redelivered after this
-    restore_interval_seconds: int = 10  # how often workers look for jobs a dead worker left
-    worker_heartbeat_seconds: float = 2.0
+    visibility_timeout: float = 300.0  # > hard limit: Celery redelivers an unacknowledged ticket after this
+    restore_interval_seconds: int = 10  # how often workers look for tickets a dead worker left
+    worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
 
     @property
     def heartbeat_window(self) -> float:
@@ -55,8 +66,13 @@ class Settings(BaseSettings):
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("RAPID_ADAPT_API_KEYS must be tenant:key pairs separated by commas")
+            if key in EXAMPLE_KEYS:
+                raise ValueError(f"RAPID_ADAPT_API_KEYS holds {key!r}, the example key of .env.example: set your own")
             out[key] = tenant
         return out
+
+
+EXAMPLE_KEYS = ("change-me",)  # published in .env.example: refused, so a copied example never goes live
 
 
 @lru_cache

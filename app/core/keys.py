@@ -9,6 +9,7 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:e:{id}               list of the job's events, oldest first, each JSON
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:stats                hash: finished jobs by status and a duration histogram
+  ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
 Weights cache (settings.weights_url, may evict):
   ra:w:{id}               the adapted tensors as safetensors bytes
 """
@@ -43,6 +44,10 @@ def expiries(tenant: str) -> str:
 
 def events(aid: str) -> str:
     return f"ra:e:{aid}"
+
+
+def rate(tenant: str, second: int) -> str:
+    return f"ra:r:{tenant}:{second}"
 
 
 def idempotency(tenant: str, key: str) -> str:

@@ -129,6 +129,17 @@ class Store:
         had = self._transition(keys=[keys.record(aid)], args=args)
         return None if had is None else json.loads(had)
 
+    def get_counted(self, aid: str, tenant: str, n: int) -> tuple[dict | None, int]:
+        """A record, and the tenant's prediction images this second with these n counted
+        (a fixed one-second window), in one round trip."""
+        window = keys.rate(tenant, int(time.time()))
+        p = self.r.pipeline(transaction=False)
+        p.hgetall(keys.record(aid))
+        p.incrby(window, n)
+        p.expire(window, 2)
+        raw, count, _ = p.execute()
+        return (decode_record(raw) if raw else None), count
+
     def status(self, aid: str) -> str | None:
         raw = self.r.hget(keys.record(aid), "status")
         return None if raw is None else json.loads(raw)

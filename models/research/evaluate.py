@@ -155,7 +155,7 @@ def write_report(args, results: dict, benchmark: str = "") -> None:
     lines = [
         f"# {args.base}: meta-test evaluation{f' ({benchmark})' if benchmark else ''}",
         "",
-        f"`python -m models.evaluate {' '.join(sys.argv[1:])}`",
+        f"`python -m models.evaluate {' '.join(args.argv)}`",
         "",
         f"{args.protocol_text}; {args.episodes} tasks per protocol, seed {args.seed}; mean ± 95% confidence interval.",
         "",
@@ -279,6 +279,7 @@ def main(argv=None) -> None:
     m.add_argument("--runs", type=int, default=20)
     m.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     runtime.configure()
     if args.command == "omniglot":
         alphabets = omniglot.SPLITS[args.split]

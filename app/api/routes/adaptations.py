@@ -15,7 +15,7 @@ from .. import metrics
 from ..bases import spec_of
 from ..deps import PredictorDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
-from ..inputs import support_tensors
+from ..inputs import Limits, support_tensors
 from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
 from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
 
@@ -58,7 +58,7 @@ def create_adaptation(
     ttl = settings.default_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not 1 <= ttl <= settings.max_ttl_seconds:
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
-    tensors, fields = support_tensors(body.support, spec, settings.max_image_pixels)
+    tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
     now = datetime.now(timezone.utc)
     record = {
         "id": f"ad_{uuid.uuid4().hex}",
