@@ -435,28 +435,6 @@ def test_weights_evicted_from_redis_are_rebuilt(acme, stack):
     assert 'rapid_adapt_weights_cache_total{result="miss_readapt"}' in httpx.get(stack.url + "/metrics").text
 
 
-def test_worker_killed_mid_job_is_finished_by_another(new_stack):
-    s = new_stack(visibility_timeout=4, job_soft_time_limit=3, job_hard_time_limit=3.5, restore_interval_seconds=1)
-    s.start_redis()
-    victim = s.start_worker(job_delay=2.5)
-    s.start_api()
-    s.wait_ready()
-    with Client(s.url, api_key=KEYS["acme"]) as c:
-        a = c.create_adaptation("sinusoid-mlp", sin_support())
-        deadline = time.monotonic() + 30
-        while c.adaptation(a["id"])["status"] != "running":
-            assert time.monotonic() < deadline, s.logs()
-            time.sleep(0.05)
-        e = error_of(lambda: c.predict(a["id"], [[0.0]]))
-        assert (e.status, e.code) == (409, "not_ready")
-        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job
-        victim.wait(5)
-        s.start_worker()
-        done = c.wait(a["id"], timeout=60)
-        assert done["status"] == "succeeded", s.logs()
-        assert len(c.predict(a["id"], [[0.0], [1.0]])) == 2
-
-
 def test_prediction_waits_for_a_running_adaptation(new_stack):
     s = new_stack()
     s.start_redis()

@@ -5,6 +5,7 @@ named in `include` and imported by Celery, never by this module."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -14,9 +15,11 @@ from celery import signals
 from app.core import heartbeats
 from app.core.adaptation import device, warm_up
 from app.core.config import get_settings
-from app.core.jobs import make_celery
+from app.core.jobs import QUEUE, TASK_NAME, make_celery
+from app.core.scheduler import Scheduler
 from app.core.store import connect
 
+log = logging.getLogger("rapid_adapt.worker")
 app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
 
@@ -37,16 +40,19 @@ def _init_process(**_):
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **_):
-    """A heartbeat in Redis every few seconds: /readyz counts the workers alive."""
+    """A heartbeat in Redis every few seconds (/readyz counts the workers alive), and with it
+    the reaper's turn (`reap`)."""
     settings = get_settings()
     r = connect(settings.redis_url, settings)
-    name = f"{sender.hostname if sender else socket.gethostname()}:{os.getpid()}"
+    name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
     stop = threading.Event()
+    scheduler = Scheduler(r)
 
     def beat():
         while not stop.wait(settings.worker_heartbeat_seconds):
             with contextlib.suppress(Exception):  # Redis away: readiness will say so
                 heartbeats.beat(r, name)
+                reap(r, scheduler, settings)
 
     heartbeats.beat(r, name)
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -56,3 +62,24 @@ def _start_heartbeat(sender=None, **_):
         stop.set()
         with contextlib.suppress(Exception):
             heartbeats.forget(r, name)
+
+
+STALE_SECONDS = 30.0  # a job in flight whose steps have not beaten for this long has no live holder
+
+
+def reap(r, scheduler: Scheduler, settings) -> None:
+    """One worker at a time (a 2-second lock): put back the jobs no live worker holds, and
+    send tickets for pending jobs that have none (lost with a dead worker or a restarted broker)."""
+    if not r.set("ra:reaper", name_of_this_process(), nx=True, px=int(2000 * settings.worker_heartbeat_seconds)):
+        return
+    back = scheduler.reap(settings.heartbeat_window, max(STALE_SECONDS, settings.heartbeat_window))
+    if back:
+        log.warning("jobs put back after their worker died", extra={"adaptation_id": ",".join(back)})
+    with app.connection_for_write() as conn:
+        tickets = int(conn.default_channel.client.llen(QUEUE))
+    for _ in range(max(0, scheduler.pending() - tickets)):
+        app.send_task(TASK_NAME, args=[None], queue=QUEUE)
+
+
+def name_of_this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

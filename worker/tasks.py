@@ -1,8 +1,12 @@
-"""The adaptation job: support set from Redis -> `adapt` -> changed tensors to Redis.
+"""The adaptation job: support set from Redis -> `adapt` -> the changed tensors to Redis.
 
-Runs under late acks: if the worker dies mid-job the broker redelivers it and
-another worker redoes it from the stored support set; since adaptation is
-deterministic, a job done twice writes the same weights.
+A Celery message is a ticket (app/core/scheduler.py): the task claims the next job of
+the next tenant, runs it, and lets it go. It runs under late acks; a job whose worker
+dies is put back by a live worker's reaper within seconds, and done again from the
+stored support set (adaptation is deterministic: a job done twice writes the same
+weights). A Redis error mid-job retries the same job with backoff, and a refused
+write (a full Redis) fails the job with its reason; the worker process never exits on
+either.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.core import stats
@@ -23,6 +28,7 @@ from .celery_app import app
 
 log = logging.getLogger("rapid_adapt.worker")
 _store: Store | None = None
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def store() -> Store:
@@ -40,62 +46,88 @@ class Stopped(Exception):
     """The adaptation was cancelled or deleted while running."""
 
 
-@app.task(name=TASK_NAME)
-def adapt_job(adaptation_id: str) -> str:
-    s, settings = store(), get_settings()
-    record = s.get(adaptation_id)
+@app.task(name=TASK_NAME, bind=True, max_retries=8)
+def adapt_job(self, hint: str | None = None, resume: list | None = None) -> str:
+    """One ticket: claim a job (or, retried after a Redis error, resume the one claimed) and run it."""
+    s, worker = store(), self.request.hostname or "worker"
+    claimed = resume
+    try:
+        if claimed is None:
+            got = s.scheduler.claim(worker)
+            if got is None:
+                return "idle"  # every pending job was taken by other tickets
+            claimed = list(got)
+        return run(s, *claimed, worker)
+    except TRANSIENT as exc:
+        log.warning("redis unavailable, retrying", extra={"adaptation_id": claimed and claimed[0], "error": str(exc)})
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 10), args=[hint, claimed]) from None
+    except redis.ResponseError as exc:  # a refused write (OOM): the job fails with the reason
+        if claimed is None:
+            raise
+        return fail(s, claimed[0], claimed[1], time.perf_counter(), "storage_refused", f"Redis refused a write: {exc}")
+
+
+def run(s: Store, aid: str, tenant: str, worker: str) -> str:
+    settings = get_settings()
+    record = s.get(aid)
     if record is None:
+        s.scheduler.finish(aid, tenant)
         return "gone"  # deleted or expired before it ran
-    if record["status"] == "succeeded" and s.weights(adaptation_id) is not None:
-        return "duplicate"
+    if record["status"] in ("succeeded", "failed", "cancelled"):
+        s.scheduler.finish(aid, tenant)
+        return "skipped"  # a duplicate, or cancelled while queued: a cancelled job never runs
     started = time.perf_counter()
     attempts = record.get("attempts", 0) + 1
-    # queued, or running when a dead worker's job is redelivered; a cancelled job never runs
-    if s.transition(
-        adaptation_id, ("queued", "running"), status="running", started_at=now(), attempts=attempts
-    ) not in (
-        "queued",
-        "running",
-    ):
+    fields = {"status": "running", "started_at": now(), "attempts": attempts}
+    if s.transition(aid, ("queued", "running"), **fields) not in ("queued", "running"):
+        s.scheduler.finish(aid, tenant)
         return "skipped"
-    s.add_events(adaptation_id, event("started", attempt=attempts))
-    support = s.support(adaptation_id)
+    s.add_events(aid, event("started", attempt=attempts))
+    support = s.support(aid)
     if support is None:
+        s.scheduler.finish(aid, tenant)
         return "gone"
 
     def on_step(k: int, loss: float) -> None:
-        if s.step(adaptation_id, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
+        if s.step(aid, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
             raise Stopped
+        s.scheduler.beat(aid, worker, tenant)
 
     try:
         fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
     except Stopped:
-        log.info("adaptation stopped", extra={"adaptation_id": adaptation_id, "status": "cancelled"})
+        s.scheduler.finish(aid, tenant)
+        log.info("adaptation stopped", extra={"adaptation_id": aid, "status": "cancelled"})
         return "cancelled"
     except ValueError as exc:
-        return fail(s, adaptation_id, started, "invalid_support", str(exc))
+        return fail(s, aid, tenant, started, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:
-        return fail(
-            s, adaptation_id, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s"
-        )
-    metrics["weights_bytes"] = s.put_weights(adaptation_id, fast, s.ttl(adaptation_id))
+        return fail(s, aid, tenant, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
+    metrics["weights_bytes"] = s.put_weights(aid, fast, s.ttl(aid), tenant)
     done = {"status": "succeeded", "finished_at": now(), "metrics": metrics, "steps": metrics["steps"]}
-    if s.transition(adaptation_id, ("running",), **done) != "running":
-        s.drop_weights(adaptation_id)  # cancelled or deleted meanwhile: leave nothing behind
+    had = s.transition(aid, ("running",), **done)
+    s.scheduler.finish(aid, tenant)
+    if had != "running":
+        if had != "succeeded":  # cancelled or deleted meanwhile (not a twin run that finished first)
+            s.drop_weights(aid)
         return "gone"
-    s.add_events(adaptation_id, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
+    s.add_events(aid, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
     stats.record_outcome(s.r, "succeeded", time.perf_counter() - started)
     log.info(
         "adaptation succeeded",
-        extra={"adaptation_id": adaptation_id, "status": "succeeded", "duration_ms": metrics["adaptation_ms"]},
+        extra={"adaptation_id": aid, "tenant": tenant, "status": "succeeded", "duration_ms": metrics["adaptation_ms"]},
     )
     return "succeeded"
 
 
-def fail(s: Store, adaptation_id: str, started: float, code: str, message: str) -> str:
+def fail(s: Store, aid: str, tenant: str, started: float, code: str, message: str) -> str:
     fields = {"status": "failed", "finished_at": now(), "error": {"code": code, "message": message}}
-    if s.transition(adaptation_id, ("running",), **fields) == "running":
-        s.add_events(adaptation_id, event("failed", code=code))
-        stats.record_outcome(s.r, "failed", time.perf_counter() - started)
-    log.warning("adaptation failed", extra={"adaptation_id": adaptation_id, "status": "failed", "error": code})
+    try:
+        if s.transition(aid, ("queued", "running"), **fields) in ("queued", "running"):
+            s.add_events(aid, event("failed", code=code))
+            stats.record_outcome(s.r, "failed", time.perf_counter() - started)
+        s.scheduler.finish(aid, tenant)
+    except redis.RedisError:
+        pass  # the reaper puts the job back; it is not lost
+    log.warning("adaptation failed", extra={"adaptation_id": aid, "tenant": tenant, "status": "failed", "error": code})
     return "failed"

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.store import QuotaExceeded, StorageFull
 from .responses import FastJSON
 
 log = logging.getLogger("rapid_adapt.api")
@@ -73,6 +74,16 @@ def install_error_handlers(app: FastAPI) -> None:
             return exc.error.response()
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return ApiError(exc.status_code, code, str(exc.detail), [], exc.headers).response()
+
+    @app.exception_handler(QuotaExceeded)
+    async def over_quota(_, exc: QuotaExceeded):
+        message = f"over this tenant's limit of {exc.value} {exc}"
+        details = [exc.limit, exc.value]
+        return ApiError(429, "quota_exceeded", message, details, {"Retry-After": str(exc.retry_after)}).response()
+
+    @app.exception_handler(StorageFull)
+    async def storage_full(_, exc: StorageFull):
+        return ApiError(507, "storage_full", str(exc), [], {"Retry-After": "30"}).response()
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_, exc):

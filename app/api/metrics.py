@@ -35,7 +35,7 @@ class StoreCollector:
             counts = stats.read(self.store.r)
             stored = self.store.count_adaptations()
             workers = len(heartbeats.alive(self.store.r, self.window))
-            depth = self.queue.depth()
+            depth = self.store.scheduler.pending()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
         finished = CounterMetricFamily(
@@ -52,6 +52,6 @@ class StoreCollector:
             buckets=buckets,
             sum_value=counts.get("duration_sum", 0.0),
         )
-        yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting in the broker", value=depth)
+        yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)

@@ -43,14 +43,10 @@ def make_celery(settings: Settings, name: str = "rapid_adapt") -> Celery:
 
 
 class Queue:
-    """What the API needs of the queue: send one job, and its depth."""
+    """What the API needs of the queue: send a ticket for a new job (app/core/scheduler.py)."""
 
     def __init__(self, settings: Settings):
         self.celery = make_celery(settings, "rapid_adapt_api")
 
     def enqueue(self, adaptation_id: str) -> None:
         self.celery.send_task(TASK_NAME, args=[adaptation_id], queue=QUEUE, retry=False)
-
-    def depth(self) -> int:
-        with self.celery.connection_for_write() as conn:
-            return int(conn.default_channel.client.llen(QUEUE))

@@ -7,6 +7,8 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:t:{tenant}           sorted set of the tenant's ids by creation time (the listing's index)
   ra:x:{tenant}           sorted set of the same ids by expiry time (pruning the index)
   ra:e:{id}               list of the job's events, oldest first, each JSON
+  ra:b:{tenant}           sorted set: id -> bytes of its support set and weights (the tenant's quota)
+  ra:p:{tenant}, ra:rr, ra:inflight, ra:j:{tenant}: the job scheduler's (scheduler.py)
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:stats                hash: finished jobs by status and a duration histogram
   ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
@@ -40,6 +42,10 @@ def tenant_index(tenant: str) -> str:
 
 def expiries(tenant: str) -> str:
     return f"ra:x:{tenant}"
+
+
+def usage(tenant: str) -> str:
+    return f"ra:b:{tenant}"
 
 
 def events(aid: str) -> str:

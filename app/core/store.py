@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import redis
 import torch
 
-from . import codecs, keys
+from . import codecs, keys, scheduler
 from .config import Settings
+from .scheduler import Scheduler
 
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -49,6 +50,26 @@ return status
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
+# KEYS[1] the tenant's bytes (id -> bytes). -> their sum.
+_SUM = """
+local total = 0
+local scores = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 2, #scores, 2 do total = total + tonumber(scores[i]) end
+return tostring(total)
+"""
+
+
+class QuotaExceeded(Exception):
+    """Over one of the tenant's limits: `limit` names the setting, `value` its value."""
+
+    def __init__(self, limit: str, value: int, message: str, retry_after: int):
+        super().__init__(message)
+        self.limit, self.value, self.retry_after = limit, value, retry_after
+
+
+class StorageFull(Exception):
+    """The store's Redis is nearly at its memory limit: new adaptations would be refused by Redis."""
+
 
 def connect(url: str, settings: Settings) -> redis.Redis:
     """A client with short timeouts: a Redis that is down answers 503 quickly."""
@@ -76,6 +97,10 @@ class Store:
         self.cache = self.r if settings.weights_url == settings.redis_url else connect(settings.weights_url, settings)
         self._set_if_exists = self.r.register_script(_SET_IF_EXISTS)
         self._transition = self.r.register_script(_TRANSITION)
+        self._sum = self.r.register_script(_SUM)
+        self.scheduler = Scheduler(self.r)
+        self.settings = settings
+        self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
         self._step = self.r.register_script(_STEP)
 
     # ---- adaptations -------------------------------------------------------
@@ -98,10 +123,20 @@ class Store:
                 self.r.set(ikey, f"{aid} {fingerprint}", ex=ttl)  # the earlier one was deleted: start anew
             record = record | {"idempotency_key": ikey}
         self.prune(tenant)
+        data = codecs.support_to_bytes(support)
+        try:
+            self.check_quotas(tenant, len(data))
+        except (QuotaExceeded, StorageFull):
+            if idempotency:
+                self.r.delete(ikey)  # the key did not make an adaptation: a retry may
+            raise
         p = self.r.pipeline(transaction=True)
         p.hset(keys.record(aid), mapping={k: json.dumps(v) for k, v in record.items()})
         p.expire(keys.record(aid), ttl)
-        p.set(keys.support(aid), codecs.support_to_bytes(support), ex=ttl)
+        p.set(keys.support(aid), data, ex=ttl)
+        p.zadd(keys.usage(tenant), {aid: len(data)})
+        p.expire(keys.usage(tenant), self.max_index_ttl)
+        p.sadd(scheduler.jobs_key(tenant), aid)
         p.rpush(keys.events(aid), json.dumps(event("queued")))
         p.expire(keys.events(aid), ttl)
         for index, score in (
@@ -111,7 +146,34 @@ class Store:
             p.zadd(index, {aid: score})
             p.expire(index, self.max_index_ttl)
         p.execute()
+        self.scheduler.enqueue(aid, tenant)
         return aid, True
+
+    def check_quotas(self, tenant: str, new_bytes: int) -> None:
+        """Raises QuotaExceeded or StorageFull before a new adaptation is written."""
+        s = self.settings
+        if self.fill() >= s.store_max_fill:
+            raise StorageFull("the store is nearly full; retry later")
+        p = self.r.pipeline(transaction=False)
+        p.zcard(keys.tenant_index(tenant))
+        p.scard(scheduler.jobs_key(tenant))
+        stored, jobs = p.execute()
+        if stored >= s.tenant_max_adaptations:
+            raise QuotaExceeded("tenant_max_adaptations", s.tenant_max_adaptations, "adaptations stored", 60)
+        if jobs >= s.tenant_max_jobs:
+            raise QuotaExceeded("tenant_max_jobs", s.tenant_max_jobs, "jobs queued or running", 5)
+        if float(self._sum(keys=[keys.usage(tenant)])) + new_bytes > s.tenant_max_bytes:
+            raise QuotaExceeded("tenant_max_bytes", s.tenant_max_bytes, "bytes of support sets and weights", 60)
+
+    def fill(self) -> float:
+        """used_memory / maxmemory of the store's Redis (0 without a maxmemory), read at most once a second."""
+        checked, value = self._fill
+        if time.monotonic() - checked > 1.0:
+            info = self.r.info("memory")
+            cap = int(info.get("maxmemory", 0))
+            value = int(info["used_memory"]) / cap if cap else 0.0
+            self._fill = (time.monotonic(), value)
+        return value
 
     def get(self, aid: str) -> dict | None:
         raw = self.r.hgetall(keys.record(aid))
@@ -155,6 +217,8 @@ class Store:
             p = self.r.pipeline(transaction=True)
             p.zrem(index, *dead)
             p.zrem(expiries, *dead)
+            p.zrem(keys.usage(tenant), *dead)
+            p.srem(scheduler.jobs_key(tenant), *dead)
             p.execute()
 
     def page(
@@ -199,9 +263,11 @@ class Store:
         p.delete(keys.record(aid), keys.support(aid), keys.events(aid))
         p.zrem(keys.tenant_index(record["tenant"]), aid)
         p.zrem(keys.expiries(record["tenant"]), aid)
+        p.zrem(keys.usage(record["tenant"]), aid)
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
         p.execute()
+        self.scheduler.forget(aid, record["tenant"])
         self.cache.delete(keys.weights(aid))
 
     def support(self, aid: str) -> dict[str, torch.Tensor] | None:
@@ -236,9 +302,12 @@ class Store:
         return items[:limit], len(items) > limit
 
     # ---- weights cache -----------------------------------------------------
-    def put_weights(self, aid: str, fast: dict[str, torch.Tensor], ttl: int) -> int:
+    def put_weights(self, aid: str, fast: dict[str, torch.Tensor], ttl: int, tenant: str | None = None) -> int:
+        """Write the weights; with the tenant, count their bytes against its quota."""
         data = codecs.tensors_to_bytes(fast)
         self.cache.set(keys.weights(aid), data, ex=ttl)
+        if tenant is not None:
+            self.r.zadd(keys.usage(tenant), {aid: len(data)}, xx=True, incr=True)
         return len(data)
 
     def weights(self, aid: str) -> dict[str, torch.Tensor] | None:

@@ -172,6 +172,7 @@ def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep):
     owned(store, aid, tenant)
     had = store.transition(aid, ("queued", "running"), status="cancelled", finished_at=iso(datetime.now(timezone.utc)))
     if had in ("queued", "running"):
+        store.scheduler.finish(aid, tenant)
         store.add_events(aid, event("cancelled"))
         stats.record_outcome(store.r, "cancelled", None)
     elif had in ("succeeded", "failed"):
