@@ -62,26 +62,13 @@ class Stack:
         self.procs.append(p)
         return p
 
-    def start_redis(self) -> None:
+    def start_redis(self, persist: bool = False, maxmemory: str = "0") -> None:
+        """With persist, an append-only file keeps everything across a restart, as in Compose."""
         (self.tmp / "redis").mkdir(exist_ok=True)
-        self.redis = self._spawn(
-            [
-                shutil.which("redis-server"),
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory-policy",
-                "noeviction",
-                "--dir",
-                str(self.tmp / "redis"),
-            ],
-            "redis",
-        )
+        args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes" if persist else "no", "--maxmemory", maxmemory]
+        args += ["--maxmemory-policy", "noeviction", "--dir", str(self.tmp / "redis")]
+        self.redis = self._spawn([shutil.which("redis-server"), *args], "redis")
         wait_until(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True, 10, "redis")
 
     def stop_redis(self) -> None:
