@@ -15,8 +15,10 @@ import argparse
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 
 import uvicorn
@@ -70,6 +72,9 @@ def main(argv=None) -> None:
     serve_args = (args.host, args.port, args.timeout_graceful_shutdown, args.log_level)
     if args.workers == 1:
         return serve(*serve_args)
+    # the processes' metrics in one place (app/api/metrics.py), fresh for this run
+    metrics_dir = tempfile.mkdtemp(prefix="rapid-adapt-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     logs.configure()  # the parent's own lines (a restarted process) as JSON, like the API's
     ctx = multiprocessing.get_context("spawn")
     start = lambda: ctx.Process(target=serve, args=serve_args, name="api", daemon=False)
@@ -96,6 +101,7 @@ def main(argv=None) -> None:
         time.sleep(0.5)
     for proc in procs:
         proc.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -133,10 +133,10 @@ def to_levels(x: torch.Tensor) -> torch.Tensor | None:
     return gray if torch.equal(from_levels(gray), x) else None
 
 
-def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
-    """PNG/JPEG bytes -> `square_gray`. Checks the size from the header before decoding (the
-    pixel count, each side, and `on_size(w, h)`, which may raise), so a decompression bomb or an
-    oversized strip is refused without being inflated."""
+def open_image(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
+    """PNG/JPEG bytes -> a decoded PIL image. Checks the size from the header before decoding
+    (the pixel count, each side, and `on_size(w, h)`, which may raise), so a decompression bomb
+    or an oversized strip is refused without being inflated."""
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
@@ -156,9 +156,51 @@ def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_
         img.load()
     except Exception as exc:
         raise ImageError("invalid_image", f"image data is corrupt: {exc.__class__.__name__}") from None
-    return square_gray(img)
+    return img
+
+
+def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
+    """PNG/JPEG bytes -> `square_gray`, with `open_image`'s checks."""
+    return square_gray(open_image(data, max_pixels, max_side, on_size))
 
 
 def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     """PNG/JPEG bytes -> float32 [1, SIDE, SIDE] as in training."""
     return levels_to_tensor(frame_ink([decode_square(data, max_pixels)]))[0]
+
+
+# ---- any base's images: the preprocessing its JSON names ---------------------------------
+
+RESIZED = "resize-v1"  # the folder family's: RGB or gray, the shorter side to SIZE, the centre square cut out
+INK = {"kind": PREPROCESSING}
+
+
+def resized(img: Image.Image, size: int, channels: int) -> bytes:
+    """Any image -> `channels` x size x size 8-bit levels (channel-major): RGB (paper-white behind
+    transparency) or gray, the shorter side brought to `size` (box filter), the centre square cut out."""
+    if img.mode in ("RGBA", "LA", "P"):
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    img = img.convert("RGB" if channels == 3 else "L")
+    w, h = img.size
+    scale = size / min(w, h)
+    w, h = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((w, h), Image.Resampling.BOX)
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8).reshape(size, size, channels).transpose(2, 0, 1).tobytes()
+
+
+def prepare(imgs: list[Image.Image], prep: dict, shape: list[int]) -> torch.Tensor:
+    """Decoded images -> the base's input [B, *shape], by the preprocessing its JSON names: the
+    one function for a base's training images and the images it is sent."""
+    if prep["kind"] == PREPROCESSING:
+        return levels_to_tensor(frame_ink([square_gray(im) for im in imgs]))
+    if prep["kind"] == RESIZED:
+        channels, size = shape[0], shape[-1]
+        levels = np.frombuffer(b"".join(resized(im, size, channels) for im in imgs), np.uint8)
+        # pixel value v as from_levels(255 - v): v / 255 in [0, 1], stored losslessly as levels like ink
+        return from_levels(torch.from_numpy(255 - levels)).view(len(imgs), *shape)
+    raise ValueError(f"unknown preprocessing {prep['kind']!r}; this code knows {PREPROCESSING} and {RESIZED}")
+
+
+KINDS = (PREPROCESSING, RESIZED)

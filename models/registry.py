@@ -1,44 +1,113 @@
-"""The registry of committed bases: `load(name)` gives the network with its
-spec (the JSON the API serves), each loaded once per process."""
+"""The bases a process serves: every valid base in its models directories.
+
+A base is NAME.json (architecture, input spec, training record) beside NAME.safetensors
+(θ and φ). Each directory is scanned at most once every `poll_seconds` when a base is
+asked for (a poll, so a base published while the service runs is picked up by the API and
+every worker within seconds); a base is loaded lazily, once per process and version. Its
+version is a content hash of its two files: an adaptation records the version it was made
+from, and is only ever answered by that version's weights (`BaseChanged` when they are no
+longer in memory). A file that cannot be read, or names what this code cannot build, is
+refused with a log line naming it; the others keep serving. Bases whose JSON says
+`"serve": false` (the baselines) are not offered.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from functools import cache
+import logging
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import safe_open
 
 from . import checkpoint
 from .adapt import mode_steps
-from .nets import Base
+from .nets import ARCHITECTURES, Base
+from .preprocess import KINDS
 
-SERVED = ("omniglot-conv4", "sinusoid-mlp")
-
-INPUT_SPECS = {
-    "conv4": {
-        "kind": "image",
-        "shape": [1, 28, 28],
-        "range": [0.0, 1.0],
-        "encodings": ["array", "png", "jpeg"],
-        "preprocessing": "PNG or JPEG of any size, ink dark on light: grayscale, padded to a square with "
-        "background, box-resized to Omniglot's 105-pixel canvas (if not that size already), a 112-pixel "
-        "window centred on the ink's centre of mass (moved only as far as keeps every stroke in) reduced "
-        "4x4 to 28x28, inverted so that ink is 1.0 (models/preprocess.py). Arrays are taken as already "
-        "preprocessed: [1, 28, 28], ink 1.0 on 0.0.",
-    },
-    "mlp": {
-        "kind": "vector",
-        "shape": [1],
-        "range": [-5.0, 5.0],
-        "encodings": ["array"],
-        "preprocessing": "none: x as a one-element array",
-    },
-}
+log = logging.getLogger("rapid_adapt.models")
+VERSIONS_KEPT = 3  # versions of one base held in memory, the newest first
 
 
-@cache
-def names(directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[str, ...]:
-    """The served bases present on disk (looked up once per process: checkpoints ship with the code)."""
-    return tuple(n for n in SERVED if (Path(directory) / f"{n}.safetensors").exists())
+class BaseChanged(Exception):
+    """The version an adaptation was made from is no longer loaded."""
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path  # without suffix
+    version: str
+    signature: tuple  # (size, mtime) of both files: a change means a new version to hash
+
+
+def version_of(path: Path) -> str:
+    h = hashlib.sha256(path.with_suffix(".json").read_bytes())
+    h.update(path.with_suffix(".safetensors").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def signature(path: Path) -> tuple:
+    a, b = path.with_suffix(".json").stat(), path.with_suffix(".safetensors").stat()
+    return (a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns)
+
+
+def input_spec(meta: dict) -> dict:
+    """The base's input, from its JSON (older JSONs of the two first bases predate the field)."""
+    if "input" in meta:
+        return meta["input"]
+    if meta["architecture"] == "mlp":
+        return {
+            "kind": "vector",
+            "shape": [1],
+            "range": [-5.0, 5.0],
+            "encodings": ["array"],
+            "preprocessing": {"kind": "none", "description": "x as a one-element array"},
+        }
+    raise ValueError("its JSON has no input spec")
+
+
+def check(path: Path, meta: dict) -> None:
+    """Refuse what this code cannot serve, before any weights are built."""
+    if meta.get("architecture") not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {meta.get('architecture')!r}")
+    spec = input_spec(meta)
+    kind = spec.get("preprocessing", {}).get("kind")
+    if spec["kind"] == "image" and kind not in KINDS:
+        raise ValueError(f"its images are prepared as {kind!r}; this code prepares {', '.join(KINDS)}")
+    with safe_open(str(path.with_suffix(".safetensors")), "pt") as f:
+        if not list(f.keys()):
+            raise ValueError("its weights file holds no tensors")
+
+
+def public_input(spec: dict) -> dict:
+    """The input spec as the API shows it: the preprocessing's description, and its kind apart."""
+    prep = spec.get("preprocessing", {})
+    shape = spec["shape"]
+    return spec | {
+        "channels": shape[0] if spec["kind"] == "image" else None,
+        "preprocessing": prep.get("description", ""),
+        "preprocessing_kind": prep.get("kind", "none"),
+    }
+
+
+def build_spec(name: str, path: Path, model: Base, meta: dict, version: str) -> dict:
+    return {
+        "name": name,
+        "version": version,
+        "task": meta["task"],
+        "input": public_input(input_spec(meta)),
+        "max_ways": meta.get("max_ways") if meta["task"] == "classification" else None,
+        "default_steps": model.default_steps,
+        "max_steps": model.max_steps,
+        "modes": mode_steps(model),
+        "algorithm": meta["algorithm"],
+        "adapted": meta.get("adapted"),
+        "metrics": metrics(path),
+    }
 
 
 def metrics(path: Path) -> dict | None:
@@ -50,23 +119,97 @@ def metrics(path: Path) -> dict | None:
     return found
 
 
-@cache
-def load(name: str, directory: Path = checkpoint.CHECKPOINT_DIR) -> tuple[Base, dict]:
-    """-> (model in eval mode with no parameter requiring grad, spec dict)."""
-    path = Path(directory) / name
-    if not path.with_suffix(".safetensors").exists():
-        raise KeyError(name)
+def load_path(path: Path) -> tuple[Base, dict]:
+    """A base straight from its files (evaluation, research): -> (model, spec)."""
+    path = Path(path)
     model, meta = checkpoint.load(path)
-    spec = {
-        "name": name,
-        "task": meta["task"],
-        "input": INPUT_SPECS[meta["architecture"]],
-        "max_ways": meta.get("max_ways") if meta["task"] == "classification" else None,
-        "default_steps": model.default_steps,
-        "max_steps": model.max_steps,
-        "modes": mode_steps(model),
-        "algorithm": meta["algorithm"],
-        "adapted": meta.get("adapted"),
-        "metrics": metrics(path),
-    }
-    return model, spec
+    return model, build_spec(path.name, path, model, meta, version_of(path))
+
+
+class Registry:
+    def __init__(self, directories: list[Path], poll_seconds: float = 2.0):
+        self.directories, self.poll_seconds = [Path(d) for d in directories], poll_seconds
+        self.entries: dict[str, Entry] = {}
+        self.loaded: dict[str, list[tuple[str, Base, dict]]] = {}  # name -> [(version, model, spec)], newest first
+        self.refused: dict[Path, tuple] = {}  # path -> the signature refused (logged once per change)
+        self.scanned = 0.0
+        self.lock = threading.RLock()
+
+    def scan(self, force: bool = False) -> None:
+        with self.lock:
+            if not force and time.monotonic() - self.scanned < self.poll_seconds:
+                return
+            self.scanned = time.monotonic()
+            found: dict[str, Entry] = {}
+            for directory in self.directories:
+                for meta_path in sorted(directory.glob("*.json")):
+                    path = meta_path.with_suffix("")
+                    if meta_path.name.endswith(".eval.json") or not path.with_suffix(".safetensors").exists():
+                        continue
+                    try:
+                        sig = signature(path)
+                        old = self.entries.get(path.name)
+                        if old is not None and old.path == path and old.signature == sig:
+                            found.setdefault(path.name, old)
+                            continue
+                        if self.refused.get(path) == sig:
+                            continue
+                        meta = json.loads(meta_path.read_text())
+                        if meta.get("serve", meta.get("algorithm") != "transfer") is False:
+                            continue
+                        check(path, meta)
+                        found.setdefault(path.name, Entry(path.name, path, version_of(path), sig))
+                    except Exception as exc:  # any unreadable or unservable file: refused, the rest serve
+                        self.refused[path] = signature(path) if path.with_suffix(".json").exists() else ()
+                        log.warning("base refused", extra={"error": f"{path}: {exc.__class__.__name__}: {exc}"})
+            self.entries = found
+
+    def names(self) -> tuple[str, ...]:
+        self.scan()
+        return tuple(sorted(self.entries))
+
+    def load(self, name: str, version: str | None = None) -> tuple[Base, dict]:
+        """-> (model, spec) of the current version, or of `version` (BaseChanged when that
+        version is neither current nor still in memory). KeyError for an unknown name."""
+        self.scan()
+        with self.lock:
+            held = self.loaded.get(name, [])
+            entry = self.entries.get(name)
+            for v, model, spec in held:
+                if v == (version or (entry.version if entry else None)):
+                    return model, spec
+            if entry is None and version is None:
+                raise KeyError(name)
+            if version is not None and (entry is None or entry.version != version):
+                raise BaseChanged(f"{name} version {version} is no longer loaded")
+            try:
+                model, meta = checkpoint.load(entry.path)
+                current = version_of(entry.path)
+            except Exception as exc:
+                self.refused[entry.path] = entry.signature
+                self.entries.pop(name, None)
+                log.warning("base refused", extra={"error": f"{entry.path}: {exc.__class__.__name__}: {exc}"})
+                raise KeyError(name) from None
+            if current != entry.version:  # replaced between the scan and the load: take what was read
+                entry.version = current
+            spec = build_spec(name, entry.path, model, meta, current)
+            self.loaded[name] = [(current, model, spec)] + [h for h in held if h[0] != current][: VERSIONS_KEPT - 1]
+            return model, spec
+
+
+_default = Registry([checkpoint.CHECKPOINT_DIR])
+
+
+def configure(directories: list[Path], poll_seconds: float = 2.0) -> None:
+    """The directories this process serves from (the service's RAPID_ADAPT_MODELS_DIR)."""
+    global _default
+    if [Path(d) for d in directories] != _default.directories or poll_seconds != _default.poll_seconds:
+        _default = Registry(directories, poll_seconds)
+
+
+def names() -> tuple[str, ...]:
+    return _default.names()
+
+
+def load(name: str, version: str | None = None) -> tuple[Base, dict]:
+    return _default.load(name, version)

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Compose smoke test: build the image, start the stack with docker-compose.smoke.yml (host network,
-# ports 18000/16379/16380, all on 127.0.0.1), run the Python client's round trip, take it down.
+# ports 18000 and 16379-16381, all on 127.0.0.1, a generated key and Redis password), run the Python client's round trip, take it down.
 # No registry is reachable here, so the base image is built with debootstrap and imported, and the
 # local CPU torch wheel goes into the build. Stops everything it started (the engine too, if it did).
 # Prints one "SKIPPED: reason" line and exits 0 when no container engine can be had.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export COMPOSE_PROJECT_NAME=rapid-adapt-smoke API_PORT=18000 BROKER_PORT=16379 CACHE_PORT=16380
-export RAPID_ADAPT_BROKER_URL=redis://127.0.0.1:$BROKER_PORT/0 RAPID_ADAPT_REDIS_URL=redis://127.0.0.1:$BROKER_PORT/1
-export RAPID_ADAPT_CACHE_URL=redis://127.0.0.1:$CACHE_PORT/0 RAPID_ADAPT_IMAGE=rapid-adapt:smoke
-export RAPID_ADAPT_ENV_FILE=.env.example SMOKE_BASE_IMAGE=rapid-adapt-base:bookworm
+export COMPOSE_PROJECT_NAME=rapid-adapt-smoke API_PORT=18000 BROKER_PORT=16379 STORE_PORT=16380 CACHE_PORT=16381
+export BROKER_HOST=127.0.0.1 STORE_HOST=127.0.0.1 CACHE_HOST=127.0.0.1
+export RAPID_ADAPT_IMAGE=rapid-adapt:smoke SMOKE_BASE_IMAGE=rapid-adapt-base:bookworm
+# a deployment's own secrets, as a .env would hold them (the example's are refused)
+SMOKE_KEY="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+export REDIS_PASSWORD="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export RAPID_ADAPT_ENV_FILE=/tmp/rapid-adapt-smoke.env
+printf 'RAPID_ADAPT_API_KEYS=smoke:%s\nRAPID_ADAPT_METRICS_KEY=%s-metrics\n' "$SMOKE_KEY" "$SMOKE_KEY" >"$RAPID_ADAPT_ENV_FILE"
 BASE_DIR=/var/cache/rapid-adapt/bookworm
 MERGED=/tmp/rapid-adapt-smoke-compose.yml
 COMPOSE="docker-compose -f $MERGED"
@@ -19,6 +23,7 @@ log() { echo "compose-smoke: $*"; }
 
 cleanup() {
   $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
+  rm -f "$RAPID_ADAPT_ENV_FILE"
   if [ -n "$started_engine" ]; then
     log "stopping the docker engine it started (pid $started_engine)"
     kill "$started_engine" 2>/dev/null; wait "$started_engine" 2>/dev/null || true
@@ -68,7 +73,7 @@ docker-compose -f docker-compose.yml -f docker-compose.smoke.yml config \
   | /usr/bin/python3 -c 'import sys, yaml; d = yaml.safe_load(sys.stdin); [s.pop("ports", None) for s in d["services"].values()]; yaml.safe_dump(d, sys.stdout)' \
   >"$MERGED" || { echo "compose-smoke: FAILED: compose config"; exit 1; }
 log "starting the stack"
-$COMPOSE up -d --no-build redis-broker redis-cache api worker || { $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: up"; exit 1; }
+$COMPOSE up -d --no-build redis-broker redis-store redis-cache api worker || { $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: up"; exit 1; }
 for _ in $(seq 120); do
   curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 1
 done
@@ -77,7 +82,7 @@ if ! curl -fsS "http://127.0.0.1:$API_PORT/readyz"; then
 fi
 echo
 log "round trip through the API and worker containers"
-if ! .venv/bin/python -m app.demo --url "http://127.0.0.1:$API_PORT" --key change-me; then
+if ! .venv/bin/python -m app.demo --url "http://127.0.0.1:$API_PORT" --key "$SMOKE_KEY"; then
   $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: round trip"; exit 1
 fi
 $COMPOSE ps

@@ -16,6 +16,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
+METRICS_KEY = "key-metrics"
 
 
 def free_port() -> int:
@@ -48,6 +49,7 @@ class Stack:
             "RAPID_ADAPT_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/1",
             "RAPID_ADAPT_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
             "RAPID_ADAPT_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "RAPID_ADAPT_METRICS_KEY": METRICS_KEY,
             "PYTHONPATH": str(ROOT),
             **{f"RAPID_ADAPT_{k.upper()}": str(v) for k, v in env.items()},
         }

@@ -22,7 +22,7 @@ from models.adapt import adapt, predict
 from models.research import evaluate, omniglot
 from rapid_adapt_client import AsyncClient, Client, RapidAdaptError
 
-from .stack import KEYS, wait_until
+from .stack import KEYS, METRICS_KEY, wait_until
 
 
 @pytest.fixture
@@ -174,7 +174,9 @@ def test_health_ready_metrics_openapi(stack):
     assert r["status"] == "ready" and r["workers"] >= 1
     with Client(stack.url, api_key=KEYS["acme"]) as c:
         c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
-    text = httpx.get(stack.url + "/metrics").text
+    assert httpx.get(stack.url + "/metrics").status_code == 401  # not open: behind its own key
+    assert httpx.get(stack.url + "/metrics", headers={"Authorization": "Bearer key-acme"}).status_code == 401
+    text = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     values = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -432,7 +434,8 @@ def test_weights_evicted_from_redis_are_rebuilt(acme, stack):
     for p, q in zip(evicted, kept):
         assert p["scores"] == pytest.approx(q["scores"], abs=1e-5)
     assert r.exists(f"ra:w:{a['id']}")
-    assert 'rapid_adapt_weights_cache_total{result="miss_readapt"}' in httpx.get(stack.url + "/metrics").text
+    metrics = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+    assert 'rapid_adapt_weights_cache_total{result="miss_readapt"}' in metrics
 
 
 def test_prediction_waits_for_a_running_adaptation(new_stack):
@@ -520,6 +523,12 @@ def test_api_processes_each_serve_and_a_dead_one_is_replaced(new_stack):
     first = children()
     clients = [httpx.Client(base_url=s.url, timeout=5) for _ in range(16)]  # 16 connections, spread by the kernel
     assert all(c.get("/healthz").status_code == 200 for c in clients)
+    # the processes' counters are summed: each scrape sees every request so far, whichever process answers it
+    seen = []
+    for _ in range(6):
+        assert all(c.get("/healthz").status_code == 200 for c in clients)
+        seen.append(healthz_count(s.url))
+    assert seen == sorted(seen) and seen[-1] >= 16 * 7
     os.kill(first[0], signal.SIGKILL)
     wait_until(lambda: len(children()) == 2 and first[0] not in children(), 30, "a replacement API process")
     wait_until(
@@ -529,3 +538,12 @@ def test_api_processes_each_serve_and_a_dead_one_is_replaced(new_stack):
     )
     for c in clients:
         c.close()
+
+
+def healthz_count(url: str) -> float:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rapid_adapt_http_requests_total{") and 'route="/healthz"' in line
+    )

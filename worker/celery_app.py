@@ -18,6 +18,7 @@ from app.core.config import get_settings
 from app.core.jobs import QUEUE, TASK_NAME, make_celery
 from app.core.scheduler import Scheduler
 from app.core.store import connect
+from models import registry
 
 log = logging.getLogger("rapid_adapt.worker")
 app = make_celery(get_settings())
@@ -35,7 +36,9 @@ def _logging(**_):
 @signals.worker_process_init.connect
 def _init_process(**_):
     """Every base loaded once per worker process, on the GPU when there is one."""
-    warm_up(device(), get_settings().torch_threads)
+    settings = get_settings()
+    registry.configure(settings.models_dirs(), settings.models_poll_seconds)
+    warm_up(device(), settings.torch_threads)
 
 
 @signals.worker_ready.connect

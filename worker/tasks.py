@@ -23,6 +23,7 @@ from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME
 from app.core.store import Store, event
+from models import registry
 
 from .celery_app import app
 
@@ -99,6 +100,9 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
         s.scheduler.finish(aid, tenant)
         log.info("adaptation stopped", extra={"adaptation_id": aid, "status": "cancelled"})
         return "cancelled"
+    except (KeyError, registry.BaseChanged):
+        message = f"the base {record['model']} was replaced or removed before this job ran: adapt again"
+        return fail(s, aid, tenant, started, "base_changed", message)
     except ValueError as exc:
         return fail(s, aid, tenant, started, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:

@@ -8,6 +8,22 @@ from .errors import ApiError
 
 
 def spec_of(name: str, field: list) -> dict:
-    if name not in registry.names():
-        raise ApiError(404, "unknown_model", f"no base named {name!r}; see GET /v1/models", field)
-    return registry.load(name)[1]
+    """The current version's spec."""
+    try:
+        return registry.load(name)[1]
+    except KeyError:
+        raise ApiError(404, "unknown_model", f"no base named {name!r}; see GET /v1/models", field) from None
+
+
+def base_of(record: dict) -> tuple:
+    """(model, spec) of the version an adaptation was made from; 409 base_changed when it is gone."""
+    try:
+        return registry.load(record["model"], record.get("model_version"))
+    except (KeyError, registry.BaseChanged):
+        raise ApiError(
+            409,
+            "base_changed",
+            f"the base {record['model']} was replaced or removed since this adaptation was made, and its version "
+            f"{record.get('model_version')} is no longer loaded: adapt again",
+            ["model_version"],
+        ) from None

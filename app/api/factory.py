@@ -9,7 +9,9 @@ from contextlib import asynccontextmanager
 import anyio
 import torch
 from fastapi import FastAPI
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
+
+from models import registry
 
 from ..core import logs
 from ..core.adaptation import warm_up
@@ -32,6 +34,7 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure()
+    registry.configure(settings.models_dirs(), settings.models_poll_seconds)
     tenants = settings.tenants_by_key()
     if settings.auth == "on" and not tenants:
         raise RuntimeError("RAPID_ADAPT_API_KEYS is empty: set tenant:key pairs, or RAPID_ADAPT_AUTH=off explicitly")
@@ -51,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = Predictor(settings, app.state.store)
     from_redis = CollectorRegistry()
     from_redis.register(metrics.StoreCollector(app.state.store, app.state.queue, settings.heartbeat_window))
-    app.state.metrics_registries = [REGISTRY, from_redis]
+    app.state.metrics_registries = [metrics.process_registry(), from_redis]
     routes.include(app)
     install_error_handlers(app)
     app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.preprocess import ImageError, decode_square, frame_ink, levels_to_tensor
+from models.preprocess import ImageError, open_image, prepare
 
 from .errors import invalid
 from .schemas import Example, ImageInput
@@ -48,15 +48,16 @@ def batch(values: list, spec: dict, limits: Limits, fields: list[list]) -> torch
         return take
 
     if all(isinstance(v, ImageInput) for v in values):
-        squares = [image_square(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)]
-        return levels_to_tensor(frame_ink(squares))
+        images = [image_of(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)]
+        return prepare(images, {"kind": spec["input"]["preprocessing_kind"]}, spec["input"]["shape"])
     return torch.stack([to_tensor(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)])
 
 
 def to_tensor(value, spec: dict, limits: Limits, field: list, take=None) -> torch.Tensor:
     shape = spec["input"]["shape"]
     if isinstance(value, ImageInput):
-        return levels_to_tensor(frame_ink([image_square(value, spec, limits, field, take)]))[0]
+        image = image_of(value, spec, limits, field, take)
+        return prepare([image], {"kind": spec["input"]["preprocessing_kind"]}, spec["input"]["shape"])[0]
     try:
         t = torch.tensor(value, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError, OverflowError):
@@ -68,7 +69,8 @@ def to_tensor(value, spec: dict, limits: Limits, field: list, take=None) -> torc
     return t
 
 
-def image_square(value: ImageInput, spec: dict, limits: Limits, field: list, take=None):
+def image_of(value: ImageInput, spec: dict, limits: Limits, field: list, take=None):
+    """A posted image, decoded within the limits (a 422 naming its field otherwise)."""
     if spec["input"]["kind"] != "image":
         raise invalid(
             "invalid_input",
@@ -80,7 +82,7 @@ def image_square(value: ImageInput, spec: dict, limits: Limits, field: list, tak
     except (binascii.Error, ValueError):
         raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
     try:
-        return decode_square(data, limits.pixels, limits.side, take)
+        return open_image(data, limits.pixels, limits.side, take)
     except ImageError as exc:
         raise invalid(exc.code, str(exc), *field, "image") from None
 

@@ -1,6 +1,10 @@
-"""Prometheus metrics of the API process (served at /metrics)."""
+"""Prometheus metrics of the API (served at /metrics). With several API processes
+(`python -m app.serve --workers N`) they write to PROMETHEUS_MULTIPROC_DIR and /metrics
+sums every process's, so that counters never go backwards between scrapes."""
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 
 from ..core import heartbeats, stats
 from ..core.store import TERMINAL
@@ -55,3 +59,12 @@ class StoreCollector:
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)
+
+
+def process_registry():
+    """The registry of the HTTP metrics: every API process's together in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

@@ -31,12 +31,11 @@ from typing import NamedTuple
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from models import registry
-
 from ..core.adaptation import run_adaptation
 from ..core.config import Settings
 from ..core.store import Store
 from . import metrics
+from .bases import base_of
 from .errors import ApiError
 from .inputs import Limits, batch
 from .records import owned
@@ -193,13 +192,12 @@ class Predictor:
     def _loop(self) -> None:
         while True:
             groups: dict[str, list[tuple[Job, torch.Tensor]]] = {}
-            for job, x in self._take():
-                groups.setdefault(job.record["model"], []).append((job, x))
-            for name, group in groups.items():
+            for job, x in self._take():  # one pass per base version
+                groups.setdefault((job.record["model"], job.record.get("model_version")), []).append((job, x))
+            for group in groups.values():
                 try:
-                    outs = forward_merged(
-                        registry.load(name)[0], [(j.fast, x) for j, x in group], self.settings.predict_max_batch
-                    )
+                    model = base_of(group[0][0].record)[0]
+                    outs = forward_merged(model, [(j.fast, x) for j, x in group], self.settings.predict_max_batch)
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")
                     for job, _ in group:
@@ -254,7 +252,7 @@ class Predictor:
                 if isinstance(job.inputs, torch.Tensor)
                 else batch(
                     job.inputs,
-                    registry.load(job.record["model"])[1],
+                    base_of(job.record)[1],
                     self.limits,
                     [["inputs", i] for i in range(n)],
                 )

@@ -143,6 +143,7 @@ class Adaptation(BaseModel):
     id: str
     status: Status
     model: str
+    model_version: str | None = Field(None, description="the version of the base it was made from, and answers with")
     classes: list[Label] | None = Field(None, description="classification: the labels, in the order first seen")
     mode: Literal["auto", "fast", "fine-tune"] = Field("fast", description="as requested; metrics.mode says what ran")
     steps: int | None = Field(
@@ -209,9 +210,11 @@ class PredictionResponse(BaseModel):
 class InputSpec(BaseModel):
     kind: Literal["image", "vector"]
     shape: list[int]
+    channels: int | None = Field(None, description="images: 1 (gray) or 3 (RGB)")
     range: list[float]
     encodings: list[str]
-    preprocessing: str
+    preprocessing: str = Field(description="what the service does to a posted image, in words")
+    preprocessing_kind: str = Field("none", description="its name, recorded with the base: ink-centred-v3, resize-v1")
 
 
 class ModeSteps(BaseModel):
@@ -221,6 +224,7 @@ class ModeSteps(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    version: str = Field(description="a content hash of the base's files; an adaptation keeps the one it was made from")
     task: Literal["classification", "regression"]
     input: InputSpec
     max_ways: int | None

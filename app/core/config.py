@@ -4,9 +4,12 @@ RAPID_ADAPT_ (pydantic-settings), e.g. RAPID_ADAPT_API_KEYS=acme:s3cret."""
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.checkpoint import CHECKPOINT_DIR
 
 
 class Settings(BaseSettings):
@@ -20,6 +23,9 @@ class Settings(BaseSettings):
     auth: Literal["on", "off"] = "on"
     api_keys: str = ""  # "tenant:key,tenant2:key2"
     metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
+
+    models_dir: str = ""  # directories of bases to serve, ":"-separated; default the shipped checkpoints
+    models_poll_seconds: float = 2.0  # how often a directory is looked at again for new or replaced bases
 
     max_body_bytes: int = 8 * 2**20
     max_support: int = 500  # examples per support set
@@ -49,6 +55,9 @@ class Settings(BaseSettings):
     visibility_timeout: float = 300.0  # > hard limit: Celery redelivers an unacknowledged ticket after this
     restore_interval_seconds: int = 10  # how often workers look for tickets a dead worker left
     worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
+
+    def models_dirs(self) -> list[Path]:
+        return [Path(d) for d in self.models_dir.split(":") if d] or [CHECKPOINT_DIR]
 
     @property
     def heartbeat_window(self) -> float:

@@ -55,7 +55,7 @@ def evaluate_classification(args, sampler, title: str) -> dict:
     """Every protocol WAYSxSHOTS on the sampler's episodes: the base after 0 steps, after 1
     step and the default steps of each mode, the default request (`auto`), and the transfer
     and scratch baselines on the same episodes."""
-    model, _ = registry.load(args.base, Path(args.dir))
+    model, _ = registry.load_path(Path(args.dir) / args.base)
     transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
     steps = model.default_steps  # the baselines' budget: the fast mode's steps
     results = {}
@@ -105,7 +105,7 @@ def evaluate_classification(args, sampler, title: str) -> dict:
 
 
 def evaluate_sinusoid(args) -> dict:
-    model, _ = registry.load(args.base, Path(args.dir))
+    model, _ = registry.load_path(Path(args.dir) / args.base)
     transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
     steps = model.default_steps
     results = {}
@@ -205,7 +205,7 @@ def plot_steps(results: dict, title: str, path: str) -> None:
 
 def omniglot_runs(args) -> float:
     """Lake et al.'s run format: error rate over runNN/ folders under DIR."""
-    model, _ = registry.load(args.base, Path(args.dir))
+    model, _ = registry.load_path(Path(args.dir) / args.base)
     root = Path(args.runs)
     runs = sorted(p for p in root.iterdir() if p.is_dir() and (p / "class_labels.txt").exists())
     if not runs:

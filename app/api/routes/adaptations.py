@@ -64,6 +64,7 @@ def create_adaptation(
         "id": f"ad_{uuid.uuid4().hex}",
         "tenant": tenant,
         "model": body.model,
+        "model_version": spec["version"],
         "task": spec["task"],
         "status": "queued",
         "mode": body.mode,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
@@ -11,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from models import registry
 
 from ...core import heartbeats
+from ..errors import ApiError
 from ..responses import FastJSON
 
 router = APIRouter(tags=["health"])
@@ -39,7 +42,21 @@ def readyz(request: Request):
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Behind `Authorization: Bearer RAPID_ADAPT_METRICS_KEY`; without it, open only with auth off.",
+    response_class=PlainTextResponse,
+)
 def prometheus(request: Request):
+    settings = request.app.state.settings
+    given = request.headers.get("authorization", "")
+    if settings.metrics_key:
+        allowed = hmac.compare_digest(given.encode(), f"Bearer {settings.metrics_key}".encode())
+    else:
+        allowed = settings.auth == "off"
+    if not allowed:
+        message = "send Authorization: Bearer METRICS_KEY" if settings.metrics_key else "set RAPID_ADAPT_METRICS_KEY"
+        raise ApiError(401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"})
     text = b"".join(generate_latest(r) for r in request.app.state.metrics_registries)
     return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,18 @@
+"""A bounded fuzz run of the OpenAPI document with schemathesis (examples, coverage and
+fuzzing phases, 25 examples an operation, a fixed seed): no answer may be a 5xx."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_schemathesis_finds_no_server_error(stack):
+    cli = Path(sys.executable).parent / "schemathesis"
+    args = [str(cli), "run", stack.url + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25"]
+    args += ["--seed", "1", "--request-timeout", "30", "-H", "Authorization: Bearer key-acme"]
+    args += ["--phases", "examples,coverage,fuzzing"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "passed" in r.stdout and "failed" not in r.stdout.split("SUMMARY")[-1]
