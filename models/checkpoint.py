@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from .nets import ARCHITECTURES, Base
-from .preprocess import PREPROCESSING
+from .preprocess import KINDS, PREPROCESSING
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 OPTIONAL = ("tune_step_sizes.",)  # a checkpoint without them keeps their hand-set initial values
@@ -38,7 +38,7 @@ def load(path: Path) -> tuple[Base, dict]:
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     prepared = meta.get("data", {}).get("preprocessing")
-    if meta["architecture"] == "conv4" and prepared != PREPROCESSING:
+    if meta["architecture"] == "conv4" and prepared not in KINDS:
         raise ValueError(
             f"{path.name} was trained on images prepared as {prepared or 'an unrecorded box resize'}, but this "
             f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it"

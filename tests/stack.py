@@ -109,7 +109,7 @@ class Stack:
         return w
 
     def start_api(self) -> None:
-        self._spawn(
+        self.api = self._spawn(
             [
                 sys.executable,
                 "-m",
@@ -124,6 +124,11 @@ class Stack:
             "api",
         )
         wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, 60, "api")
+
+    def restart_api(self) -> None:
+        os.killpg(self.api.pid, signal.SIGTERM)
+        self.api.wait(30)
+        self.start_api()
 
     def wait_ready(self, timeout: float = 60) -> None:
         wait_until(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, timeout, "readyz")

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     api_keys: str = ""  # "tenant:key,tenant2:key2"
     metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
 
-    models_dir: str = ""  # directories of bases to serve, ":"-separated; default the shipped checkpoints
+    models_dir: str = ""  # directories of bases to serve, ":"-separated ("shipped": the committed ones); default shipped
     models_poll_seconds: float = 2.0  # how often a directory is looked at again for new or replaced bases
 
     max_body_bytes: int = 8 * 2**20
@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
 
     def models_dirs(self) -> list[Path]:
-        return [Path(d) for d in self.models_dir.split(":") if d] or [CHECKPOINT_DIR]
+        dirs = [CHECKPOINT_DIR if d == "shipped" else Path(d) for d in self.models_dir.split(":") if d]
+        return dirs or [CHECKPOINT_DIR]
 
     @property
     def heartbeat_window(self) -> float:

@@ -28,7 +28,7 @@ from .. import checkpoint, registry, runtime
 from ..adapt import MODES, adapt, choose_mode, predict
 from ..nets import Base
 from ..preprocess import decode_image
-from . import glyphs, omniglot, sinusoid
+from . import folder, glyphs, omniglot, sinusoid
 from .baselines import Classifier, classic_finetune
 
 
@@ -57,6 +57,7 @@ def evaluate_classification(args, sampler, title: str) -> dict:
     and scratch baselines on the same episodes."""
     model, _ = registry.load_path(Path(args.dir) / args.base)
     transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
+    kwargs = json.loads((Path(args.dir) / f"{args.base}.json").read_text())["architecture_kwargs"]
     steps = model.default_steps  # the baselines' budget: the fast mode's steps
     results = {}
     for protocol in args.protocols.split(","):
@@ -78,7 +79,7 @@ def evaluate_classification(args, sampler, title: str) -> dict:
             scores.setdefault(f"{args.base}, auto (the default request)", []).append(final[chosen[-1]])
             torch.manual_seed(args.seed * 1_000_003 + i)
             scratch = classic_finetune(
-                Classifier(type(model)(), n_way), sx, sy, steps, args.scratch_lr, "classification"
+                Classifier(type(model)(**kwargs), n_way), sx, sy, steps, args.scratch_lr, "classification"
             )
             head_only = lambda m: m.head.parameters()
             tuned = classic_finetune(
@@ -239,7 +240,12 @@ def main(argv=None) -> None:
     g.add_argument("--protocols", default="10x1,10x5", help="comma-separated WAYSxSHOTS")
     g.add_argument("--split", default="test", choices=list(glyphs.SPLITS))
     g.add_argument("--queries", type=int, default=10)
-    for q in (o, g):
+    f = sub.add_parser("folder", help="N-way K-shot episodes of your own images (the base's held-out split)")
+    f.add_argument("--data", required=True, type=Path, help="the folder the base was trained from")
+    f.add_argument("--protocols", default="5x1,5x5", help="comma-separated WAYSxSHOTS")
+    f.add_argument("--split", default="test", choices=["train", "val", "test"])
+    f.add_argument("--queries", type=int, default=5)
+    for q in (o, g, f):
         q.add_argument("--base", default="omniglot-conv4")
         q.add_argument("--transfer", default="omniglot-transfer")
         q.add_argument(
@@ -265,7 +271,7 @@ def main(argv=None) -> None:
         default=1e-2,
         help="Adam lr of the transfer baseline's new head (chosen on seed-123 tasks)",
     )
-    for q in (o, g, s):
+    for q in (o, g, f, s):
         q.add_argument("--episodes", type=int, default=600)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--dir", default=common["dir"])
@@ -298,6 +304,17 @@ def main(argv=None) -> None:
         write_report(
             args, evaluate_classification(args, glyphs.EpisodeSampler(glyphs.load(), args.split), "glyphs"), "glyphs"
         )
+    elif args.command == "folder":
+        meta = json.loads((Path(args.dir) / f"{args.base}.json").read_text())
+        channels, _, size = meta["input"]["shape"]
+        data = folder.load(args.data, size, channels)
+        names = meta["data"]["splits"][args.split]  # the split the base recorded, by class name
+        sampler = folder.EpisodeSampler(data, [data.classes.index(n) for n in names])
+        args.protocol_text = (
+            f"episodes of the {args.split} split of {args.data} ({len(names)} classes), "
+            f"{args.queries} queries per class"
+        )
+        write_report(args, evaluate_classification(args, sampler, "folder"), "folder")
     elif args.command == "sinusoid":
         args.protocol_text = f"fresh tasks (amplitude 0.1-5, phase 0-pi, x in -5..5), {args.queries} query points"
         write_report(args, evaluate_sinusoid(args))

@@ -234,3 +234,20 @@ def auto_record(ds: Omniglot, split: str) -> dict:
         "solid_ink_threshold": round(torch.quantile(solid_ink(x), 0.99).item(), 5),
         "threshold_from": f"the 99th percentile of solid_ink over the {len(x)} training drawings ({split})",
     }
+
+
+def input_record() -> dict:
+    """The `input` of an Omniglot base's JSON: what the service takes and how it prepares it."""
+    return {
+        "kind": "image",
+        "shape": [1, SIDE, SIDE],
+        "range": [0.0, 1.0],
+        "encodings": ["array", "png", "jpeg"],
+        "preprocessing": {
+            "kind": PREPROCESSING,
+            "description": "PNG or JPEG of any size: grayscale, ink dark on light (an image with a dark frame is "
+            "inverted), the longer side brought to Omniglot's 105-pixel canvas and padded to a square, a 112-pixel "
+            "window centred on the ink's centre of mass (moved only as far as keeps every stroke in) reduced 4x4 "
+            "to 28x28, ink 1.0 on paper 0.0 (models/preprocess.py). Arrays are taken as already prepared.",
+        },
+    }

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from .. import checkpoint, runtime
 from ..adapt import adapt
+from ..augment import affine_jitter
 from ..nets import Base, Conv4, SinusoidMLP
-from ..preprocess import PREPROCESSING
-from . import omniglot, sinusoid
+from ..preprocess import PREPROCESSING, RESIZED
+from . import folder, omniglot, sinusoid
 
 ALGORITHMS = ("maml", "fomaml", "metasgd")
 FINE_TUNE = {
@@ -76,6 +77,33 @@ class OmniglotFamily(Family):
         return correct / len(self.val_tasks)
 
 
+class FolderFamily(OmniglotFamily):
+    """Your images (models/research/folder.py): episodes of the training split's classes with
+    the affine jitter; validation on the validation split, 5-way 1-shot (fewer ways where the
+    split has fewer classes)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.data = folder.load(args.data, args.size, 3 if args.color == "rgb" else 1)
+        self.splits = folder.splits(self.data, args.seed)
+        classes = [c for s in args.train_split.split("+") for c in self.splits[s]]
+        self.keep_last = "val" in args.train_split.split("+")
+        self.train = folder.EpisodeSampler(self.data, classes, jitter=True)
+        self.val = folder.EpisodeSampler(self.data, self.splits["val"])
+        self.ways = min(args.ways, self.train.max_ways())
+        val_ways = min(5, self.val.max_ways())
+        self.metric = f"val {val_ways}-way 1-shot accuracy" + (" (classes seen in training)" if self.keep_last else "")
+        gen = torch.Generator().manual_seed(10_000 + args.seed)
+        self.val_tasks = [
+            [t.to(args.device) for t in self.val.sample(val_ways, 1, 5, gen)] for _ in range(args.val_tasks)
+        ]
+
+    def train_batch(self, gen):
+        a = self.args
+        eps = [self.train.sample(self.ways, a.shots, a.queries, gen) for _ in range(a.meta_batch)]
+        return [torch.stack(t) for t in zip(*eps)]
+
+
 class SinusoidFamily(Family):
     metric = "val -MSE after default steps"
 
@@ -98,7 +126,14 @@ def architecture_kwargs(args) -> dict:
     kwargs = {"steps": args.steps, "step_size": args.step_size}
     if args.family.startswith("omniglot"):
         return kwargs
+    if args.family.startswith("folder"):
+        return kwargs | {"in_channels": 3 if args.color == "rgb" else 1, "size": args.size}
     return kwargs | ({"adapt": args.adapt} if args.family == "sinusoid" else {})
+
+
+def training_record(args) -> dict:
+    """The command's arguments, as the JSON records them."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
 
 
 def step_weights(steps: int) -> torch.Tensor:
@@ -112,9 +147,9 @@ def step_weights(steps: int) -> torch.Tensor:
 def meta_train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    if args.family == "omniglot":
+    if args.family in ("omniglot", "folder"):
         model = Conv4(**architecture_kwargs(args))
-        family = OmniglotFamily(args)
+        family = (OmniglotFamily if args.family == "omniglot" else FolderFamily)(args)
     else:
         model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
     if args.init:
@@ -182,7 +217,7 @@ def meta_train(args) -> None:
 
 
 def save(model: Base, args, family: Family, best: float, log: dict, started: float, skipped: int) -> None:
-    arch = "conv4" if args.family == "omniglot" else "mlp"
+    arch = "conv4" if args.family in ("omniglot", "folder") else "mlp"
     meta = {
         "name": args.name,
         "task": model.task,
@@ -200,7 +235,7 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
             }
             for n, a in model.step_sizes.items()
         },
-        "training": {k: v for k, v in vars(args).items() if k != "func"},
+        "training": training_record(args),
         "training_seconds_to_best": round(time.time() - started, 1),
         "best_iteration": log["iteration"][-1],
         "skipped_non_finite_batches": skipped,
@@ -221,55 +256,82 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
         meta["max_ways"] = model.max_ways
         meta["auto"] = family.auto
         meta["fine_tune"] = FINE_TUNE
+        meta["input"] = omniglot.input_record()
+    if args.family == "folder":
+        meta["data"] = folder_data_record(family.data, family.splits, args.train_split)
+        meta["max_ways"] = model.max_ways
+        meta["fine_tune"] = FINE_TUNE
+        meta["input"] = folder.input_record(args.size, model.input_shape[0])
     checkpoint.save(model, meta, Path(args.out) / args.name)
 
 
+def folder_data_record(data, splits: dict, trained_on: str) -> dict:
+    return {
+        "root": str(data.root),
+        "images": len(data.files),
+        "sha256": folder.content_sha256(data),
+        "splits": {s: [data.classes[c] for c in cs] for s, cs in splits.items()},
+        "trained_on": trained_on,
+        "preprocessing": RESIZED,
+    }
+
+
 def train_transfer(args) -> None:
-    """Plain transfer baselines: supervised pre-training of the same network on
-    all meta-train data, saved as a checkpoint of the same architecture for the
-    evaluation's transfer baseline. Omniglot: a classifier over every meta-train
-    class (rotations as classes, with jitter). Sinusoid: regression on points
-    pooled from random tasks."""
+    """Plain transfer baselines: supervised pre-training of the same network on all meta-train
+    data, saved as a checkpoint of the same architecture for the evaluation's transfer baseline
+    (`"serve": false`). Omniglot: a classifier over every meta-train character and its rotations
+    (with jitter); a folder: over every training class (with jitter). Sinusoid: regression on
+    points pooled from random tasks."""
     if args.family == "sinusoid-transfer":
         return train_sinusoid_transfer(args)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    ds = omniglot.load()
-    chars = ds.chars_of(omniglot.alphabets_of(args.train_split))
-    keep = torch.isin(ds.char, torch.tensor(chars))
-    x, c = ds.images[keep], ds.char[keep]
-    remap = {ch: i for i, ch in enumerate(chars)}
+    if args.family == "omniglot-transfer":
+        ds = omniglot.load()
+        classes = ds.chars_of(omniglot.alphabets_of(args.train_split))
+        x, c, rotations = ds.images, ds.char, 4
+        data = {
+            "sha256": omniglot.data_checksums(),
+            "splits": omniglot.SPLITS,
+            "trained_on": args.train_split,
+            "preprocessing": PREPROCESSING,
+        }
+        extra = {"input": omniglot.input_record()}
+    else:
+        fd = folder.load(args.data, args.size, 3 if args.color == "rgb" else 1)
+        splits = folder.splits(fd, args.seed)
+        classes = [c for s in args.train_split.split("+") for c in splits[s]]
+        x, c, rotations = fd.images, fd.label, 1
+        data = folder_data_record(fd, splits, args.train_split)
+        extra = {"input": folder.input_record(args.size, x.shape[1])}
+    keep = torch.isin(c, torch.tensor(classes))
+    x, c = x[keep], c[keep]
+    remap = {ch: i for i, ch in enumerate(classes)}
     labels = torch.tensor([remap[int(v)] for v in c])
     model = Conv4(**architecture_kwargs(args))
-    head = nn.Linear(model.dim, 4 * len(chars))
+    head = nn.Linear(model.dim, rotations * len(classes))
     opt = torch.optim.Adam([*model.body.parameters(), *head.parameters()], lr=args.lr)
-    n = x.shape[0]
     for _ in tqdm(range(args.epochs), desc="transfer pre-training"):
-        for idx in torch.randperm(n, generator=gen).split(128):
-            rot = torch.randint(4, (len(idx),), generator=gen)
+        for idx in torch.randperm(x.shape[0], generator=gen).split(128):
+            rot = torch.randint(rotations, (len(idx),), generator=gen)
             xb = torch.stack([torch.rot90(x[i], int(r), dims=(1, 2)) for i, r in zip(idx, rot)])
-            xb = omniglot.affine_jitter(xb, gen)
-            loss = F.cross_entropy(head(model.embed(xb)), labels[idx] * 4 + rot)
+            loss = F.cross_entropy(head(model.embed(affine_jitter(xb, gen))), labels[idx] * rotations + rot)
             opt.zero_grad()
             loss.backward()
             opt.step()
     meta = {
         "name": args.name,
         "task": "classification",
-        "family": "omniglot",
+        "family": args.family.removesuffix("-transfer"),
         "architecture": "conv4",
         "architecture_kwargs": architecture_kwargs(args),
         "algorithm": "transfer",
+        "serve": False,
         "default_steps": args.steps,
-        "training": {k: v for k, v in vars(args).items() if k != "func"},
-        "data": {
-            "sha256": omniglot.data_checksums(),
-            "splits": omniglot.SPLITS,
-            "trained_on": args.train_split,
-            "preprocessing": PREPROCESSING,
-        },
+        "training": training_record(args),
+        "data": data,
         "max_ways": model.max_ways,
-    }
+    } | extra
     checkpoint.save(model, meta, Path(args.out) / args.name)
     print(f"saved {Path(args.out) / args.name}.safetensors")
 
@@ -292,8 +354,9 @@ def train_sinusoid_transfer(args) -> None:
         "architecture": "mlp",
         "architecture_kwargs": {"steps": args.steps, "step_size": args.step_size},
         "algorithm": "transfer",
+        "serve": False,
         "default_steps": args.steps,
-        "training": {k: v for k, v in vars(args).items() if k != "func"},
+        "training": training_record(args),
     }
     checkpoint.save(model, meta, Path(args.out) / args.name)
     print(f"saved {Path(args.out) / args.name}.safetensors")
@@ -320,7 +383,13 @@ def plot_curves(log: dict, metric: str, path: Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("family", choices=["omniglot", "sinusoid", "omniglot-transfer", "sinusoid-transfer"])
+    p.add_argument(
+        "family",
+        choices=["omniglot", "sinusoid", "folder", "omniglot-transfer", "sinusoid-transfer", "folder-transfer"],
+    )
+    p.add_argument("--data", type=Path, help="folder: ROOT/<class>/*.png or ROOT/<group>/<class>/*.png")
+    p.add_argument("--size", type=int, default=64, help="folder: image side, 28 to 84 pixels")
+    p.add_argument("--color", choices=["rgb", "gray"], default="rgb", help="folder: RGB or grayscale input")
     p.add_argument("--name", required=True, help="checkpoint name, e.g. omniglot-conv4")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="metasgd")
     p.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
