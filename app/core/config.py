@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     api_keys: str = ""  # "tenant:key,tenant2:key2"
     metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
 
-    models_dir: str = ""  # directories of bases to serve, ":"-separated ("shipped": the committed ones); default shipped
+    models_dir: str = ""  # directories of bases to serve, ":"-separated, "shipped" = the committed ones (default)
     models_poll_seconds: float = 2.0  # how often a directory is looked at again for new or replaced bases
 
     max_body_bytes: int = 8 * 2**20
