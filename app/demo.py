@@ -9,9 +9,11 @@ accuracy; then fits a sinusoid from 5 points and prints the MSE.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,6 +31,22 @@ def omniglot_task(seed: int, n_way: int = 20, n_query: int = 5, split: str = "te
     png = lambda i: image_input(omniglot.original_png(ds.files[i]))
     support = [{"input": png(i), "label": name(i)} for i, _, _ in support_ids]
     return support, [png(i) for i, _, _ in query_ids], [name(i) for i, _, _ in query_ids]
+
+
+def page_examples(per_character: int = 2, seed: int = 0) -> dict:
+    """Drawings of the test alphabets (never trained on) for the page's "random episode" button:
+    {alphabet: {character: [PNG base64, ...]}}, `per_character` drawers each."""
+    ds = omniglot.load()
+    sampler = omniglot.EpisodeSampler(ds, "test")
+    gen = torch.Generator().manual_seed(seed)
+    out: dict = {}
+    for c, ids in sorted(sampler.by_char.items()):
+        alphabet_name, character = ds.char_names[c].split("/")
+        picks = ids[torch.randperm(len(ids), generator=gen)[:per_character]].tolist()
+        out.setdefault(alphabet_name, {})[character] = [
+            image_input(omniglot.original_png(ds.files[i]))["image"] for i in picks
+        ]
+    return out
 
 
 def alphabet(labels: list[str]) -> str:
@@ -53,7 +71,11 @@ def main(argv=None) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--key", default="demo-key")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-page-examples", metavar="PATH", help="write the page's example drawings there, and stop")
     args = p.parse_args(argv)
+    if args.write_page_examples:
+        Path(args.write_page_examples).write_text(json.dumps(page_examples(), separators=(",", ":")))
+        return
     with Client(args.url, api_key=args.key) as c:
         support, queries, truth = omniglot_task(args.seed)
         t = time.perf_counter()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis (apt), a virtual
-# environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local wheel where pip's
-# configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), and the project.
+# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, Chromium and its driver, the Noto
+# fonts (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
+# wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the project
+# and its client package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -9,7 +10,12 @@ apt_install() {
   echo "setup: installing $* (apt-get)"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$@" >/dev/null
 }
-command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)          # the page's browser tests
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -f /usr/share/fonts/truetype/noto/NotoSansThai-Thin.ttf ] || need+=(fonts-noto-core fonts-noto-extra)  # glyphs benchmark
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
 fi

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..core.config import Settings
 from ..core.jobs import Queue
@@ -32,7 +33,12 @@ async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
-async def get_tenant(request: Request, authorization: str | None = Header(None, description="Bearer KEY")) -> str:
+bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer KEY`")
+
+
+async def get_tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
     """The caller's tenant from `Authorization: Bearer KEY` (or "public" with auth off)."""
     if request.app.state.settings.auth == "off":
         request.state.tenant = "public"
@@ -40,9 +46,9 @@ async def get_tenant(request: Request, authorization: str | None = Header(None, 
     unauthorized = lambda message: ApiError(  # noqa: E731
         401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"}
     )
-    if not authorization or not authorization.lower().startswith("bearer "):
+    if credentials is None or not credentials.credentials:
         raise unauthorized("send Authorization: Bearer KEY")
-    given = authorization[7:].strip().encode()
+    given = credentials.credentials.strip().encode()
     for key, name in request.app.state.tenants.items():
         if hmac.compare_digest(given, key.encode()):
             request.state.tenant = name  # for the request log

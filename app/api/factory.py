@@ -18,7 +18,7 @@ from ..core.adaptation import warm_up
 from ..core.config import Settings, get_settings
 from ..core.jobs import Queue
 from ..core.store import Store
-from . import metrics, routes
+from . import metrics, pages, routes
 from .errors import install_error_handlers
 from .middleware import Observe
 from .predictor import Predictor
@@ -27,8 +27,16 @@ log = logging.getLogger("rapid_adapt.api")
 
 DESCRIPTION = (
     "Post a small labelled support set for a new task; a worker adapts a meta-trained base in a few learned "
-    "gradient steps; ask for predictions on query data."
+    "gradient steps; ask for predictions on query data. Every error answers "
+    '`{"error": {"code", "message", "details"}}`, details naming the offending field. '
+    "Authorize with an API key (`Authorization: Bearer KEY`). The page to try it is at `/`."
 )
+TAGS = [
+    {"name": "models", "description": "The meta-trained bases, their inputs, limits, versions and meta-test figures."},
+    {"name": "adaptations", "description": "Adaptation jobs: create, list, get, cancel, follow, delete."},
+    {"name": "predictions", "description": "Answers from an adaptation's weights."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,7 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
         yield
 
-    app = FastAPI(title="Rapid Adapt", version="1.0.0", lifespan=lifespan, description=DESCRIPTION)
+    app = FastAPI(
+        title="Rapid Adapt",
+        version="1.1.0",
+        lifespan=lifespan,
+        description=DESCRIPTION,
+        docs_url=None,  # served by pages.py from local assets
+        redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: create_adaptation, ...
+        openapi_tags=TAGS,
+    )
     app.state.settings, app.state.tenants = settings, tenants
     app.state.store = Store(settings)
     app.state.queue = Queue(settings)
@@ -56,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from_redis.register(metrics.StoreCollector(app.state.store, app.state.queue, settings.heartbeat_window))
     app.state.metrics_registries = [metrics.process_registry(), from_redis]
     routes.include(app)
+    pages.include(app)
     install_error_handlers(app)
     app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
     return app

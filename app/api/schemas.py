@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Annotated, Any, Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 SAFE_INT = 2**53 - 1  # the integers every JSON client (JavaScript's too) reads exactly
@@ -17,6 +20,18 @@ Metadata = Annotated[
     dict[MetadataKey, MetadataValue],
     Field(max_length=16, description="up to 16 string pairs (keys 1-64 characters, values up to 512)"),
 ]
+
+
+def example_png(horizontal: bool) -> str:
+    """A real 28x28 PNG of one stroke, for examples that work when tried in /docs."""
+    img = Image.new("L", (28, 28), 255)
+    img.paste(0, (4, 12, 24, 16) if horizontal else (12, 4, 16, 24))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+BAR, DASH = example_png(False), example_png(True)
 
 
 class ImageInput(BaseModel):
@@ -57,9 +72,10 @@ class AdaptationCreate(BaseModel):
                 {
                     "model": "omniglot-conv4",
                     "support": [
-                        {"input": {"image": "iVBORw0KGgo..."}, "label": "alpha"},
-                        {"input": {"image": "iVBORw0KGgo..."}, "label": "beta"},
+                        {"input": {"image": BAR}, "label": "bar"},
+                        {"input": {"image": DASH}, "label": "dash"},
                     ],
+                    "metadata": {"source": "docs"},
                 },
             ]
         },
@@ -81,10 +97,26 @@ class AdaptationCreate(BaseModel):
     metadata: Metadata | None = Field(None, description="your own string pairs, returned everywhere, filterable")
 
 
+ERROR_CODES = (
+    # 401, 404, 405, 408, 409, 413
+    "unauthorized", "not_found", "unknown_model", "method_not_allowed", "body_timeout", "not_ready",
+    "adaptation_failed", "adaptation_cancelled", "adaptation_finished", "base_changed", "idempotency_conflict",
+    "body_too_large",
+    # 422
+    "invalid_request", "invalid_json", "invalid_shape", "invalid_input", "non_finite", "invalid_image",
+    "image_too_large", "too_many_pixels", "missing_label", "missing_target", "unexpected_label", "unexpected_target",
+    "invalid_target", "ambiguous_labels", "too_few_classes", "too_many_classes", "too_many_examples", "empty_support",
+    "empty_inputs", "too_many_inputs", "invalid_steps", "invalid_ttl", "invalid_wait", "invalid_cursor",
+    "invalid_filter",
+    # 429, 503, 507
+    "quota_exceeded", "rate_limited", "unavailable", "timeout", "storage_full", "http_error",
+)  # fmt: skip
+
+
 class ErrorInfo(BaseModel):
-    code: str
-    message: str
-    details: list[Any] = []
+    code: str = Field(description="machine-readable", json_schema_extra={"enum": list(ERROR_CODES)})
+    message: str = Field(description="for people")
+    details: list[Any] = Field([], description='the offending field, e.g. ["support", 3, "input"]')
 
 
 class ErrorBody(BaseModel):
@@ -182,7 +214,9 @@ class EventList(BaseModel):
 
 
 class PredictionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0], [1.5]]}]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"inputs": [{"image": BAR}]}, {"inputs": [[0.0], [1.5]]}]}
+    )
     inputs: list[Input] = Field(description=INPUT_DOC)
 
 

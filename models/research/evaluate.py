@@ -219,7 +219,8 @@ def omniglot_runs(args) -> float:
         sx = torch.stack([image(c) for c in classes])
         qx = torch.stack([image(t) for t, _ in pairs])
         truth = torch.tensor([classes.index(c) for _, c in pairs])
-        fast = adapt(model, sx, torch.arange(len(classes))).fast
+        sy = torch.arange(len(classes))
+        fast = adapt(model, sx, sy, mode=choose_mode(model, sx, sy)).fast  # what a default request runs
         wrong = (predict(model, fast, qx).argmax(-1) != truth).float().mean().item()
         errors.append(wrong)
         print(f"{run.name}: error {100 * wrong:.1f}%")

@@ -20,6 +20,18 @@ from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wa
 from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
 
 router = APIRouter(prefix="/v1", tags=["adaptations"])
+QUEUED = {
+    "id": "ad_5f0c3e9a1b2c4d5e6f708192a3b4c5d6",
+    "status": "queued",
+    "model": "omniglot-conv4",
+    "model_version": "3f2a9c0d1e4b5a67",
+    "classes": ["bar", "dash"],
+    "mode": "auto",
+    "steps": None,
+    "metadata": {"source": "docs"},
+    "created_at": "2026-12-03T12:00:00.000Z",
+    "expires_at": "2026-12-03T13:00:00.000Z",
+}
 WAIT = Query(None, description="hold the answer until the job ends, at most 30 s")
 
 
@@ -30,8 +42,11 @@ WAIT = Query(None, description="hold the answer until the job ends, at most 30 s
     summary="Queue an adaptation",
     responses={
         200: {"model": Adaptation, "description": "?wait= and the job ended"},
+        202: {"description": "queued", "content": {"application/json": {"example": QUEUED}}},
         409: {"model": ErrorBody},
         413: {"model": ErrorBody},
+        429: {"model": ErrorBody, "description": "quota_exceeded, naming the limit; Retry-After"},
+        507: {"model": ErrorBody, "description": "storage_full; Retry-After"},
     },
 )
 def create_adaptation(
