@@ -274,9 +274,13 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
 def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     """n adaptations written straight through the store (the worker's output format),
     so the 10,000-adaptation load test does not wait for 10,000 jobs."""
-    store = Store(
-        Settings(redis_url=stack.env["RAPID_ADAPT_REDIS_URL"], broker_url=stack.env["RAPID_ADAPT_BROKER_URL"])
+    settings = Settings(
+        redis_url=stack.env["RAPID_ADAPT_REDIS_URL"],
+        broker_url=stack.env["RAPID_ADAPT_BROKER_URL"],
+        tenant_max_adaptations=10**6,
+        tenant_max_bytes=2**40,
     )
+    store = Store(settings)
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         template = c.post("/v1/adaptations?wait=10", json=body).json()
     record = store.get(template["id"])
@@ -285,7 +289,7 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     ids = []
     for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
         r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
-        store.create(r, support, 3600)
+        store.create(r, support, 3600, schedule=False)
         store.update(r["id"], status="succeeded")
         store.put_weights(r["id"], fast, 3600)
         ids.append(r["id"])
@@ -428,7 +432,13 @@ def main(argv=None) -> None:
     res["adapt"] = bench_adapt_compute(args.reps)
     os.environ.setdefault("WEB_CONCURRENCY", "2")  # uvicorn worker processes: the GIL, not the cores, limits one
     threads = int(os.environ.get("RAPID_ADAPT_TORCH_THREADS", "1"))
-    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=threads).start()
+    quotas = {
+        "tenant_max_jobs": 100_000,
+        "tenant_max_adaptations": 100_000,
+        "tenant_max_bytes": 2**40,
+        "tenant_predict_images_per_second": 10**9,
+    }  # the benchmark measures speed, not the quotas
+    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=threads, **quotas).start()
     try:
         res["e2e"] = bench_end_to_end(stack, args.jobs)
         res["predict"] = bench_prediction(stack, args.reps, args.seconds)

@@ -135,9 +135,11 @@ class Registry:
         self.scanned = 0.0
         self.lock = threading.RLock()
 
-    def scan(self, force: bool = False) -> None:
+    def scan(self, soon: bool = False) -> None:
+        """Re-read the directories if the last scan is older than `poll_seconds` (with `soon`,
+        older than a tenth of a second: a version asked for by name may have just been published)."""
         with self.lock:
-            if not force and time.monotonic() - self.scanned < self.poll_seconds:
+            if time.monotonic() - self.scanned < (min(0.1, self.poll_seconds) if soon else self.poll_seconds):
                 return
             self.scanned = time.monotonic()
             found: dict[str, Entry] = {}
@@ -168,11 +170,18 @@ class Registry:
         self.scan()
         return tuple(sorted(self.entries))
 
+    def holds(self, name: str, version: str) -> bool:
+        current = self.entries.get(name)
+        held = [v for v, *_ in self.loaded.get(name, [])]
+        return (current is not None and current.version == version) or version in held
+
     def load(self, name: str, version: str | None = None) -> tuple[Base, dict]:
         """-> (model, spec) of the current version, or of `version` (BaseChanged when that
         version is neither current nor still in memory). KeyError for an unknown name."""
         self.scan()
         with self.lock:
+            if version is not None and not self.holds(name, version):
+                self.scan(soon=True)  # another process (the API) may have seen it published first
             held = self.loaded.get(name, [])
             entry = self.entries.get(name)
             for v, model, spec in held:

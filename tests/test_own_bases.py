@@ -209,3 +209,15 @@ def test_a_base_file_changing_under_the_registry_never_mixes_versions(trained, t
     assert reg.load("shapes-base", spec1["version"])[0] is model1  # still held
     with pytest.raises(registry.BaseChanged):
         registry.Registry([tmp_path]).load("shapes-base", spec1["version"])
+
+
+def test_a_version_published_after_the_last_scan_is_found_when_asked_for(trained, tmp_path):
+    """The API may see a new version before a worker's next poll: the worker looks again at once."""
+    tmp, _ = trained
+    publish(tmp / "v1", tmp_path)
+    worker = registry.Registry([tmp_path], poll_seconds=3600)
+    assert worker.load("shapes-base")[1]["version"] == registry.version_of(tmp_path / "shapes-base")
+    publish(tmp / "v2", tmp_path)
+    v2 = registry.version_of(tmp_path / "shapes-base")
+    time.sleep(0.15)
+    assert worker.load("shapes-base", v2)[1]["version"] == v2

@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import stats
+from app.core import heartbeats, stats
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME
+from app.core.scheduler import max_running
 from app.core.store import Store, event
 from models import registry
 
@@ -54,11 +55,15 @@ def adapt_job(self, hint: str | None = None, resume: list | None = None) -> str:
     claimed = resume
     try:
         if claimed is None:
-            got = s.scheduler.claim(worker)
+            settings = get_settings()
+            got = s.scheduler.claim(worker, max_running(len(heartbeats.alive(s.r, settings.heartbeat_window))))
             if got is None:
                 return "idle"  # every pending job was taken by other tickets
             claimed = list(got)
-        return run(s, *claimed, worker)
+        outcome = run(s, *claimed, worker)
+        if s.scheduler.pending():  # a job a tenant's limit held back gets a ticket now, not at the reaper's turn
+            app.send_task(TASK_NAME, args=[None])
+        return outcome
     except TRANSIENT as exc:
         log.warning("redis unavailable, retrying", extra={"adaptation_id": claimed and claimed[0], "error": str(exc)})
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 10), args=[hint, claimed]) from None

@@ -5,7 +5,9 @@ tenant's pending list and sends one ticket; a worker holding a ticket claims the
 job of the next tenant in a rotation (`claim`), so one tenant's backlog delays another
 tenant's job by at most one job per worker, however long the backlog.
 
-A claimed job is in flight, with the worker that holds it and a beat the job refreshes
+With two or more workers, one tenant runs at most all of them but one at a time
+(`max_running`), so another tenant's job starts at once even while a tenant's long jobs
+keep the other workers busy. A claimed job is in flight, with the worker that holds it and a beat the job refreshes
 at each step. `reap`, run by every live worker in turn, puts back at the front of its
 tenant's line a job whose worker stopped sending heartbeats or whose beat is older
 than `stale_seconds`, and sends tickets for pending jobs that have none. So a killed
@@ -13,8 +15,8 @@ worker's job resumes within seconds, not after Celery's visibility timeout, and 
 job is left `running` without a live worker holding it.
 
 Keys (the store's Redis): ra:p:{tenant} pending ids, oldest first; ra:rr the rotation
-of tenants with pending jobs; ra:inflight id -> {worker, tenant, beat}; ra:j:{tenant}
-the tenant's queued and running ids (its quota of jobs)."""
+of tenants with pending jobs; ra:inflight id -> {worker, tenant, beat}; ra:run:{tenant}
+the ids it runs; ra:j:{tenant} its queued and running ids (its quota of jobs)."""
 
 from __future__ import annotations
 
@@ -27,18 +29,25 @@ from . import heartbeats
 
 ROTATION, INFLIGHT = "ra:rr", "ra:inflight"
 
-# ARGV: worker, now. -> {id, tenant} of the claimed job, or nil when nothing is pending.
+# ARGV: worker, now, the most jobs one tenant may run at once. -> {id, tenant} of the claimed job, or nil.
+# A tenant at its limit keeps its turn in the rotation and its jobs in line.
 _CLAIM = """
 local n = redis.call('LLEN', KEYS[1])
 for _ = 1, n do
   local tenant = redis.call('LPOP', KEYS[1])
   if not tenant then return nil end
   local pending = 'ra:p:' .. tenant
-  local aid = redis.call('LPOP', pending)
-  if redis.call('LLEN', pending) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
-  if aid then
-    redis.call('HSET', KEYS[2], aid, cjson.encode({worker = ARGV[1], tenant = tenant, beat = tonumber(ARGV[2])}))
-    return {aid, tenant}
+  local running = 'ra:run:' .. tenant
+  if redis.call('SCARD', running) >= tonumber(ARGV[3]) then
+    redis.call('RPUSH', KEYS[1], tenant)
+  else
+    local aid = redis.call('LPOP', pending)
+    if redis.call('LLEN', pending) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
+    if aid then
+      redis.call('HSET', KEYS[2], aid, cjson.encode({worker = ARGV[1], tenant = tenant, beat = tonumber(ARGV[2])}))
+      redis.call('SADD', running, aid)
+      return {aid, tenant}
+    end
   end
 end
 return nil
@@ -50,6 +59,7 @@ local pending = 'ra:p:' .. ARGV[2]
 if ARGV[3] == '1' then redis.call('LPUSH', pending, ARGV[1]) else redis.call('RPUSH', pending, ARGV[1]) end
 if not redis.call('LPOS', KEYS[1], ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[2]) end
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('SREM', 'ra:run:' .. ARGV[2], ARGV[1])
 return 1
 """
 
@@ -62,6 +72,17 @@ def jobs_key(tenant: str) -> str:
     return f"ra:j:{tenant}"
 
 
+def running_key(tenant: str) -> str:
+    return f"ra:run:{tenant}"
+
+
+def max_running(workers_alive: int) -> int:
+    """How many jobs one tenant may run at once: all workers but one (at least one), so that
+    with two or more workers another tenant's job never waits for a busy tenant's jobs.
+    Workers are counted by heartbeat (one per host name): each runs with --concurrency 1."""
+    return max(1, workers_alive - 1)
+
+
 class Scheduler:
     def __init__(self, r: redis.Redis):
         self.r = r
@@ -71,9 +92,10 @@ class Scheduler:
     def enqueue(self, aid: str, tenant: str, front: bool = False) -> None:
         self._enqueue(keys=[ROTATION, INFLIGHT], args=[aid, tenant, "1" if front else "0"])
 
-    def claim(self, worker: str) -> tuple[str, str] | None:
-        """-> (id, tenant) of the next job in the rotation, now in flight; None when none is pending."""
-        got = self._claim(keys=[ROTATION, INFLIGHT], args=[worker, time.time()])
+    def claim(self, worker: str, max_running: int) -> tuple[str, str] | None:
+        """-> (id, tenant) of the next job in the rotation whose tenant runs fewer than
+        `max_running` jobs, now in flight; None when there is none."""
+        got = self._claim(keys=[ROTATION, INFLIGHT], args=[worker, time.time(), max_running])
         return None if got is None else (got[0].decode(), got[1].decode())
 
     def beat(self, aid: str, worker: str, tenant: str) -> None:
@@ -84,6 +106,7 @@ class Scheduler:
         p = self.r.pipeline(transaction=False)
         p.hdel(INFLIGHT, aid)
         p.srem(jobs_key(tenant), aid)
+        p.srem(running_key(tenant), aid)
         p.execute()
 
     def forget(self, aid: str, tenant: str) -> None:
@@ -92,6 +115,7 @@ class Scheduler:
         p.lrem(pending_key(tenant), 0, aid)
         p.hdel(INFLIGHT, aid)
         p.srem(jobs_key(tenant), aid)
+        p.srem(running_key(tenant), aid)
         p.execute()
 
     def active(self, tenant: str) -> int:

@@ -105,10 +105,17 @@ class Store:
 
     # ---- adaptations -------------------------------------------------------
     def create(
-        self, record: dict, support: dict[str, torch.Tensor], ttl: int, idempotency: tuple[str, str] | None = None
+        self,
+        record: dict,
+        support: dict[str, torch.Tensor],
+        ttl: int,
+        idempotency: tuple[str, str] | None = None,
+        schedule: bool = True,
     ) -> tuple[str, bool]:
-        """Store a new adaptation; with (key, fingerprint), a key seen before returns
-        (existing id, False) instead. Raises ValueError if the key was used for another request."""
+        """Store a new adaptation and put its job in line (unless `schedule` is false: a record
+        written as already done, as the benchmark seeds them); with (key, fingerprint), a key seen
+        before returns (existing id, False) instead. Raises ValueError if the key was used for
+        another request, QuotaExceeded or StorageFull before anything is written."""
         aid, tenant = record["id"], record["tenant"]
         if idempotency:
             key, fingerprint = idempotency
@@ -136,7 +143,8 @@ class Store:
         p.set(keys.support(aid), data, ex=ttl)
         p.zadd(keys.usage(tenant), {aid: len(data)})
         p.expire(keys.usage(tenant), self.max_index_ttl)
-        p.sadd(scheduler.jobs_key(tenant), aid)
+        if schedule:
+            p.sadd(scheduler.jobs_key(tenant), aid)
         p.rpush(keys.events(aid), json.dumps(event("queued")))
         p.expire(keys.events(aid), ttl)
         for index, score in (
@@ -146,7 +154,8 @@ class Store:
             p.zadd(index, {aid: score})
             p.expire(index, self.max_index_ttl)
         p.execute()
-        self.scheduler.enqueue(aid, tenant)
+        if schedule:
+            self.scheduler.enqueue(aid, tenant)
         return aid, True
 
     def check_quotas(self, tenant: str, new_bytes: int) -> None:

@@ -67,6 +67,21 @@ class _Methods:
     """The API's operations, written once. Each returns what `_run` returns: the parsed
     result for `Client`, an awaitable of it for `AsyncClient`."""
 
+    transport_class: type = httpx.Client
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        transport=None,
+    ):
+        """The URL and key default to RAPID_ADAPT_URL and RAPID_ADAPT_API_KEY."""
+        self.http = self.transport_class(**_config(base_url, api_key, timeout), transport=transport)
+        self.max_retries = max_retries
+
     def _run(self, call: Call):
         raise NotImplementedError
 
@@ -121,17 +136,7 @@ class _Methods:
 
 
 class Client(_Methods):
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        self.http = httpx.Client(**_config(base_url, api_key, timeout), transport=transport)
-        self.max_retries = max_retries
+    transport_class = httpx.Client
 
     def __enter__(self):
         return self
@@ -175,35 +180,15 @@ class Client(_Methods):
 
     def iter_adaptations(self, limit: int = 100, metadata: dict[str, str] | None = None) -> Iterator[Adaptation]:
         """Every adaptation of yours, newest first, page after page."""
-        after = None
-        while True:
-            page = self.adaptations(limit=limit, after=after, metadata=metadata)
-            yield from page["data"]
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+        return _pages(lambda after: self.adaptations(limit=limit, after=after, metadata=metadata))
 
     def iter_events(self, adaptation_id: str, after: str | None = None) -> Iterator[Event]:
-        while True:
-            page = self.events(adaptation_id, limit=100, after=after)
-            yield from page["data"]
-            if not page["has_more"]:
-                return
-            after = page["next_cursor"]
+        """The job's events, oldest first, from after `after`."""
+        return _pages(lambda cursor: self.events(adaptation_id, limit=100, after=cursor), after)
 
 
 class AsyncClient(_Methods):
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 5,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        self.http = httpx.AsyncClient(**_config(base_url, api_key, timeout), transport=transport)
-        self.max_retries = max_retries
+    transport_class = httpx.AsyncClient
 
     async def __aenter__(self):
         return self
@@ -248,6 +233,16 @@ class AsyncClient(_Methods):
             if not page["has_more"]:
                 return
             after = page["next_cursor"]
+
+
+def _pages(fetch, after: str | None = None) -> Iterator:
+    """Every item of a paged listing: fetch(after) gives a page."""
+    while True:
+        page = fetch(after)
+        yield from page["data"]
+        if not page["has_more"]:
+            return
+        after = page["next_cursor"]
 
 
 def _config(base_url: str | None, api_key: str | None, timeout: float) -> dict:

@@ -1,0 +1,168 @@
+"""The soak: `python -m bench.soak --minutes 10 --clients 8`.
+
+A stack of its own (Redis, 2 API processes, a worker), and N clients that each loop:
+create an adaptation (half Omniglot PNGs, half sinusoid points; a short TTL), wait for it,
+predict, read it, list a page, delete half of them. It reports requests, errors (every
+5xx and any answer that is not the expected one), latency p50/p99, API and worker RSS
+after a one-minute warm-up and at the end, and Redis memory at the start, at the end, and
+once the TTLs have passed. Writes bench/results/soak.md and soak.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from app.demo import omniglot_task, sinusoid_task
+from tests.stack import KEYS, Stack
+
+RESULTS = Path(__file__).parent / "results"
+TTL = 20
+
+
+def rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+        except (FileNotFoundError, StopIteration):
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        for k in kids:
+            found += [int(k), *children(int(k))]
+    return found
+
+
+def client_loop(url: str, key: str, stop: float, out: dict, seed: int) -> None:
+    rng = random.Random(seed)
+    tasks = [omniglot_task(seed=s, n_way=5, n_query=2) for s in range(3)] + [sinusoid_task(s) for s in range(3)]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        while time.monotonic() < stop:
+            support, queries, _ = rng.choice(tasks)
+            model = "omniglot-conv4" if isinstance(queries[0], dict) else "sinusoid-mlp"
+            t = time.perf_counter()
+            r = c.post("/v1/adaptations?wait=10", json={"model": model, "support": support, "ttl_seconds": TTL})
+            record(out, r, 200, t)
+            if r.status_code != 200:
+                continue
+            aid = r.json()["id"]
+            for method, path, body, expected in (
+                ("POST", f"/v1/adaptations/{aid}/predictions", {"inputs": queries}, 200),
+                ("GET", f"/v1/adaptations/{aid}", None, 200),
+                ("GET", "/v1/adaptations?limit=10", None, 200),
+            ):
+                t = time.perf_counter()
+                record(out, c.request(method, path, json=body), expected, t)
+            if rng.random() < 0.5:
+                t = time.perf_counter()
+                record(out, c.delete(f"/v1/adaptations/{aid}"), 204, t)
+
+
+def record(out: dict, r: httpx.Response, expected: int, started: float) -> None:
+    with out["lock"]:
+        out["latencies"].append((time.perf_counter() - started) * 1000)
+        out["requests"] += 1
+        out["5xx"] += r.status_code >= 500
+        out["errors"] += r.status_code != expected
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--clients", type=int, default=8)
+    args = p.parse_args(argv)
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="rapid-adapt-soak-")),
+        tenant_predict_images_per_second=100_000,
+        tenant_max_jobs=1000,
+    )
+    stack.env["WEB_CONCURRENCY"] = "2"
+    stack.start()
+    try:
+        r = redis.Redis(port=stack.redis_port)
+        api = next(p.pid for p in stack.procs if "app.serve" in " ".join(map(str, p.args)))
+        workers = lambda: [pid for w in stack.workers for pid in (w.pid, *children(w.pid))]
+        pids = lambda: ([api, *children(api)], workers())
+        mem = lambda: int(r.info("memory")["used_memory"])
+        out = {"lock": threading.Lock(), "latencies": [], "requests": 0, "5xx": 0, "errors": 0}
+        redis_start = mem()
+        stop = time.monotonic() + 60 * args.minutes
+        threads = [
+            threading.Thread(target=client_loop, args=(stack.url, KEYS["acme"], stop, out, i))
+            for i in range(args.clients)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(min(60, 30 * args.minutes))
+        api_pids, worker_pids = pids()
+        warm = {"api": rss(api_pids), "worker": rss(worker_pids), "redis": mem()}
+        print(f"soak: warmed up: {warm}", flush=True)
+        for t in threads:
+            t.join()
+        api_pids, worker_pids = pids()
+        end = {"api": rss(api_pids), "worker": rss(worker_pids), "redis": mem()}
+        time.sleep(TTL + 5)
+        after_ttl = mem()
+        lat = sorted(out["latencies"])
+        res = {
+            "minutes": args.minutes,
+            "clients": args.clients,
+            "requests": out["requests"],
+            "5xx": out["5xx"],
+            "errors": out["errors"],
+            "p50_ms": statistics.median(lat),
+            "p99_ms": lat[int(0.99 * (len(lat) - 1))],
+            "api_rss_warm": warm["api"],
+            "api_rss_end": end["api"],
+            "api_rss_growth": end["api"] / warm["api"] - 1,
+            "worker_rss_warm": warm["worker"],
+            "worker_rss_end": end["worker"],
+            "redis_start": redis_start,
+            "redis_end": end["redis"],
+            "redis_after_ttl": after_ttl,
+        }
+    finally:
+        stack.stop()
+    lines = [
+        "# Soak",
+        "",
+        f"`python -m bench.soak --minutes {args.minutes:g} --clients {args.clients}` on {time.strftime('%Y-%m-%d')}: "
+        "2 API processes, 1 worker, one Redis.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| requests | {res['requests']} |",
+        f"| 5xx / other unexpected answers | {res['5xx']} / {res['errors'] - res['5xx']} |",
+        f"| latency p50 / p99 | {res['p50_ms']:.1f} / {res['p99_ms']:.1f} ms |",
+        f"| API RSS after warm-up / at the end | {res['api_rss_warm'] / 2**20:.0f} / "
+        f"{res['api_rss_end'] / 2**20:.0f} MiB ({100 * res['api_rss_growth']:+.1f}%) |",
+        f"| worker RSS after warm-up / at the end | {res['worker_rss_warm'] / 2**20:.0f} / "
+        f"{res['worker_rss_end'] / 2**20:.0f} MiB |",
+        f"| Redis memory at the start / at the end / after the TTLs | {res['redis_start'] / 2**20:.1f} / "
+        f"{res['redis_end'] / 2**20:.1f} / {res['redis_after_ttl'] / 2**20:.1f} MiB |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "soak.md").write_text(text)
+    (RESULTS / "soak.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
