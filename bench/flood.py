@@ -9,7 +9,6 @@ status, and whether the workers lived. Writes bench/results/flood.md and flood.j
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import threading
@@ -24,9 +23,8 @@ from app.demo import omniglot_task
 from models.research import omniglot
 from tests.stack import KEYS, Stack
 
+from .report import save
 from .run import png_b64
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def measure(url: str, adapt_body: dict, queries: dict, n: int) -> tuple[list[float], list[float]]:
@@ -117,10 +115,7 @@ def main() -> None:
         f"acme's answers by status: {dict(sorted(seen.items()))}; workers alive at the end: {workers_alive}.",
         "",
     ])  # fmt: skip
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "flood.md").write_text(text)
-    (RESULTS / "flood.json").write_text(json.dumps(res, indent=2))
+    save("flood", text, res)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ once the TTLs have passed. Writes bench/results/soak.md and soak.json."""
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import tempfile
@@ -24,7 +23,8 @@ import redis
 from app.demo import omniglot_task, sinusoid_task
 from tests.stack import KEYS, Stack
 
-RESULTS = Path(__file__).parent / "results"
+from .report import save
+
 TTL = 20
 
 
@@ -158,10 +158,7 @@ def main(argv=None) -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.md").write_text(text)
-    (RESULTS / "soak.json").write_text(json.dumps(res, indent=2))
+    save("soak", text, res)
 
 
 if __name__ == "__main__":

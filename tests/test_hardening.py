@@ -96,6 +96,32 @@ def test_one_tenants_backlog_delays_another_by_about_one_job(new_stack):
         assert acme.adaptation(flood[-1])["status"] in ("queued", "running")  # the backlog is still there
 
 
+@pytest.mark.parametrize("reserved", [1, 0])
+def test_a_tenant_leaves_the_last_free_worker_to_others(new_stack, reserved):
+    """Two workers, acme's backlog of slow jobs: by default acme runs one job at a time and
+    globex's job starts at once on the other worker; with no worker reserved, acme runs two."""
+    s = new_stack(tenant_reserved_workers=reserved)
+    s.start_redis()
+    s.start_worker(job_delay=1.0)
+    s.start_worker(job_delay=1.0)
+    s.start_api()
+    s.wait_ready()
+    r = redis.Redis(port=s.redis_port, db=1)
+    with Client(s.url, KEYS["acme"]) as acme, Client(s.url, KEYS["globex"]) as globex:
+        flood = [acme.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(8)]
+        most, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline:
+            most = max(most, int(r.scard("ra:run:acme")))
+            time.sleep(0.05)
+        assert most == (1 if reserved else 2)
+        if reserved:
+            t = time.monotonic()
+            mine = globex.create_adaptation("sinusoid-mlp", sin_support(99))
+            wait_until(lambda: globex.adaptation(mine["id"])["status"] != "queued", 5, "globex's job to start")
+            assert time.monotonic() - t < 0.8  # not after acme's job in hand (1 s)
+        assert set(wait_all(acme, flood, 30).values()) == {"succeeded"}
+
+
 def test_quotas_answer_429_naming_the_limit(new_stack):
     s = new_stack(tenant_max_jobs=3, tenant_max_adaptations=5, tenant_predict_images_per_second=50)
     s.start_redis()

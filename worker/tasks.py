@@ -56,7 +56,8 @@ def adapt_job(self, hint: str | None = None, resume: list | None = None) -> str:
     try:
         if claimed is None:
             settings = get_settings()
-            got = s.scheduler.claim(worker, max_running(len(heartbeats.alive(s.r, settings.heartbeat_window))))
+            alive = len(heartbeats.alive(s.r, settings.heartbeat_window))
+            got = s.scheduler.claim(worker, max_running(alive, settings.tenant_reserved_workers))
             if got is None:
                 return "idle"  # every pending job was taken by other tickets
             claimed = list(got)

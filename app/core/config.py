@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     tenant_max_bytes: int = 256 * 2**20  # support sets and adapted weights stored
     tenant_max_jobs: int = 50  # jobs queued or running
     tenant_predict_images_per_second: int = 2000  # images in prediction requests
+    # workers no one tenant's jobs may fill (while more are alive), so another tenant's job starts
+    # at once; 0 lets a lone tenant use every worker (single-tenant deployments)
+    tenant_reserved_workers: int = 1
     store_max_fill: float = 0.9  # of the store Redis's maxmemory: past it, creates answer 507
 
     lru_size: int = 4096  # adapted weights held in the API process

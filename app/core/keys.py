@@ -8,7 +8,8 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:x:{tenant}           sorted set of the same ids by expiry time (pruning the index)
   ra:e:{id}               list of the job's events, oldest first, each JSON
   ra:b:{tenant}           sorted set: id -> bytes of its support set and weights (the tenant's quota)
-  ra:p:{tenant}, ra:rr, ra:inflight, ra:j:{tenant}: the job scheduler's (scheduler.py)
+  ra:p:{tenant}, ra:rr, ra:inflight, ra:run:{tenant}, ra:j:{tenant}: the job scheduler's
+                          (scheduler.py, whose Lua scripts spell them too)
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:stats                hash: finished jobs by status and a duration histogram
   ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
@@ -50,6 +51,18 @@ def usage(tenant: str) -> str:
 
 def events(aid: str) -> str:
     return f"ra:e:{aid}"
+
+
+def pending(tenant: str) -> str:
+    return f"ra:p:{tenant}"
+
+
+def jobs(tenant: str) -> str:
+    return f"ra:j:{tenant}"
+
+
+def running(tenant: str) -> str:
+    return f"ra:run:{tenant}"
 
 
 def rate(tenant: str, second: int) -> str:

@@ -5,9 +5,11 @@ tenant's pending list and sends one ticket; a worker holding a ticket claims the
 job of the next tenant in a rotation (`claim`), so one tenant's backlog delays another
 tenant's job by at most one job per worker, however long the backlog.
 
-With two or more workers, one tenant runs at most all of them but one at a time
+One tenant runs at most all workers but `tenant_reserved_workers` (1) at a time
 (`max_running`), so another tenant's job starts at once even while a tenant's long jobs
-keep the other workers busy. A claimed job is in flight, with the worker that holds it and a beat the job refreshes
+keep the other workers busy; the price is that a lone tenant uses one worker fewer.
+
+A claimed job is in flight, with the worker that holds it and a beat the job refreshes
 at each step. `reap`, run by every live worker in turn, puts back at the front of its
 tenant's line a job whose worker stopped sending heartbeats or whose beat is older
 than `stale_seconds`, and sends tickets for pending jobs that have none. So a killed
@@ -25,7 +27,7 @@ import time
 
 import redis
 
-from . import heartbeats
+from . import heartbeats, keys
 
 ROTATION, INFLIGHT = "ra:rr", "ra:inflight"
 
@@ -64,23 +66,10 @@ return 1
 """
 
 
-def pending_key(tenant: str) -> str:
-    return f"ra:p:{tenant}"
-
-
-def jobs_key(tenant: str) -> str:
-    return f"ra:j:{tenant}"
-
-
-def running_key(tenant: str) -> str:
-    return f"ra:run:{tenant}"
-
-
-def max_running(workers_alive: int) -> int:
-    """How many jobs one tenant may run at once: all workers but one (at least one), so that
-    with two or more workers another tenant's job never waits for a busy tenant's jobs.
+def max_running(workers_alive: int, reserved: int) -> int:
+    """How many jobs one tenant may run at once: all workers but `reserved` (at least one).
     Workers are counted by heartbeat (one per host name): each runs with --concurrency 1."""
-    return max(1, workers_alive - 1)
+    return max(1, workers_alive - reserved)
 
 
 class Scheduler:
@@ -105,21 +94,21 @@ class Scheduler:
         """A job that ended (or will never run): out of flight and out of the tenant's jobs."""
         p = self.r.pipeline(transaction=False)
         p.hdel(INFLIGHT, aid)
-        p.srem(jobs_key(tenant), aid)
-        p.srem(running_key(tenant), aid)
+        p.srem(keys.jobs(tenant), aid)
+        p.srem(keys.running(tenant), aid)
         p.execute()
 
     def forget(self, aid: str, tenant: str) -> None:
         """A deleted adaptation: out of the line too."""
         p = self.r.pipeline(transaction=False)
-        p.lrem(pending_key(tenant), 0, aid)
+        p.lrem(keys.pending(tenant), 0, aid)
         p.hdel(INFLIGHT, aid)
-        p.srem(jobs_key(tenant), aid)
-        p.srem(running_key(tenant), aid)
+        p.srem(keys.jobs(tenant), aid)
+        p.srem(keys.running(tenant), aid)
         p.execute()
 
     def active(self, tenant: str) -> int:
-        return int(self.r.scard(jobs_key(tenant)))
+        return int(self.r.scard(keys.jobs(tenant)))
 
     def pending(self) -> int:
         tenants = {t.decode() for t in self.r.lrange(ROTATION, 0, -1)}
@@ -127,7 +116,7 @@ class Scheduler:
             return 0
         p = self.r.pipeline(transaction=False)
         for t in tenants:
-            p.llen(pending_key(t))
+            p.llen(keys.pending(t))
         return sum(p.execute())
 
     def reap(self, heartbeat_window: float, stale_seconds: float) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 import torch
 
-from . import codecs, keys, scheduler
+from . import codecs, keys
 from .config import Settings
 from .scheduler import Scheduler
 
@@ -144,7 +144,7 @@ class Store:
         p.zadd(keys.usage(tenant), {aid: len(data)})
         p.expire(keys.usage(tenant), self.max_index_ttl)
         if schedule:
-            p.sadd(scheduler.jobs_key(tenant), aid)
+            p.sadd(keys.jobs(tenant), aid)
         p.rpush(keys.events(aid), json.dumps(event("queued")))
         p.expire(keys.events(aid), ttl)
         for index, score in (
@@ -165,7 +165,7 @@ class Store:
             raise StorageFull("the store is nearly full; retry later")
         p = self.r.pipeline(transaction=False)
         p.zcard(keys.tenant_index(tenant))
-        p.scard(scheduler.jobs_key(tenant))
+        p.scard(keys.jobs(tenant))
         stored, jobs = p.execute()
         if stored >= s.tenant_max_adaptations:
             raise QuotaExceeded("tenant_max_adaptations", s.tenant_max_adaptations, "adaptations stored", 60)
@@ -227,7 +227,7 @@ class Store:
             p.zrem(index, *dead)
             p.zrem(expiries, *dead)
             p.zrem(keys.usage(tenant), *dead)
-            p.srem(scheduler.jobs_key(tenant), *dead)
+            p.srem(keys.jobs(tenant), *dead)
             p.execute()
 
     def page(

@@ -229,6 +229,12 @@ def omniglot_runs(args) -> float:
     return mean
 
 
+def baseline_lrs(p: argparse.ArgumentParser, chosen_on: str) -> None:
+    """The baselines' learning rates, each chosen on `chosen_on`, never on the test split."""
+    p.add_argument("--scratch-lr", type=float, default=1e-3, help=f"Adam lr of scratch (from {chosen_on})")
+    p.add_argument("--transfer-lr", type=float, default=1e-2, help=f"Adam lr of transfer's head (from {chosen_on})")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,29 +255,13 @@ def main(argv=None) -> None:
     for q in (o, g, f):
         q.add_argument("--base", default="omniglot-conv4")
         q.add_argument("--transfer", default="omniglot-transfer")
-        q.add_argument(
-            "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on the val split)"
-        )
-        q.add_argument(
-            "--transfer-lr",
-            type=float,
-            default=1e-2,
-            help="Adam lr of the transfer baseline's new head (chosen on the val split)",
-        )
+        baseline_lrs(q, "the val split")
     s = sub.add_parser("sinusoid", help="K-shot sinusoid regression on fresh tasks")
     s.add_argument("--base", default="sinusoid-mlp")
     s.add_argument("--transfer", default="sinusoid-transfer")
     s.add_argument("--shots", default="5,10,20")
     s.add_argument("--queries", type=int, default=100)
-    s.add_argument(
-        "--scratch-lr", type=float, default=1e-3, help="Adam lr of the scratch baseline (chosen on seed-123 tasks)"
-    )
-    s.add_argument(
-        "--transfer-lr",
-        type=float,
-        default=1e-2,
-        help="Adam lr of the transfer baseline's new head (chosen on seed-123 tasks)",
-    )
+    baseline_lrs(s, "seed-123 tasks")
     for q in (o, g, f, s):
         q.add_argument("--episodes", type=int, default=600)
         q.add_argument("--seed", type=int, default=0)
