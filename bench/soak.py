@@ -20,12 +20,14 @@ from pathlib import Path
 import httpx
 import redis
 
+from app.core.config import Settings
 from app.demo import omniglot_task, sinusoid_task
 from tests.stack import KEYS, Stack
 
 from .report import save
 
 TTL = 20
+MEMORY = ("used_memory", "used_memory_dataset", "mem_clients_normal")  # all, the data, client buffers
 
 
 def rss(pids: list[int]) -> int:
@@ -94,13 +96,13 @@ def main(argv=None) -> None:
     stack.env["WEB_CONCURRENCY"] = "2"
     stack.start()
     try:
-        r = redis.Redis(port=stack.redis_port)
+        r = redis.Redis(port=stack.redis_port, db=1)  # the store (memory is the whole server's)
         api = next(p.pid for p in stack.procs if "app.serve" in " ".join(map(str, p.args)))
         workers = lambda: [pid for w in stack.workers for pid in (w.pid, *children(w.pid))]
         pids = lambda: ([api, *children(api)], workers())
-        mem = lambda: int(r.info("memory")["used_memory"])
+        mem = lambda: {k: int(v) for k, v in r.info("memory").items() if k in MEMORY}
         out = {"lock": threading.Lock(), "latencies": [], "requests": 0, "5xx": 0, "errors": 0}
-        redis_start = mem()
+        redis_start, keys_start = mem(), {k.decode() for k in r.scan_iter()}
         stop = time.monotonic() + 60 * args.minutes
         threads = [
             threading.Thread(target=client_loop, args=(stack.url, KEYS["acme"], stop, out, i))
@@ -111,13 +113,21 @@ def main(argv=None) -> None:
         time.sleep(min(60, 30 * args.minutes))
         api_pids, worker_pids = pids()
         warm = {"api": rss(api_pids), "worker": rss(worker_pids), "redis": mem()}
+        samples = [(round(time.monotonic() - stop + 60 * args.minutes), warm["api"])]
         print(f"soak: warmed up: {warm}", flush=True)
+        while time.monotonic() < stop - 1:
+            time.sleep(min(30, stop - time.monotonic()))
+            samples.append((round(time.monotonic() - stop + 60 * args.minutes), rss(pids()[0])))
+            print(
+                f"soak: {samples[-1][0]} s, {out['requests']} requests, API RSS {samples[-1][1] / 2**20:.0f} MiB",
+                flush=True,
+            )
         for t in threads:
             t.join()
         api_pids, worker_pids = pids()
         end = {"api": rss(api_pids), "worker": rss(worker_pids), "redis": mem()}
-        time.sleep(TTL + 5)
-        after_ttl = mem()
+        time.sleep(TTL + Settings().sweep_seconds + 5)  # the TTLs, then the workers' sweep of the indexes
+        after_ttl, keys_after = mem(), {k.decode() for k in r.scan_iter()}
         lat = sorted(out["latencies"])
         res = {
             "minutes": args.minutes,
@@ -135,6 +145,9 @@ def main(argv=None) -> None:
             "redis_start": redis_start,
             "redis_end": end["redis"],
             "redis_after_ttl": after_ttl,
+            "redis_keys": [len(keys_start), len(keys_after)],
+            "redis_keys_new": sorted(keys_after - keys_start),
+            "api_rss_samples": samples,
         }
     finally:
         stack.stop()
@@ -153,8 +166,14 @@ def main(argv=None) -> None:
         f"{res['api_rss_end'] / 2**20:.0f} MiB ({100 * res['api_rss_growth']:+.1f}%) |",
         f"| worker RSS after warm-up / at the end | {res['worker_rss_warm'] / 2**20:.0f} / "
         f"{res['worker_rss_end'] / 2**20:.0f} MiB |",
-        f"| Redis memory at the start / at the end / after the TTLs | {res['redis_start'] / 2**20:.1f} / "
-        f"{res['redis_end'] / 2**20:.1f} / {res['redis_after_ttl'] / 2**20:.1f} MiB |",
+        f"| Redis keys of the store at the start / after the TTLs | {res['redis_keys'][0]} / {res['redis_keys'][1]} "
+        f"(new: {', '.join(res['redis_keys_new']) or 'none'}) |",
+        *(
+            f"| Redis {label} at the start / at the end / after the TTLs | "
+            + " / ".join(f"{res[when][field] / 2**20:.2f}" for when in ("redis_start", "redis_end", "redis_after_ttl"))
+            + " MiB |"
+            for field, label in zip(MEMORY, ("used_memory", "data (used_memory_dataset)", "client buffers"))
+        ),
         "",
     ]
     text = "\n".join(lines)

@@ -11,7 +11,7 @@ import redis
 from app.demo import sinusoid_task
 from rapid_adapt_client import Client, RapidAdaptError
 
-from .stack import KEYS
+from .stack import KEYS, wait_until
 
 
 def sin_support(seed: int = 0):
@@ -72,6 +72,17 @@ def test_listing_is_exact_under_expiry_and_keeps_no_dead_ids(new_stack):
     r = redis.Redis(port=s.redis_port, db=1)
     assert {m.decode() for m in r.zrange("ra:t:globex", 0, -1)} == set(live)
     assert {m.decode() for m in r.zrange("ra:x:globex", 0, -1)} == set(live)
+
+
+def test_expired_ids_leave_redis_without_anyone_listing(new_stack):
+    """The workers' sweep: after the TTLs, nothing of the adaptations is left in Redis."""
+    s = new_stack(sweep_seconds=1.0).start()
+    r = redis.Redis(port=s.redis_port, db=1)
+    with Client(s.url, KEYS["globex"]) as c:
+        ids = [c.create_adaptation("sinusoid-mlp", sin_support(), ttl_seconds=1, wait=10)["id"] for _ in range(3)]
+    assert r.exists("ra:t:globex", "ra:x:globex", "ra:b:globex") == 3
+    wait_until(lambda: not r.keys("ra:[txb]:globex") and not r.keys("ra:[ase]:ad_*"), 10, "the sweep")
+    assert not any(r.exists(f"ra:a:{aid}") for aid in ids)
 
 
 def test_metadata_is_returned_everywhere_and_filters_the_list(stack):

@@ -17,7 +17,7 @@ from app.core.adaptation import device, warm_up
 from app.core.config import get_settings
 from app.core.jobs import QUEUE, TASK_NAME, make_celery
 from app.core.scheduler import Scheduler
-from app.core.store import connect
+from app.core.store import Store
 from models import registry
 
 log = logging.getLogger("rapid_adapt.worker")
@@ -44,18 +44,19 @@ def _init_process(**_):
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **_):
     """A heartbeat in Redis every few seconds (/readyz counts the workers alive), and with it
-    the reaper's turn (`reap`)."""
+    the reaper's turn (`reap`) and the sweep of expired ids (`sweep`)."""
     settings = get_settings()
-    r = connect(settings.redis_url, settings)
+    store = Store(settings)
+    r = store.r
     name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
     stop = threading.Event()
-    scheduler = Scheduler(r)
 
     def beat():
         while not stop.wait(settings.worker_heartbeat_seconds):
             with contextlib.suppress(Exception):  # Redis away: readiness will say so
                 heartbeats.beat(r, name)
-                reap(r, scheduler, settings)
+                reap(r, store.scheduler, settings)
+                sweep(store, settings.sweep_seconds)
 
     heartbeats.beat(r, name)
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
@@ -82,6 +83,14 @@ def reap(r, scheduler: Scheduler, settings) -> None:
         tickets = int(conn.default_channel.client.llen(QUEUE))
     for _ in range(max(0, scheduler.pending() - tickets)):
         app.send_task(TASK_NAME, args=[None], queue=QUEUE)
+
+
+def sweep(store: Store, every: float) -> None:
+    """One worker every `every` seconds: drop expired adaptations' ids from every tenant's
+    indexes, so Redis returns to its size once TTLs pass even when no one lists or creates
+    (which prune a tenant's too)."""
+    if store.r.set("ra:sweeper", name_of_this_process(), nx=True, px=int(1000 * every)):
+        store.prune_all()
 
 
 def name_of_this_process() -> str:

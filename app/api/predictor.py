@@ -23,9 +23,11 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 import torch
@@ -45,19 +47,30 @@ LARGE_BYTES = 2**20  # a request with more image data than this is decoded in th
 
 
 class WeightsLRU:
+    """Adapted weights by id, least recently used out first, and none past its adaptation's
+    expiry (swept every few seconds): memory follows the live adaptations, up to `size`."""
+
+    SWEEP_SECONDS = 5.0
+
     def __init__(self, size: int):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.swept = time.monotonic()
 
     def get(self, key: str):
         with self.lock:
-            value = self.items.get(key)
-            if value is not None:
-                self.items.move_to_end(key)
-            return value
+            held = self.items.get(key)
+            if held is None or held[1] <= time.time():
+                return None
+            self.items.move_to_end(key)
+            return held[0]
 
-    def put(self, key: str, value) -> None:
+    def put(self, key: str, value, expires: float) -> None:
         with self.lock:
-            self.items[key] = value
+            if time.monotonic() - self.swept > self.SWEEP_SECONDS:  # the expired go before the live
+                self.swept, now = time.monotonic(), time.time()
+                for k in [k for k, (_, e) in self.items.items() if e <= now]:
+                    del self.items[k]
+            self.items[key] = (value, expires)
             self.items.move_to_end(key)
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
@@ -65,6 +78,10 @@ class WeightsLRU:
     def drop(self, key: str) -> None:
         with self.lock:
             self.items.pop(key, None)
+
+
+def parse_time(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 class Outcome(NamedTuple):
@@ -185,7 +202,7 @@ class Predictor:
                 raise ApiError(404, "not_found", "adaptation not found")
             fast, _ = run_adaptation(record, support)
             self.store.put_weights(aid, fast, self.store.ttl(aid))
-        self.lru.put(aid, fast)
+        self.lru.put(aid, fast, parse_time(record["expires_at"]))
         return fast
 
     # ---- the predictor thread ------------------------------------------------

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     visibility_timeout: float = 300.0  # > hard limit: Celery redelivers an unacknowledged ticket after this
     restore_interval_seconds: int = 10  # how often workers look for tickets a dead worker left
     worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
+    sweep_seconds: float = 30.0  # how often one worker drops expired adaptations' ids from the indexes
 
     def models_dirs(self) -> list[Path]:
         dirs = [CHECKPOINT_DIR if d == "shipped" else Path(d) for d in self.models_dir.split(":") if d]

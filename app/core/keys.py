@@ -11,6 +11,7 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:p:{tenant}, ra:rr, ra:inflight, ra:run:{tenant}, ra:j:{tenant}: the job scheduler's
                           (scheduler.py, whose Lua scripts spell them too)
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
+  ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
   ra:stats                hash: finished jobs by status and a duration histogram
   ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
 Weights cache (settings.weights_url, may evict):

@@ -230,6 +230,13 @@ class Store:
             p.srem(keys.jobs(tenant), *dead)
             p.execute()
 
+    def prune_all(self) -> int:
+        """Prune every tenant's index (the workers' sweep). -> how many tenants were looked at."""
+        tenants = [k.decode().removeprefix(keys.expiries("")) for k in self.r.scan_iter(match=keys.expiries("*"))]
+        for tenant in tenants:
+            self.prune(tenant)
+        return len(tenants)
+
     def page(
         self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True
     ) -> tuple[list[dict], bool]:
