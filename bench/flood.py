@@ -1,6 +1,7 @@
 """One tenant's flood against another's latency: `python -m bench.flood`.
 
-A stack of its own (2 API processes, 2 workers, one Redis, the default quotas). globex's
+A stack of its own (2 API processes, 2 workers, one Redis, the quotas of RAPID_ADAPT_*
+variables or the defaults; results with other quotas go to flood-quotas.md). globex's
 adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and prediction (20 PNGs) latencies are
 measured quiet, then while acme floods at full speed from 8 threads: jobs of 500 drawings and
 predictions of 500 drawings, as fast as the service answers (its 429s included). Reports the
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from app.core.config import Settings
 from app.demo import omniglot_task
 from models.research import omniglot
 from tests.stack import KEYS, Stack
@@ -44,10 +46,23 @@ def measure(url: str, adapt_body: dict, queries: dict, n: int) -> tuple[list[flo
     return adapt_ms, predict_ms
 
 
-def flood(url: str, stop: threading.Event, big_job: dict, big_query: dict, seen: Counter, lock) -> None:
+def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
+    """Each tenant's stored adaptations (those of `before`, or all), their statuses, and the
+    predictions of the oldest: what the flood must leave as it was."""
+    out = {}
+    for tenant in ("acme", "globex"):
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=120) as c:
+            listed = lambda: [a["id"] for a in c.get("/v1/adaptations?limit=100").json()["data"]]
+            ids = before[tenant]["ids"] if before else listed()
+            statuses = [c.get(f"/v1/adaptations/{aid}").json().get("status") for aid in ids]
+            answers = c.post(f"/v1/adaptations/{ids[-1]}/predictions", json=queries).json()
+            out[tenant] = {"ids": ids, "statuses": statuses, "predictions": answers}
+    return out
+
+
+def flood(url: str, aid: str, stop: threading.Event, big_job: dict, big_query: dict, seen: Counter, lock) -> None:
+    """acme at full speed: 500-drawing jobs, and 500-drawing predictions against its adaptation `aid`."""
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=120) as c:
-        aid = c.post("/v1/adaptations?wait=60", json={"model": "omniglot-conv4", "support": big_job["support"][:20]})
-        aid = aid.json()["id"]
         while not stop.is_set():
             for r in (
                 c.post("/v1/adaptations", json=big_job),
@@ -58,6 +73,8 @@ def flood(url: str, stop: threading.Event, big_job: dict, big_query: dict, seen:
 
 
 def main() -> None:
+    quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
+    name = "flood" if quotas == {k: Settings.model_fields[k].default for k in quotas} else "flood-quotas"
     ds = omniglot.load()
     support, queries, _ = omniglot_task(seed=1, n_way=20, n_query=1)
     adapt_body = {"model": "omniglot-conv4", "support": support, "mode": "fast"}
@@ -76,9 +93,16 @@ def main() -> None:
     stack.start(workers=2)
     try:
         quiet = measure(stack.url, adapt_body, query_body, 15)
+        acme_first = httpx.post(
+            stack.url + "/v1/adaptations?wait=30", json=adapt_body, headers={"Authorization": f"Bearer {KEYS['acme']}"}
+        )
+        assert acme_first.status_code == 200, acme_first.text[:200]
+        acme_aid = acme_first.json()["id"]
+        before = snapshot(stack.url, query_body)
         stop, seen, lock = threading.Event(), Counter(), threading.Lock()
         threads = [
-            threading.Thread(target=flood, args=(stack.url, stop, big_job, big_query, seen, lock)) for _ in range(8)
+            threading.Thread(target=flood, args=(stack.url, acme_aid, stop, big_job, big_query, seen, lock))
+            for _ in range(8)
         ]
         for t in threads:
             t.start()
@@ -88,6 +112,8 @@ def main() -> None:
         for t in threads:
             t.join()
         workers_alive = all(w.poll() is None for w in stack.workers)
+        after = snapshot(stack.url, query_body, before)
+        kept = before == after and all(x == "succeeded" for t in before for x in before[t]["statuses"])
     finally:
         stack.stop()
     med = lambda v: statistics.median(v)
@@ -98,12 +124,14 @@ def main() -> None:
         "prediction_p50_flooded_ms": med(flooded[1]),
         "acme_answers": dict(seen),
         "workers_alive": workers_alive,
+        "stored_kept": kept,
+        "stored_before": {t: len(v["ids"]) for t, v in before.items()},
     }
     res["adaptation_ratio"] = res["adaptation_p50_flooded_ms"] / res["adaptation_p50_quiet_ms"]
     res["prediction_ratio"] = res["prediction_p50_flooded_ms"] / res["prediction_p50_quiet_ms"]
     text = "\n".join([
         "# Flood", "",
-        f"`python -m bench.flood` on {time.strftime('%Y-%m-%d')}: 2 API processes, 2 workers, default quotas; "
+        f"`python -m bench.flood` on {time.strftime('%Y-%m-%d')}: 2 API processes, 2 workers, quotas {quotas}; "
         "acme floods from 8 threads with 500-drawing fine-tune jobs and 500-drawing predictions.", "",
         "| globex's median | quiet | acme flooding | ratio | bar |",
         "| --- | --- | --- | --- | --- |",
@@ -112,10 +140,12 @@ def main() -> None:
         f"| prediction, 20 PNGs | {res['prediction_p50_quiet_ms']:.1f} ms | "
         f"{res['prediction_p50_flooded_ms']:.1f} ms | {res['prediction_ratio']:.2f} | 3 |",
         "",
-        f"acme's answers by status: {dict(sorted(seen.items()))}; workers alive at the end: {workers_alive}.",
+        f"acme's answers by status: {dict(sorted(seen.items()))}; workers alive at the end: {workers_alive}; "
+        f"every adaptation stored before the flood ({res['stored_before']}) still there with the same answers: "
+        f"{kept}.",
         "",
     ])  # fmt: skip
-    save("flood", text, res)
+    save(name, text, res | {"quotas": quotas})
 
 
 if __name__ == "__main__":

@@ -50,6 +50,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def largest_keys(port: int, n: int = 5) -> list[tuple[str, int]]:
+    """The largest keys of every database (broker, store, cache): where memory stays."""
+    sizes = []
+    for db in range(3):
+        r = redis.Redis(port=port, db=db)
+        sizes += [(f"db{db} {k.decode()}", int(r.memory_usage(k) or 0)) for k in r.scan_iter()]
+    return sorted(sizes, key=lambda x: -x[1])[:n]
+
+
 def client_loop(url: str, key: str, stop: float, out: dict, seed: int) -> None:
     rng = random.Random(seed)
     tasks = [omniglot_task(seed=s, n_way=5, n_query=2) for s in range(3)] + [sinusoid_task(s) for s in range(3)]
@@ -128,6 +137,8 @@ def main(argv=None) -> None:
         end = {"api": rss(api_pids), "worker": rss(worker_pids), "redis": mem()}
         time.sleep(TTL + Settings().sweep_seconds + 5)  # the TTLs, then the workers' sweep of the indexes
         after_ttl, keys_after = mem(), {k.decode() for k in r.scan_iter()}
+        largest = largest_keys(stack.redis_port)
+        stats_after = {k: v for k, v in r.memory_stats().items() if isinstance(v, int | float)}
         lat = sorted(out["latencies"])
         res = {
             "minutes": args.minutes,
@@ -147,6 +158,8 @@ def main(argv=None) -> None:
             "redis_after_ttl": after_ttl,
             "redis_keys": [len(keys_start), len(keys_after)],
             "redis_keys_new": sorted(keys_after - keys_start),
+            "redis_largest_keys_after_ttl": largest,
+            "redis_memory_stats_after_ttl": stats_after,
             "api_rss_samples": samples,
         }
     finally:

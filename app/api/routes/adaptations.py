@@ -73,6 +73,8 @@ def create_adaptation(
     ttl = settings.default_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not 1 <= ttl <= settings.max_ttl_seconds:
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
+    if not idempotency_key:  # over its quota, a tenant costs no decoding (a retry with a key may find its adaptation)
+        store.check_quotas(tenant, 0)
     tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
     now = datetime.now(timezone.utc)
     record = {
