@@ -68,11 +68,9 @@ def _start_heartbeat(sender=None, **_):
             heartbeats.forget(r, name)
 
 
-def stale_after(settings) -> float:
-    """A job whose live worker has not beaten a step for this long was killed by Celery's hard
-    time limit (its pool child replaced): no job that may still be running is ever run twice, so
-    a slow first step (a 500-image support set on a busy machine) is not mistaken for a dead one."""
-    return settings.job_hard_time_limit + 2 * settings.heartbeat_window
+STALE_SECONDS = (
+    30.0  # a job in flight whose beat (every heartbeat, from a thread while it runs) is this old is not running
+)
 
 
 def reap(r, scheduler: Scheduler, settings) -> None:
@@ -80,7 +78,7 @@ def reap(r, scheduler: Scheduler, settings) -> None:
     send tickets for pending jobs that have none (lost with a dead worker or a restarted broker)."""
     if not r.set("ra:reaper", name_of_this_process(), nx=True, px=int(2000 * settings.worker_heartbeat_seconds)):
         return
-    back = scheduler.reap(settings.heartbeat_window, stale_after(settings))
+    back = scheduler.reap(settings.heartbeat_window, max(STALE_SECONDS, settings.heartbeat_window))
     if back:
         log.warning("jobs put back after their worker died", extra={"adaptation_id": ",".join(back)})
     with app.connection_for_write() as conn:

@@ -11,8 +11,11 @@ either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import redis
@@ -98,10 +101,10 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
     def on_step(k: int, loss: float) -> None:
         if s.step(aid, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
             raise Stopped
-        s.scheduler.beat(aid, worker, tenant)
 
     try:
-        fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
+        with beating(s, aid, worker, tenant, settings.worker_heartbeat_seconds):
+            fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
     except Stopped:
         s.scheduler.finish(aid, tenant)
         log.info("adaptation stopped", extra={"adaptation_id": aid, "status": "cancelled"})
@@ -128,6 +131,27 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
         extra={"adaptation_id": aid, "tenant": tenant, "status": "succeeded", "duration_ms": metrics["adaptation_ms"]},
     )
     return "succeeded"
+
+
+@contextmanager
+def beating(s: Store, aid: str, worker: str, tenant: str, every: float):
+    """The job's beat, from a thread for as long as it runs: however slow a step (a 500-image
+    support set on a busy machine), a job that beats is running, and one that stopped beating
+    (its task ended or its process died) is put back by the reaper within seconds."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every):
+            with contextlib.suppress(redis.RedisError):
+                s.scheduler.beat(aid, worker, tenant)
+
+    thread = threading.Thread(target=beat, name=f"beat-{aid}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def fail(s: Store, aid: str, tenant: str, started: float, code: str, message: str) -> str:
