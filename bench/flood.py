@@ -1,7 +1,7 @@
 """One tenant's flood against another's latency: `python -m bench.flood`.
 
 A stack of its own (2 API processes, 2 workers, one Redis, the quotas of RAPID_ADAPT_*
-variables or the defaults; results with other quotas go to flood-quotas.md). globex's
+variables or the defaults; with any RAPID_ADAPT_* variable set, results go to flood-<names>.md). globex's
 adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and prediction (20 PNGs) latencies are
 measured quiet, then while acme floods at full speed from 8 threads: jobs of 500 drawings and
 predictions of 500 drawings, as fast as the service answers (its 429s included). Reports the
@@ -10,6 +10,7 @@ status, and whether the workers lived. Writes bench/results/flood.md and flood.j
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import threading
@@ -74,7 +75,8 @@ def flood(url: str, aid: str, stop: threading.Event, big_job: dict, big_query: d
 
 def main() -> None:
     quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
-    name = "flood" if quotas == {k: Settings.model_fields[k].default for k in quotas} else "flood-quotas"
+    changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
+    name = "flood" if not changed else "flood-" + "-".join(k.removeprefix("RAPID_ADAPT_").lower() for k in changed)
     ds = omniglot.load()
     support, queries, _ = omniglot_task(seed=1, n_way=20, n_query=1)
     adapt_body = {"model": "omniglot-conv4", "support": support, "mode": "fast"}
