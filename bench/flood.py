@@ -53,8 +53,10 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
     out = {}
     for tenant in ("acme", "globex"):
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=120) as c:
-            listed = lambda: [a["id"] for a in c.get("/v1/adaptations?limit=100").json()["data"]]
-            ids = before[tenant]["ids"] if before else listed()
+            if before:
+                ids = before[tenant]["ids"]
+            else:
+                ids = [a["id"] for a in c.get("/v1/adaptations?limit=100").json()["data"]]
             statuses = [c.get(f"/v1/adaptations/{aid}").json().get("status") for aid in ids]
             answers = c.post(f"/v1/adaptations/{ids[-1]}/predictions", json=queries).json()
             out[tenant] = {"ids": ids, "statuses": statuses, "predictions": answers}

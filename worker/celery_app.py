@@ -68,9 +68,8 @@ def _start_heartbeat(sender=None, **_):
             heartbeats.forget(r, name)
 
 
-STALE_SECONDS = (
-    30.0  # a job in flight whose beat (every heartbeat, from a thread while it runs) is this old is not running
-)
+# a job in flight whose beat (sent by a thread while the job runs) is this old is not running
+STALE_SECONDS = 30.0
 
 
 def reap(r, scheduler: Scheduler, settings) -> None:
@@ -81,6 +80,12 @@ def reap(r, scheduler: Scheduler, settings) -> None:
     back = scheduler.reap(settings.heartbeat_window, max(STALE_SECONDS, settings.heartbeat_window))
     if back:
         log.warning("jobs put back after their worker died", extra={"adaptation_id": ",".join(back)})
+    top_up_tickets(scheduler)
+
+
+def top_up_tickets(scheduler: Scheduler) -> None:
+    """One ticket in the broker per pending job: sends those missing (lost with a dead worker or
+    a restarted broker, or taken by a worker while the job's tenant was at its running limit)."""
     with app.connection_for_write() as conn:
         tickets = int(conn.default_channel.client.llen(QUEUE))
     for _ in range(max(0, scheduler.pending() - tickets)):

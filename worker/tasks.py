@@ -29,7 +29,7 @@ from app.core.scheduler import max_running
 from app.core.store import Store, event
 from models import registry
 
-from .celery_app import app
+from .celery_app import app, top_up_tickets
 
 log = logging.getLogger("rapid_adapt.worker")
 _store: Store | None = None
@@ -65,8 +65,7 @@ def adapt_job(self, hint: str | None = None, resume: list | None = None) -> str:
                 return "idle"  # every pending job was taken by other tickets
             claimed = list(got)
         outcome = run(s, *claimed, worker)
-        if s.scheduler.pending():  # a job a tenant's limit held back gets a ticket now, not at the reaper's turn
-            app.send_task(TASK_NAME, args=[None])
+        top_up_tickets(s.scheduler)  # a job a tenant's limit held back gets its ticket now, not at the reaper's turn
         return outcome
     except TRANSIENT as exc:
         log.warning("redis unavailable, retrying", extra={"adaptation_id": claimed and claimed[0], "error": str(exc)})

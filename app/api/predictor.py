@@ -27,7 +27,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import NamedTuple
 
 import torch
@@ -78,10 +77,6 @@ class WeightsLRU:
     def drop(self, key: str) -> None:
         with self.lock:
             self.items.pop(key, None)
-
-
-def parse_time(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 class Outcome(NamedTuple):
@@ -202,7 +197,7 @@ class Predictor:
                 raise ApiError(404, "not_found", "adaptation not found")
             fast, _ = run_adaptation(record, support)
             self.store.put_weights(aid, fast, self.store.ttl(aid))
-        self.lru.put(aid, fast, parse_time(record["expires_at"]))
+        self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
         return fast
 
     # ---- the predictor thread ------------------------------------------------

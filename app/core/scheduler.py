@@ -9,12 +9,12 @@ One tenant runs at most all workers but `tenant_reserved_workers` (1) at a time
 (`max_running`), so another tenant's job starts at once even while a tenant's long jobs
 keep the other workers busy; the price is that a lone tenant uses one worker fewer.
 
-A claimed job is in flight, with the worker that holds it and a beat the job refreshes
-at each step. `reap`, run by every live worker in turn, puts back at the front of its
-tenant's line a job whose worker stopped sending heartbeats or whose beat is older
-than `stale_seconds`, and sends tickets for pending jobs that have none. So a killed
-worker's job resumes within seconds, not after Celery's visibility timeout, and no
-job is left `running` without a live worker holding it.
+A claimed job is in flight, with the worker that holds it and a beat that a thread
+refreshes for as long as the job runs, however slow its steps. `reap`, run by every live
+worker in turn, puts back at the front of its tenant's line a job whose worker stopped
+sending heartbeats or whose beat is older than `stale_seconds`, and sends tickets for
+pending jobs that have none. So a killed worker's job resumes within seconds, not after
+Celery's visibility timeout, and no job is left `running` without a live worker holding it.
 
 Keys (the store's Redis): ra:p:{tenant} pending ids, oldest first; ra:rr the rotation
 of tenants with pending jobs; ra:inflight id -> {worker, tenant, beat}; ra:run:{tenant}
