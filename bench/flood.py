@@ -29,6 +29,8 @@ from tests.stack import KEYS, Stack
 from .report import save
 from .run import png_b64
 
+ROUNDS = 25  # globex adaptations, each followed by 3 predictions, quiet and again under the flood
+
 
 def measure(url: str, adapt_body: dict, queries: dict, n: int) -> tuple[list[float], list[float]]:
     adapt_ms, predict_ms = [], []
@@ -60,6 +62,22 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
             statuses = [c.get(f"/v1/adaptations/{aid}").json().get("status") for aid in ids]
             answers = c.post(f"/v1/adaptations/{ids[-1]}/predictions", json=queries).json()
             out[tenant] = {"ids": ids, "statuses": statuses, "predictions": answers}
+    return out
+
+
+def cpu_seconds(sessions: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by every process of each named session (the
+    stack starts each program in a session of its own), from /proc: where the cores went."""
+    tick, out = os.sysconf("SC_CLK_TCK"), dict.fromkeys(sessions, 0.0)
+    by_sid = {sid: name for name, sid in sessions.items()}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        name = by_sid.get(int(fields[3]))  # fields after the command: state ppid pgrp session ...
+        if name:
+            out[name] += (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
@@ -96,7 +114,7 @@ def main() -> None:
     stack.env["WEB_CONCURRENCY"] = "2"
     stack.start(workers=2)
     try:
-        quiet = measure(stack.url, adapt_body, query_body, 15)
+        quiet = measure(stack.url, adapt_body, query_body, ROUNDS)
         acme_first = httpx.post(
             stack.url + "/v1/adaptations?wait=30", json=adapt_body, headers={"Authorization": f"Bearer {KEYS['acme']}"}
         )
@@ -111,7 +129,11 @@ def main() -> None:
         for t in threads:
             t.start()
         time.sleep(10)  # the flood at full speed first
-        flooded = measure(stack.url, adapt_body, query_body, 15)
+        sessions = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getsid(0)}
+        sessions |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
+        cpu0, t0 = cpu_seconds(sessions), time.monotonic()
+        flooded = measure(stack.url, adapt_body, query_body, ROUNDS)
+        cpu1, wall = cpu_seconds(sessions), time.monotonic() - t0
         stop.set()
         for t in threads:
             t.join()
@@ -130,6 +152,7 @@ def main() -> None:
         "workers_alive": workers_alive,
         "stored_kept": kept,
         "stored_before": {t: len(v["ids"]) for t, v in before.items()},
+        "cores_used_while_measured": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in sessions},
     }
     res["adaptation_ratio"] = res["adaptation_p50_flooded_ms"] / res["adaptation_p50_quiet_ms"]
     res["prediction_ratio"] = res["prediction_p50_flooded_ms"] / res["prediction_p50_quiet_ms"]
@@ -147,6 +170,9 @@ def main() -> None:
         f"acme's answers by status: {dict(sorted(seen.items()))}; workers alive at the end: {workers_alive}; "
         f"every adaptation stored before the flood ({res['stored_before']}) still there with the same answers: "
         f"{kept}.",
+        "",
+        f"Cores in use while globex was measured under the flood (of {os.cpu_count()}): "
+        + ", ".join(f"{k} {v}" for k, v in res["cores_used_while_measured"].items()) + ".",
         "",
     ])  # fmt: skip
     save(name, text, res | {"quotas": quotas})

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import httpx
@@ -247,6 +249,47 @@ def test_chunked_over_limit_is_413_and_a_short_body_408_within_seconds(new_stack
     out = raw_http(s.api_port, head + b'Content-Length: 500\r\n\r\n{"model": ')  # 490 bytes never come
     assert out.startswith(b"HTTP/1.1 408") and b"body_timeout" in out
     assert time.monotonic() - t < 6
+
+
+def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(new_stack):
+    """One tenant's large bodies wait their turn before they are read (429 naming the limit
+    past body_timeout_seconds); another tenant's request is answered meanwhile."""
+    s = new_stack(tenant_inflight_bytes=2000, body_timeout_seconds=2)
+    s.start_redis()
+    s.start_api()
+    body = json.dumps({"model": "sinusoid-mlp", "support": sin_support(0)}).encode()
+    padded = body + b" " * (3000 - len(body))  # JSON allows the trailing spaces
+    head = (
+        b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(padded)
+    )
+    holder: dict = {}
+
+    def trickle():  # holds acme's whole share for about 5 s, never stalling 2 s
+        with socket.create_connection(("127.0.0.1", s.api_port), timeout=20) as sock:
+            sock.sendall(head + body)
+            for _ in range(10):
+                time.sleep(0.5)
+                sock.sendall(b" ")
+            sock.sendall(padded[len(body) + 10 :])
+            holder["answer"] = sock.recv(65536)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    with Client(s.url, KEYS["globex"], max_retries=0) as other:
+        assert other.create_adaptation("sinusoid-mlp", sin_support(1))["status"] == "queued"
+    assert time.monotonic() - started < 1.5
+    with Client(s.url, KEYS["acme"], max_retries=0) as c:
+        started = time.monotonic()
+        with pytest.raises(RapidAdaptError) as e:
+            c.create_adaptation("sinusoid-mlp", sin_support(2))
+        assert (e.value.status, e.value.code, e.value.details) == (429, "rate_limited", ["tenant_inflight_bytes", 2000])
+        assert e.value.retry_after and time.monotonic() - started >= 1.9  # it waited its turn first
+        t.join(20)
+        assert holder["answer"].startswith(b"HTTP/1.1 202")
+        assert c.create_adaptation("sinusoid-mlp", sin_support(3))["status"] == "queued"  # the share is back
 
 
 def test_405_names_the_allowed_methods(stack):

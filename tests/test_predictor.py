@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from app.api.predictor import WeightsLRU, forward_merged
+from app.api.predictor import FairQueue, Job, WeightsLRU, forward_merged
 from models import registry
 from models.adapt import adapt, predict
 from models.research import omniglot
@@ -36,3 +36,22 @@ def test_the_weights_lru_holds_nothing_past_its_expiry_or_its_size(monkeypatch):
     assert set(lru.items) == {"a", "b", "c"}  # swept, not only hidden
     lru.put("d", "w-d", now + 600)
     assert list(lru.items) == ["a", "c", "d"]  # b was the least recently used
+
+
+def test_the_fair_queue_lets_a_newcomer_in_before_a_backlog_and_fills_passes_with_whole_jobs():
+    q = FairQueue()
+    job = lambda tenant, n: Job(f"ad_{tenant}", tenant, [0] * n, lambda _: None)  # noqa: E731
+    flood = job("acme", 500)
+    q.put(flood)
+    assert q.take(block=False) is flood
+    flood.done = 64
+    q.put(flood, rest=True)  # the backlog's rest, taken again next
+    small = job("globex", 20)
+    q.put(small)  # a tenant with nothing waiting comes in at the front
+    assert q.take(block=False) is small
+    assert q.take(block=False, room=44) is None  # the backlog's rest (436) never fills up another's pass
+    assert q.take(block=False, room=None) is flood
+    q.put(job("acme", 10))
+    q.put(job("globex", 30))
+    assert [q.take(block=False, room=40).tenant for _ in range(2)] == ["globex", "acme"]  # newest newcomer first
+    assert q.take(block=False) is None

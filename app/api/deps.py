@@ -48,12 +48,17 @@ async def get_tenant(
     )
     if credentials is None or not credentials.credentials:
         raise unauthorized("send Authorization: Bearer KEY")
-    given = credentials.credentials.strip().encode()
-    for key, name in request.app.state.tenants.items():
-        if hmac.compare_digest(given, key.encode()):
-            request.state.tenant = name  # for the request log
-            return name
-    raise unauthorized("unknown API key")
+    name = tenant_of_key(credentials.credentials, request.app.state.tenants)
+    if name is None:
+        raise unauthorized("unknown API key")
+    request.state.tenant = name  # for the request log
+    return name
+
+
+def tenant_of_key(key: str, tenants: dict[str, str]) -> str | None:
+    """The tenant of an API key (compared in constant time), else None."""
+    given = key.strip().encode()
+    return next((name for k, name in tenants.items() if hmac.compare_digest(given, k.encode())), None)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -20,6 +20,7 @@ from ..core.jobs import Queue
 from ..core.store import Store
 from . import metrics, pages, routes
 from .errors import install_error_handlers
+from .fairness import TenantGate
 from .middleware import Observe
 from .predictor import Predictor
 
@@ -75,5 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes.include(app)
     pages.include(app)
     install_error_handlers(app)
+    app.add_middleware(  # inside Observe, which logs and counts its refusals too
+        TenantGate,
+        tenants=None if settings.auth == "off" else tenants,
+        budget=settings.tenant_inflight_bytes,
+        body_limit=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+    )
     app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
     return app

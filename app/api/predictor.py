@@ -8,9 +8,10 @@ handler waiting on a separate batcher thread costs four hand-offs; docs/experime
 A large request (more images than one pass, or megabytes of them) is read and decoded
 in the thread pool instead, so that decoding it never holds up the shared thread.
 
-The thread serves tenants in turn: each pass takes waiting requests round robin by
-tenant, at most `predict_max_batch` images in all, a large request a slice at a time,
-so one tenant's flood delays another's request by about one pass. The images of a
+The thread serves tenants in turn (`FairQueue`): a pass opens with the next tenant's
+request, a large one a slice of `predict_max_batch` images at a time, and is filled up
+with other waiting requests that fit in it whole, so one tenant's flood delays another's
+request by about the pass under way (bench/results/flood.md). The images of a
 pass are embedded together (also across adaptations of one base), then each
 adaptation's own part runs. Adapted weights come from a bounded in-process LRU, then
 the weights cache in Redis; weights evicted from Redis are rebuilt from the stored
@@ -98,27 +99,41 @@ class Job:
     outs: list = field(default_factory=list)  # their outputs, slice by slice
     failed: bool = False
 
+    @property
+    def left(self) -> int:
+        """Images not yet taken into a pass."""
+        return len(self.inputs) - self.done
+
 
 class FairQueue:
-    """Waiting jobs by tenant, taken round robin: the tenant served goes to the back."""
+    """Waiting jobs by tenant, taken round robin: the tenant served goes to the back, and a
+    tenant with nothing waiting comes in at the front (as new flows do in FQ-CoDel), so a
+    tenant's occasional request waits for at most the pass under way, not a backlog's next."""
 
     def __init__(self):
         self.ready = threading.Condition()
         self.by_tenant: OrderedDict[str, deque[Job]] = OrderedDict()
 
-    def put(self, job: Job, front: bool = False) -> None:
+    def put(self, job: Job, rest: bool = False) -> None:
+        """rest: the job's images left after a pass, first in its tenant's line."""
         with self.ready:
-            jobs = self.by_tenant.setdefault(job.tenant, deque())
-            jobs.appendleft(job) if front else jobs.append(job)
+            if job.tenant not in self.by_tenant:
+                self.by_tenant[job.tenant] = deque()
+                if not rest:
+                    self.by_tenant.move_to_end(job.tenant, last=False)
+            jobs = self.by_tenant[job.tenant]
+            jobs.appendleft(job) if rest else jobs.append(job)
             self.ready.notify()
 
-    def take(self, block: bool) -> Job | None:
+    def take(self, block: bool, room: int | None = None) -> Job | None:
+        """The next tenant's first job; with room, the next whose images left fit in it."""
         with self.ready:
             while block and not self.by_tenant:
                 self.ready.wait()
-            if not self.by_tenant:
+            fits = lambda jobs: room is None or jobs[0].left <= room  # noqa: E731
+            tenant, jobs = next(((t, jobs) for t, jobs in self.by_tenant.items() if fits(jobs)), (None, None))
+            if jobs is None:
                 return None
-            tenant, jobs = next(iter(self.by_tenant.items()))
             job = jobs.popleft()
             del self.by_tenant[tenant]
             if jobs:
@@ -223,23 +238,23 @@ class Predictor:
                         job.reply(Outcome(job.record, job.x, outputs(job.record, torch.cat(job.outs))))
 
     def _take(self) -> list[tuple[Job, torch.Tensor]]:
-        """Wait for a job, then take slices of waiting jobs round robin by tenant, up to a
-        full pass of images. Jobs that fail or whose adaptation has not succeeded are
-        answered at once; a job with images left goes back to the front of its tenant's line."""
-        taken, room, block = [], self.settings.predict_max_batch, True
+        """Wait for a job and take a slice of it, then fill the pass with waiting jobs that fit
+        whole, round robin by tenant (a backlog's slices never lengthen another tenant's pass).
+        Jobs that fail or whose adaptation has not succeeded are answered at once; a job with
+        images left goes back to the front of its tenant's line."""
+        taken, room = [], self.settings.predict_max_batch
         while room > 0:
-            job = self.q.take(block)
+            job = self.q.take(not taken, None if not taken else room)  # after the first, whole jobs only
             if job is None:
                 break
             if job.failed or job.x is None and not self._prepare(job):
                 continue
-            block = False
             part = job.x[job.done : job.done + room]
             job.done += len(part)
             room -= len(part)
             taken.append((job, part))
             if job.done < len(job.x):
-                self.q.put(job, front=True)
+                self.q.put(job, rest=True)
         return taken
 
     def _prepare(self, job: Job) -> bool:

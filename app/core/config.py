@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     tenant_max_bytes: int = 256 * 2**20  # support sets and adapted weights stored
     tenant_max_jobs: int = 50  # jobs queued or running
     tenant_predict_images_per_second: int = 2000  # images in prediction requests
+    # request bodies in processing at once, per API process: more wait their turn (429 after
+    # body_timeout_seconds), so one tenant's large bodies take its share, not the process; 0: no limit
+    tenant_inflight_bytes: int = 256 * 2**10
     # workers no one tenant's jobs may fill (while more are alive), so another tenant's job starts
     # at once; 0 lets a lone tenant use every worker (single-tenant deployments)
     tenant_reserved_workers: int = 1
@@ -51,7 +54,9 @@ class Settings(BaseSettings):
 
     lru_size: int = 4096  # adapted weights held in the API process
     predict_max_batch: int = 64  # images per forward pass: larger batches only add memory traffic on CPU
-    torch_threads: int = 0  # 0: torch's default
+    # per process: the service runs several processes (API, workers) that share the cores, and torch's
+    # default (a thread per core in each) oversubscribes them under load (bench/results/flood*.md); 0: torch's default
+    torch_threads: int = 1
 
     job_soft_time_limit: float = 60.0
     job_hard_time_limit: float = 90.0

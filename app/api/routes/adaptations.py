@@ -15,6 +15,7 @@ from .. import metrics
 from ..bases import spec_of
 from ..deps import PredictorDep, QueueDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
+from ..fairness import done_reading
 from ..inputs import Limits, support_tensors
 from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
 from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
@@ -51,6 +52,7 @@ WAIT = Query(None, description="hold the answer until the job ends, at most 30 s
 )
 def create_adaptation(
     body: AdaptationCreate,
+    request: Request,
     response: Response,
     tenant: TenantDep,
     settings: SettingsDep,
@@ -114,6 +116,7 @@ def create_adaptation(
     if not created:  # an idempotent retry: answer with the stored adaptation
         record = store.get(aid) or record
     if wait:
+        done_reading(request)
         record = wait_for(store, aid, wait, record)
     if record["status"] in DONE:
         response.status_code = 200

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import PredictorDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
+from ..fairness import done_reading
 from ..records import DONE, wait_for, wait_param
 from ..responses import FastJSON
 from ..schemas import ErrorBody, PredictionRequest, PredictionResponse
@@ -23,6 +24,7 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 async def predict(
     aid: str,
     body: PredictionRequest,
+    request: Request,
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
@@ -38,6 +40,7 @@ async def predict(
         raise invalid("too_many_inputs", f"at most {settings.max_query} inputs per request", "inputs")
     got = await predictor.predict(aid, tenant, body.inputs)
     if got.outputs is None and wait and got.record["status"] not in DONE:
+        done_reading(request)  # the inputs are decoded (got.x): the wait costs nothing
         await run_in_threadpool(wait_for, store, aid, wait, got.record)
         got = await predictor.predict(aid, tenant, got.x)
     record = got.record

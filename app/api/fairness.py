@@ -1,0 +1,116 @@
+"""Per-tenant admission of request bodies, before a byte of them is read.
+
+Parsing and decoding a body is most of the API's own work, so each API process lets a
+tenant have at most `tenant_inflight_bytes` of request bodies (by Content-Length, an
+unknown length counting as the body limit) in processing at once; its further requests
+wait in line, costing nothing while their bodies sit in the socket, and past
+`body_timeout_seconds` of waiting are answered 429. Small requests pass side by side (the
+predictor still batches them); large ones of one tenant go one after another, so a flood
+of them takes one tenant's share of the process, not the process. A route that goes on
+to wait for a job (`?wait=`) hands its share back first (`done_reading`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from fastapi import Request
+
+from .deps import tenant_of_key
+from .errors import ApiError
+
+
+def tenant_of(authorization: str, tenants: dict[str, str]) -> str | None:
+    """The tenant of an `Authorization: Bearer KEY` value, else None."""
+    scheme, _, key = authorization.partition(" ")
+    return tenant_of_key(key, tenants) if scheme.lower() == "bearer" and key.strip() else None
+
+
+class Share:
+    """One tenant's bytes in processing and its line of waiting requests (first come, first in)."""
+
+    def __init__(self):
+        self.used, self.line = 0, deque()
+
+
+class TenantGate:
+    def __init__(self, inner, tenants: dict[str, str] | None, budget: int, body_limit: int, timeout: float):
+        """tenants None: auth is off and every caller is one tenant."""
+        self.inner, self.tenants, self.budget = inner, tenants, budget
+        self.body_limit, self.timeout = body_limit, timeout
+        self.shares: dict[str, Share] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or self.budget <= 0:
+            return await self.inner(scope, receive, send)
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        tenant = "public" if self.tenants is None else tenant_of(authorization, self.tenants)
+        length = headers.get(b"content-length", b"")
+        weight = min(int(length) if length.isdigit() else self.body_limit, self.budget)
+        if tenant is None or weight == 0:  # unknown key: the route answers 401 unread; no body: no work
+            return await self.inner(scope, receive, send)
+        scope.setdefault("state", {})["tenant"] = tenant  # for the request log, also when refused here
+        share = self.shares.setdefault(tenant, Share())
+        try:
+            await self._enter(share, weight)
+        except ApiError as refused:
+            return await refused.response()(scope, receive, send)
+        held, loop = [weight], asyncio.get_running_loop()
+
+        def release():
+            if held:
+                self._leave(share, held.pop())
+
+        scope.setdefault("state", {})["release_share"] = lambda: loop.call_soon_threadsafe(release)
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            release()
+
+    async def _enter(self, share: Share, weight: int) -> None:
+        if not share.line and (share.used == 0 or share.used + weight <= self.budget):
+            share.used += weight
+            return
+        turn = asyncio.get_running_loop().create_future()
+        share.line.append((weight, turn))
+        try:
+            await asyncio.wait_for(asyncio.shield(turn), self.timeout)
+        except BaseException as exc:  # the time ran out, or the request was cancelled (client gone)
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            if turn.done():  # let in just as it ended
+                if timed_out:
+                    return  # take it
+                self._leave(share, weight)
+                raise
+            share.line.remove((weight, turn))
+            turn.cancel()
+            self._admit(share)  # those behind it may fit now
+            if not timed_out:
+                raise
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"this tenant's requests in processing held over {self.budget} bytes for "
+                f"{self.timeout:g} s; send fewer at once",
+                ["tenant_inflight_bytes", self.budget],
+                {"Retry-After": "1", "Connection": "close"},  # the body was never read
+            ) from None
+
+    def _leave(self, share: Share, weight: int) -> None:
+        share.used -= weight
+        self._admit(share)
+
+    def _admit(self, share: Share) -> None:
+        while share.line and (share.used == 0 or share.used + share.line[0][0] <= self.budget):
+            weight, turn = share.line.popleft()
+            share.used += weight
+            turn.set_result(None)
+
+
+def done_reading(request: Request) -> None:
+    """From a route about to wait (for a job): its body is processed, the tenant's share goes
+    back. Callable from the thread pool."""
+    release = request.scope.get("state", {}).get("release_share")
+    if release is not None:
+        release()
