@@ -50,7 +50,8 @@ class TenantGate:
         weight = min(int(length) if length.isdigit() else self.body_limit, self.budget)
         if tenant is None or weight == 0:  # unknown key: the route answers 401 unread; no body: no work
             return await self.inner(scope, receive, send)
-        scope.setdefault("state", {})["tenant"] = tenant  # for the request log, also when refused here
+        state = scope.setdefault("state", {})
+        state["tenant"] = tenant  # for the request log, also when refused here
         share = self.shares.setdefault(tenant, Share())
         try:
             await self._enter(share, weight)
@@ -62,14 +63,14 @@ class TenantGate:
             if held:
                 self._leave(share, held.pop())
 
-        scope.setdefault("state", {})["release_share"] = lambda: loop.call_soon_threadsafe(release)
+        state["release_share"] = lambda: loop.call_soon_threadsafe(release)
         try:
             await self.inner(scope, receive, send)
         finally:
             release()
 
     async def _enter(self, share: Share, weight: int) -> None:
-        if not share.line and (share.used == 0 or share.used + weight <= self.budget):
+        if not share.line and self._fits(share, weight):
             share.used += weight
             return
         turn = asyncio.get_running_loop().create_future()
@@ -97,12 +98,16 @@ class TenantGate:
                 {"Retry-After": "1", "Connection": "close"},  # the body was never read
             ) from None
 
+    def _fits(self, share: Share, weight: int) -> bool:
+        """Alone, any body goes in; beside others, only within the budget."""
+        return share.used == 0 or share.used + weight <= self.budget
+
     def _leave(self, share: Share, weight: int) -> None:
         share.used -= weight
         self._admit(share)
 
     def _admit(self, share: Share) -> None:
-        while share.line and (share.used == 0 or share.used + share.line[0][0] <= self.budget):
+        while share.line and self._fits(share, share.line[0][0]):
             weight, turn = share.line.popleft()
             share.used += weight
             turn.set_result(None)

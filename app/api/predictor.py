@@ -130,8 +130,8 @@ class FairQueue:
         with self.ready:
             while block and not self.by_tenant:
                 self.ready.wait()
-            fits = lambda jobs: room is None or jobs[0].left <= room  # noqa: E731
-            tenant, jobs = next(((t, jobs) for t, jobs in self.by_tenant.items() if fits(jobs)), (None, None))
+            waiting = self.by_tenant.items()
+            tenant, jobs = next(((t, js) for t, js in waiting if room is None or js[0].left <= room), (None, None))
             if jobs is None:
                 return None
             job = jobs.popleft()
