@@ -1,15 +1,19 @@
-"""One tenant's flood against another's latency: `python -m bench.flood`.
+"""One tenant's flood against another's latency: `python -m bench.flood [--runs 3]`.
 
-A stack of its own (2 API processes, 2 workers, one Redis, the quotas of RAPID_ADAPT_*
-variables or the defaults; with any RAPID_ADAPT_* variable set, results go to flood-<names>.md). globex's
-adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and prediction (20 PNGs) latencies are
-measured quiet, then while acme floods at full speed from 8 threads: jobs of 500 drawings and
-predictions of 500 drawings, as fast as the service answers (its 429s included). Reports the
-medians, their ratios (bars: adaptation within 2x, prediction within 3x), acme's answers by
-status, and whether the workers lived. Writes bench/results/flood.md and flood.json."""
+Each run starts a stack of its own (2 API processes, 2 workers, one Redis, the quotas of
+RAPID_ADAPT_* variables or the defaults; with any RAPID_ADAPT_* variable set, results go to
+flood-<names>.md). globex's adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and
+prediction (20 PNGs) latencies are measured quiet, then while acme floods at full speed from
+8 threads: jobs of 500 drawings and predictions of 500 drawings, as fast as the service
+answers (its 429s included). Reports the medians, their ratios (bars: adaptation within 2x,
+prediction within 3x), acme's answers by status, whether the workers lived, and where the
+cores went. The baseline arm runs the same with background priority off
+(RAPID_ADAPT_BACKGROUND_NICE=0), its runs interleaved with the default's. Writes
+bench/results/flood.md, flood.json and flood.png."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import tempfile
@@ -26,7 +30,7 @@ from app.demo import omniglot_task
 from models.research import omniglot
 from tests.stack import KEYS, Stack
 
-from .report import save
+from .report import RESULTS, pyplot, save, save_figure
 from .run import png_b64
 
 ROUNDS = 25  # globex adaptations, each followed by 3 predictions, quiet and again under the flood
@@ -65,19 +69,23 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
     return out
 
 
-def cpu_seconds(sessions: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by every process of each named session (the
-    stack starts each program in a session of its own), from /proc: where the cores went."""
-    tick, out = os.sysconf("SC_CLK_TCK"), dict.fromkeys(sessions, 0.0)
-    by_sid = {sid: name for name, sid in sessions.items()}
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its descendants
+    (each process counted under its nearest named ancestor), from /proc: where the cores went."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
-        name = by_sid.get(int(fields[3]))  # fields after the command: state ppid pgrp session ...
-        if name:
-            out[name] += (int(fields[11]) + int(fields[12])) / tick
+        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, cpu
+    by_pid, out = {pid: name for name, pid in roots.items()}, dict.fromkeys(roots, 0.0)
+    for pid, (_, cpu) in procs.items():
+        p = pid
+        while p in procs and p not in by_pid:
+            p = procs[p][0]
+        if p in by_pid:
+            out[by_pid[p]] += cpu
     return out
 
 
@@ -93,25 +101,11 @@ def flood(url: str, aid: str, stop: threading.Event, big_job: dict, big_query: d
                     seen[r.status_code] += 1
 
 
-def main() -> None:
-    quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
-    changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
-    name = "flood" if not changed else "flood-" + "-".join(k.removeprefix("RAPID_ADAPT_").lower() for k in changed)
-    ds = omniglot.load()
-    support, queries, _ = omniglot_task(seed=1, n_way=20, n_query=1)
-    adapt_body = {"model": "omniglot-conv4", "support": support, "mode": "fast"}
-    query_body = {"inputs": queries}
-    sampler = omniglot.EpisodeSampler(ds, "train")
-    ids, _ = sampler.sample_ids(20, 20, 0, torch.Generator().manual_seed(0))  # 400 drawings
-    pngs = [png_b64(ds, i) for i, _, _ in ids] + [png_b64(ds, i) for i, _, _ in ids[:100]]
-    big_job = {
-        "model": "omniglot-conv4",
-        "support": [{"input": p, "label": k % 20} for k, p in enumerate(pngs)],
-        "mode": "fine-tune",
-    }
-    big_query = {"inputs": pngs}
+def run_once(env: dict[str, str], bodies: tuple[dict, dict, dict, dict]) -> dict:
+    """One stack with `env` on top of the environment: globex quiet, then under acme's flood."""
+    adapt_body, query_body, big_job, big_query = bodies
     stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-flood-")))
-    stack.env["WEB_CONCURRENCY"] = "2"
+    stack.env |= {"WEB_CONCURRENCY": "2", **env}
     stack.start(workers=2)
     try:
         quiet = measure(stack.url, adapt_body, query_body, ROUNDS)
@@ -129,11 +123,11 @@ def main() -> None:
         for t in threads:
             t.start()
         time.sleep(10)  # the flood at full speed first
-        sessions = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getsid(0)}
-        sessions |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
-        cpu0, t0 = cpu_seconds(sessions), time.monotonic()
+        roots = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getpid()}
+        roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
+        cpu0, t0 = cpu_seconds(roots), time.monotonic()
         flooded = measure(stack.url, adapt_body, query_body, ROUNDS)
-        cpu1, wall = cpu_seconds(sessions), time.monotonic() - t0
+        cpu1, wall = cpu_seconds(roots), time.monotonic() - t0
         stop.set()
         for t in threads:
             t.join()
@@ -142,40 +136,115 @@ def main() -> None:
         kept = before == after and all(x == "succeeded" for t in before for x in before[t]["statuses"])
     finally:
         stack.stop()
-    med = lambda v: statistics.median(v)
+    med = statistics.median
     res = {
         "adaptation_p50_quiet_ms": med(quiet[0]),
         "adaptation_p50_flooded_ms": med(flooded[0]),
         "prediction_p50_quiet_ms": med(quiet[1]),
         "prediction_p50_flooded_ms": med(flooded[1]),
-        "acme_answers": dict(seen),
+        "acme_answers": dict(sorted(seen.items())),
         "workers_alive": workers_alive,
         "stored_kept": kept,
         "stored_before": {t: len(v["ids"]) for t, v in before.items()},
-        "cores_used_while_measured": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in sessions},
+        "cores_used_while_measured": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in roots},
     }
     res["adaptation_ratio"] = res["adaptation_p50_flooded_ms"] / res["adaptation_p50_quiet_ms"]
     res["prediction_ratio"] = res["prediction_p50_flooded_ms"] / res["prediction_p50_quiet_ms"]
-    text = "\n".join([
+    return res
+
+
+def bodies() -> tuple[dict, dict, dict, dict]:
+    """globex's adaptation and prediction bodies, acme's 500-drawing job and prediction."""
+    ds = omniglot.load()
+    support, queries, _ = omniglot_task(seed=1, n_way=20, n_query=1)
+    sampler = omniglot.EpisodeSampler(ds, "train")
+    ids, _ = sampler.sample_ids(20, 20, 0, torch.Generator().manual_seed(0))  # 400 drawings
+    pngs = [png_b64(ds, i) for i, _, _ in ids] + [png_b64(ds, i) for i, _, _ in ids[:100]]
+    big_job = {
+        "model": "omniglot-conv4",
+        "support": [{"input": p, "label": k % 20} for k, p in enumerate(pngs)],
+        "mode": "fine-tune",
+    }
+    adapt_body = {"model": "omniglot-conv4", "support": support, "mode": "fast"}
+    return adapt_body, {"inputs": queries}, big_job, {"inputs": pngs}
+
+
+ARMS = {"background priority (default)": {}, "baseline: background priority off": {"RAPID_ADAPT_BACKGROUND_NICE": "0"}}
+
+
+def report(runs: dict[str, list[dict]], quotas: dict) -> str:
+    med = statistics.median
+    rows = []
+    for arm, rs in runs.items():
+        for i, r in enumerate(rs, 1):
+            rows.append(
+                f"| {arm} | {i} | {r['adaptation_p50_quiet_ms']:.0f} | {r['adaptation_p50_flooded_ms']:.0f} | "
+                f"{r['adaptation_ratio']:.2f} | {r['prediction_p50_quiet_ms']:.1f} | "
+                f"{r['prediction_p50_flooded_ms']:.1f} | {r['prediction_ratio']:.2f} | {r['acme_answers']} | "
+                f"{r['workers_alive']} | {r['stored_kept']} |"
+            )
+        rows.append(
+            f"| **{arm}: median of runs** | | | | **{med(r['adaptation_ratio'] for r in rs):.2f}** | | | "
+            f"**{med(r['prediction_ratio'] for r in rs):.2f}** | | | |"
+        )
+    cores = [
+        f"- {arm}, run {i}: " + ", ".join(f"{k} {v}" for k, v in r["cores_used_while_measured"].items())
+        for arm, rs in runs.items()
+        for i, r in enumerate(rs, 1)
+    ]
+    return "\n".join([
         "# Flood", "",
-        f"`python -m bench.flood` on {time.strftime('%Y-%m-%d')}: 2 API processes, 2 workers, quotas {quotas}; "
-        "acme floods from 8 threads with 500-drawing fine-tune jobs and 500-drawing predictions.", "",
-        "| globex's median | quiet | acme flooding | ratio | bar |",
-        "| --- | --- | --- | --- | --- |",
-        f"| adaptation, 20-way 1-shot PNGs, POST ?wait= | {res['adaptation_p50_quiet_ms']:.0f} ms | "
-        f"{res['adaptation_p50_flooded_ms']:.0f} ms | {res['adaptation_ratio']:.2f} | 2 |",
-        f"| prediction, 20 PNGs | {res['prediction_p50_quiet_ms']:.1f} ms | "
-        f"{res['prediction_p50_flooded_ms']:.1f} ms | {res['prediction_ratio']:.2f} | 3 |",
-        "",
-        f"acme's answers by status: {dict(sorted(seen.items()))}; workers alive at the end: {workers_alive}; "
-        f"every adaptation stored before the flood ({res['stored_before']}) still there with the same answers: "
-        f"{kept}.",
-        "",
-        f"Cores in use while globex was measured under the flood (of {os.cpu_count()}): "
-        + ", ".join(f"{k} {v}" for k, v in res["cores_used_while_measured"].items()) + ".",
-        "",
+        f"`python -m bench.flood --runs {len(next(iter(runs.values())))}` on {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} cores: each run a stack of its own with 2 API processes and 2 workers, quotas {quotas}; "
+        f"acme floods from 8 threads with 500-drawing fine-tune jobs and 500-drawing predictions while globex's "
+        f"medians are measured ({ROUNDS} adaptations, {3 * ROUNDS} predictions, quiet and then flooded). "
+        "Bars: adaptation within 2x of quiet, prediction within 3x. The baseline arm turns background priority "
+        "off (RAPID_ADAPT_BACKGROUND_NICE=0); the arms' runs are interleaved.", "",
+        "| arm | run | adaptation quiet ms | flooded ms | ratio | prediction quiet ms | flooded ms | ratio "
+        "| acme's answers | workers alive | stored kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows, "",
+        "Cores in use while globex was measured under the flood (a process and its children):", "",
+        *cores, "",
+        "![globex's medians, quiet and flooded](flood.png)", "",
     ])  # fmt: skip
-    save(name, text, res | {"quotas": quotas})
+
+
+def plot(runs: dict[str, list[dict]], path: Path) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for ax, what, bar in zip(axes, ("adaptation", "prediction"), (2, 3)):
+        for k, rs in enumerate(runs.values()):
+            ratios = [r[f"{what}_ratio"] for r in rs]
+            ax.scatter([k] * len(ratios), ratios, alpha=0.6)
+            ax.plot([k - 0.2, k + 0.2], [statistics.median(ratios)] * 2, color="black")
+        ax.axhline(bar, color="red", linestyle="--", label=f"bar: {bar}x")
+        ax.set_xticks(range(len(runs)), [a.split(":")[0].replace(" (default)", "") for a in runs], fontsize=8)
+        ax.set_xlim(-0.5, len(runs) - 0.5)
+        ax.set_ylim(0, None)
+        ax.set_title(f"globex's {what} p50, flooded / quiet", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    save_figure(fig, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.flood", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs of each arm, interleaved")
+    args = p.parse_args(argv)
+    quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
+    changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
+    name = "flood" if not changed else "flood-" + "-".join(k.removeprefix("RAPID_ADAPT_").lower() for k in changed)
+    arms = {a: env for a, env in ARMS.items() if not set(env) & set(changed)}  # a variable set by hand holds
+    data, runs = bodies(), {arm: [] for arm in arms}
+    for i in range(args.runs):
+        for arm, env in arms.items():
+            print(f"run {i + 1}/{args.runs}: {arm} ...", flush=True)
+            r = run_once(env, data)
+            runs[arm].append(r)
+            print(f"  adaptation {r['adaptation_ratio']:.2f}x, prediction {r['prediction_ratio']:.2f}x", flush=True)
+    save(name, report(runs, quotas), {"runs": runs, "quotas": quotas})
+    plot(runs, RESULTS / f"{name}.png")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from tests.stack import KEYS, Stack
 
 from . import naive
 from .load import require_wrk, run_wrk
-from .report import RESULTS, save
+from .report import RESULTS, pyplot, save, save_figure
 
 KEY = KEYS["acme"]
 DONE = ("succeeded", "failed")
@@ -402,11 +402,7 @@ def bare_text(b: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     A = res["adapt"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = [r["what"].split(",")[0] for r in A]
@@ -419,9 +415,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_title("adaptation compute, default steps")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -43,7 +43,8 @@ start_redis() {  # name port maxmemory policy: never evicts for the broker and t
 }
 start_redis broker "$BROKER_PORT" 256mb noeviction
 start_redis store "$STORE_PORT" 1gb noeviction
-nohup $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
+SETSID="$(command -v setsid || true)"  # the worker in a session of its own: a background job weighs on it alone
+nohup $SETSID $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
   --without-gossip --without-mingle >"$RUN/worker.log" 2>&1 & echo $! >"$RUN/worker.pid"
 nohup $PY -m app.serve --host 127.0.0.1 --port "$PORT" >"$RUN/api.log" 2>&1 & echo $! >"$RUN/api.pid"
 

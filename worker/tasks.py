@@ -6,7 +6,8 @@ dies is put back by a live worker's reaper within seconds, and done again from t
 stored support set (adaptation is deterministic: a job done twice writes the same
 weights). A Redis error mid-job retries the same job with backoff, and a refused
 write (a full Redis) fails the job with its reason; the worker process never exits on
-either.
+either. A job whose tenant has more jobs waiting runs at background CPU priority
+(app/core/priority.py): another tenant's job on the next worker, and the API, come first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import heartbeats, stats
+from app.core import heartbeats, keys, priority, stats
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME
@@ -101,6 +102,8 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
         if s.step(aid, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
             raise Stopped
 
+    background = settings.background_nice > 0 and s.r.llen(keys.pending(tenant)) > 0
+    priority.set_session(settings.background_nice if background else 0)
     try:
         with beating(s, aid, worker, tenant, settings.worker_heartbeat_seconds):
             fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
@@ -116,6 +119,7 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
     except SoftTimeLimitExceeded:
         return fail(s, aid, tenant, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
     metrics["weights_bytes"] = s.put_weights(aid, fast, s.ttl(aid), tenant)
+    metrics["cpu_priority"] = "background" if background else "normal"
     done = {"status": "succeeded", "finished_at": now(), "metrics": metrics, "steps": metrics["steps"]}
     had = s.transition(aid, ("running",), **done)
     s.scheduler.finish(aid, tenant)

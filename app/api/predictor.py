@@ -1,18 +1,20 @@
 """Predictions in the API process.
 
-One thread per process does the work of a prediction request: it reads the
-adaptation's record (and counts the tenant's images against its rate), decodes the
-inputs, finds the adapted weights, runs the forward pass and hands back plain lists,
-so a request costs the event loop one hand-off and one callback (a thread-pool
-handler waiting on a separate batcher thread costs four hand-offs; docs/experiments.md).
-A large request (more images than one pass, or megabytes of them) is read and decoded
-in the thread pool instead, so that decoding it never holds up the shared thread.
+Two threads per process do the work of prediction requests, each in its own lane: it
+reads the adaptation's record (and counts the tenant's images against its rate), decodes
+the inputs, finds the adapted weights, runs the forward pass and hands back plain lists,
+so a request costs the event loop one hand-off and one callback (a thread-pool handler
+waiting on a separate batcher thread costs four hand-offs; docs/experiments.md). A
+request that fits in one pass goes to the interactive lane; a larger one (more images
+than one pass, or megabytes of them) to the bulk lane, whose thread runs at background
+CPU priority (app/core/priority.py): a flood of large requests takes the cores only while
+no one's small request needs them.
 
-The thread serves tenants in turn (`FairQueue`): a pass opens with the next tenant's
+Each lane serves tenants in turn (`FairQueue`): a pass opens with the next tenant's
 request, a large one a slice of `predict_max_batch` images at a time, and is filled up
-with other waiting requests that fit in it whole, so one tenant's flood delays another's
-request by about the pass under way (bench/results/flood.md). The images of a
-pass are embedded together (also across adaptations of one base), then each
+with other waiting requests that fit in it whole, so one tenant's requests delay
+another's in the same lane by about the pass under way (bench/results/flood.md). The
+images of a pass are embedded together (also across adaptations of one base), then each
 adaptation's own part runs. Adapted weights come from a bounded in-process LRU, then
 the weights cache in Redis; weights evicted from Redis are rebuilt from the stored
 support set with the worker's `run_adaptation`.
@@ -31,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from starlette.concurrency import run_in_threadpool
 
+from ..core import priority
 from ..core.adaptation import run_adaptation
 from ..core.config import Settings
 from ..core.store import Store
@@ -43,7 +45,7 @@ from .inputs import Limits, batch
 from .records import owned
 
 log = logging.getLogger("rapid_adapt.api")
-LARGE_BYTES = 2**20  # a request with more image data than this is decoded in the thread pool
+LARGE_BYTES = 2**20  # a request with more image data than this goes to the bulk lane
 
 
 class WeightsLRU:
@@ -91,7 +93,7 @@ class Job:
     aid: str
     tenant: str
     inputs: list | torch.Tensor  # as posted, or already decoded
-    reply: Callable[[Outcome | BaseException], None]  # called once, from the predictor thread
+    reply: Callable[[Outcome | BaseException], None]  # called once, from its lane's thread
     record: dict | None = None
     x: torch.Tensor | None = None
     fast: dict | None = None
@@ -166,8 +168,9 @@ class Predictor:
     def __init__(self, settings: Settings, store: Store):
         self.settings, self.store, self.lru = settings, store, WeightsLRU(settings.lru_size)
         self.limits = Limits.of(settings)
-        self.q = FairQueue()
-        threading.Thread(target=self._loop, name="predictor", daemon=True).start()
+        self.q, self.bulk = FairQueue(), FairQueue()  # the interactive lane's, the bulk lane's
+        for name, q, nice in (("predictor", self.q, 0), ("predictor-bulk", self.bulk, settings.background_nice)):
+            threading.Thread(target=self._loop, args=(q, nice), name=name, daemon=True).start()
 
     async def predict(self, aid: str, tenant: str, inputs: list | torch.Tensor, timeout: float = 30.0) -> Outcome:
         """From the event loop: raises what the thread raised (404, 422, 429, ...), TimeoutError
@@ -175,21 +178,17 @@ class Predictor:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         job = Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result))
-        if self.large(inputs):
-            ready = await run_in_threadpool(self._prepare, job)  # replies itself when it fails or must wait
-            if ready:
-                self.q.put(job)
-        else:
-            self.q.put(job)
+        (self.bulk if self.large(inputs) else self.q).put(job)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             raise TimeoutError("prediction timed out") from None
 
     def large(self, inputs) -> bool:
-        if isinstance(inputs, torch.Tensor) or len(inputs) > self.settings.predict_max_batch:
-            return not isinstance(inputs, torch.Tensor)
-        return sum(len(getattr(v, "image", "")) for v in inputs) > LARGE_BYTES
+        """More than one pass of work: more images than a pass, or megabytes of them to decode."""
+        if len(inputs) > self.settings.predict_max_batch:
+            return True
+        return not isinstance(inputs, torch.Tensor) and sum(len(getattr(v, "image", "")) for v in inputs) > LARGE_BYTES
 
     def forget(self, aid: str) -> None:
         self.lru.drop(aid)
@@ -215,11 +214,12 @@ class Predictor:
         self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
         return fast
 
-    # ---- the predictor thread ------------------------------------------------
-    def _loop(self) -> None:
+    # ---- the lanes' threads --------------------------------------------------
+    def _loop(self, q: FairQueue, nice: int) -> None:
+        priority.lower_this_thread(nice)
         while True:
             groups: dict[str, list[tuple[Job, torch.Tensor]]] = {}
-            for job, x in self._take():  # one pass per base version
+            for job, x in self._take(q):  # one pass per base version
                 groups.setdefault((job.record["model"], job.record.get("model_version")), []).append((job, x))
             for group in groups.values():
                 try:
@@ -237,14 +237,14 @@ class Predictor:
                     if sum(len(o) for o in job.outs) == len(job.x):
                         job.reply(Outcome(job.record, job.x, outputs(job.record, torch.cat(job.outs))))
 
-    def _take(self) -> list[tuple[Job, torch.Tensor]]:
+    def _take(self, q: FairQueue) -> list[tuple[Job, torch.Tensor]]:
         """Wait for a job and take a slice of it, then fill the pass with waiting jobs that fit
         whole, round robin by tenant (a backlog's slices never lengthen another tenant's pass).
         Jobs that fail or whose adaptation has not succeeded are answered at once; a job with
         images left goes back to the front of its tenant's line."""
         taken, room = [], self.settings.predict_max_batch
         while room > 0:
-            job = self.q.take(not taken, None if not taken else room)  # after the first, whole jobs only
+            job = q.take(not taken, None if not taken else room)  # after the first, whole jobs only
             if job is None:
                 break
             if job.failed or job.x is None and not self._prepare(job):
@@ -254,7 +254,7 @@ class Predictor:
             room -= len(part)
             taken.append((job, part))
             if job.done < len(job.x):
-                self.q.put(job, rest=True)
+                q.put(job, rest=True)
         return taken
 
     def _prepare(self, job: Job) -> bool:
@@ -295,7 +295,7 @@ class Predictor:
 
 
 def _reply(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result) -> None:
-    """From the predictor thread: settle the request's future on its event loop."""
+    """From a lane's thread: settle the request's future on its event loop."""
     with contextlib.suppress(RuntimeError):  # the loop has closed: the process is shutting down
         loop.call_soon_threadsafe(_settle, fut, result)
 

@@ -1,5 +1,5 @@
 """Reading an adaptation's record for a caller, shared by the routes and the
-predictor thread: ownership (another tenant's adaptation is 404, not 403), its
+predictor's lanes: ownership (another tenant's adaptation is 404, not 403), its
 public form, and waiting for a job to end."""
 
 from __future__ import annotations

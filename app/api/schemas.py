@@ -139,6 +139,9 @@ class AdaptationMetrics(BaseModel):
     )
     device: str
     weights_bytes: int
+    cpu_priority: Literal["normal", "background"] = Field(
+        "normal", description="background: the tenant had more jobs waiting, so this one yielded the CPU to others'"
+    )
 
 
 class Adaptation(BaseModel):

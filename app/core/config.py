@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.checkpoint import CHECKPOINT_DIR
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     # workers no one tenant's jobs may fill (while more are alive), so another tenant's job starts
     # at once; 0 lets a lone tenant use every worker (single-tenant deployments)
     tenant_reserved_workers: int = 1
+    # CPU priority (a nice value, 0-19) of background work: prediction requests larger than one pass,
+    # and jobs of a tenant with more jobs waiting (app/core/priority.py); 0: the same as the rest
+    background_nice: int = Field(10, ge=0, le=19)
     store_max_fill: float = 0.9  # of the store Redis's maxmemory: past it, creates answer 507
 
     lru_size: int = 4096  # adapted weights held in the API process

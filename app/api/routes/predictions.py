@@ -31,7 +31,7 @@ async def predict(
     predictor: PredictorDep,
     wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
 ):
-    """async: the predictor thread reads the record, decodes and predicts; the event loop
+    """async: a predictor lane's thread reads the record, decodes and predicts; the event loop
     only builds the response from plain lists (and waits for a running job in the thread pool)."""
     wait = wait_param(settings, wait)
     if not body.inputs:

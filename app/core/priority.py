@@ -1,0 +1,62 @@
+"""Background CPU priority: work that can wait yields the cores to work someone is waiting
+for, without ever leaving them idle (a nice value weighs a thread against others that want
+the core; alone, it runs at full speed).
+
+Background work is a prediction request larger than one pass (the API's bulk lane) and a
+job whose tenant has more jobs waiting (a worker). Measured in bench/results/flood.md: one
+tenant's flood of both on two cores, and another tenant's latencies with and without.
+
+Linux weighs threads at two levels: within one scheduling group by each thread's nice value
+(`lower_this_thread`), and between autogroups (one per session, for processes outside a
+CPU cgroup of their own) by the group's nice value (`set_session`). Containers each get a
+cgroup of their own, between which only the cgroups' CPU weights count: there a worker's
+job priority does nothing, and the API's bulk lane still yields to its interactive one.
+Elsewhere than Linux, or without permission, both do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_this_thread(nice: int) -> None:
+    """This thread at `nice` for the rest of its life (without privilege it cannot come back)."""
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # Linux: a thread id is a pid
+
+
+def session_nice() -> int | None:
+    """This session's autogroup nice value; None where the kernel keeps no autogroups."""
+    try:
+        return int(AUTOGROUP.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def set_session(nice: int) -> bool:
+    """Weigh this process's autogroup at `nice` (raising it needs no privilege, nor does
+    coming back to 0), only where the session is this process's or its parent's (a worker's
+    pool process): never a shell's, or an API's started in the same session.
+    -> whether the autogroup is at `nice` now."""
+    if not hasattr(os, "getsid") or os.getsid(0) not in (os.getpid(), os.getppid()):
+        return False
+    now = session_nice()
+    if now is None or now == nice:
+        return now == nice
+    for attempt in range(2):
+        try:
+            AUTOGROUP.write_text(str(nice))
+            return True
+        except OSError as exc:  # EAGAIN: an unprivileged write at most every 100 ms, machine-wide
+            if exc.errno != errno.EAGAIN or attempt:
+                return False
+            time.sleep(0.11)
+    return False

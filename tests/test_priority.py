@@ -1,0 +1,146 @@
+"""Background CPU priority: the means (a thread's nice value, a session's autogroup) and
+who gets it (a worker's job whose tenant has more waiting, the API's bulk lane)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.core import priority
+from app.demo import sinusoid_task
+from rapid_adapt_client import Client
+
+from .stack import KEYS, ROOT, wait_until
+
+
+def test_a_thread_lowers_itself_and_no_other():
+    seen = {}
+
+    def body():
+        priority.lower_this_thread(7)
+        seen["tid"] = threading.get_native_id()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, seen["tid"])
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen["nice"] == 7
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 7  # this thread is as it was
+
+
+SESSION_PROBE = """
+import os, subprocess, sys
+from app.core import priority
+depth = int(sys.argv[1])
+if depth:  # a child of this process, `depth` levels down, reports
+    raise SystemExit(subprocess.call([sys.executable, "-c", sys.argv[2], str(depth - 1), sys.argv[2]]))
+print(priority.set_session(10), priority.session_nice(), priority.set_session(0), priority.session_nice())
+"""
+
+
+def probe(depth: int) -> str:
+    """What set_session does `depth` processes below a session leader of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", SESSION_PROBE, str(depth), SESSION_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(priority.session_nice() is None, reason="this kernel keeps no autogroups")
+def test_a_session_is_weighed_by_its_leader_or_its_child_and_comes_back_to_normal():
+    assert probe(0) == ["True", "10", "True", "0"]  # the leader (a worker's main process)
+    assert probe(1) == ["True", "10", "True", "0"]  # its child (a worker's pool process)
+    assert probe(2) == ["False", "0", "False", "0"]  # further down: someone else's session, left alone
+
+
+def autogroup_nice(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(priority.session_nice() is None, reason="this kernel keeps no autogroups")
+def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(new_stack):
+    """One worker: acme queues four slow jobs, then globex one. While acme has jobs waiting,
+    the worker's session runs them at background priority (seen in /proc, and in the job's
+    metrics); globex's lone job and acme's last run at normal priority."""
+    s = new_stack()
+    s.start_redis()
+    w = s.start_worker(job_delay=0.6)
+    s.start_api()
+    s.wait_ready()
+    seen, stop = set(), threading.Event()
+
+    def watch():
+        while not stop.wait(0.02):
+            seen.add(autogroup_nice(w.pid))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with Client(s.url, KEYS["acme"]) as acme, Client(s.url, KEYS["globex"]) as globex:
+            flood = [acme.create_adaptation("sinusoid-mlp", sinusoid_task(i)[0])["id"] for i in range(4)]
+            mine = globex.create_adaptation("sinusoid-mlp", sinusoid_task(99)[0])["id"]
+            done = {aid: c.wait(aid, timeout=60) for c, ids in ((acme, flood), (globex, [mine])) for aid in ids}
+    finally:
+        stop.set()
+        watcher.join()
+    assert {r["status"] for r in done.values()} == {"succeeded"}
+    got = {aid: r["metrics"]["cpu_priority"] for aid, r in done.items()}
+    assert got[mine] == "normal"
+    assert got[flood[1]] == "background"  # claimed while acme's #3 and #4 waited
+    assert got[flood[-1]] == "normal"  # nothing of acme's left waiting
+    assert 10 in seen  # the kernel weighed the worker's session at background priority
+    wait_until(lambda: autogroup_nice(w.pid) == 0, 5, "the worker's session back at normal priority")
+
+
+def stat_fields(path: Path) -> list[str]:
+    """/proc/.../stat from its third field (state) on: the command before it may hold spaces."""
+    return path.read_text().rpartition(")")[2].split()
+
+
+def thread_nices(pid: int) -> list[int]:
+    """The nice value (field 19) of every thread of a process."""
+    return [int(stat_fields(stat)[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")]
+
+
+def in_session(sid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat_fields(stat)[3]) == sid:
+                out.append(int(stat.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return out
+
+
+def test_the_api_predicts_large_requests_in_a_background_lane(stack):
+    """Each API process has one thread at background priority (the bulk lane), and a request
+    larger than one pass is answered through it with the same answers as in passes of one."""
+    api_pids = in_session(stack.api.pid)  # app.serve and its uvicorn processes
+    lanes = [pid for pid in api_pids if 10 in thread_nices(pid)]
+    assert lanes, {pid: thread_nices(pid) for pid in api_pids}
+    with Client(stack.url, KEYS["acme"]) as c:
+        aid = c.create_adaptation("sinusoid-mlp", sinusoid_task(5)[0], wait=30)["id"]
+        xs = [[x / 100] for x in range(-250, 250, 5)] * 2  # 200 inputs: more than one pass (64)
+        t = time.monotonic()
+        many = c.predict(aid, xs)
+        assert time.monotonic() - t < 30
+        few = [c.predict(aid, xs[i : i + 20]) for i in range(0, 40, 20)]
+    value = lambda p: p["value"][0] if isinstance(p["value"], list) else p["value"]  # noqa: E731
+    assert len(many) == 200
+    assert [value(p) for p in many[:40]] == pytest.approx([value(p) for f in few for p in f], abs=1e-5)
