@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import heartbeats, keys, priority, stats
+from app.core import heartbeats, priority, stats
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME
@@ -102,7 +102,7 @@ def run(s: Store, aid: str, tenant: str, worker: str) -> str:
         if s.step(aid, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
             raise Stopped
 
-    background = settings.background_nice > 0 and s.r.llen(keys.pending(tenant)) > 0
+    background = settings.background_nice > 0 and s.scheduler.waiting(tenant) > 0
     priority.set_session(settings.background_nice if background else 0)
     try:
         with beating(s, aid, worker, tenant, settings.worker_heartbeat_seconds):

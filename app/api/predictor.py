@@ -168,8 +168,9 @@ class Predictor:
     def __init__(self, settings: Settings, store: Store):
         self.settings, self.store, self.lru = settings, store, WeightsLRU(settings.lru_size)
         self.limits = Limits.of(settings)
-        self.q, self.bulk = FairQueue(), FairQueue()  # the interactive lane's, the bulk lane's
-        for name, q, nice in (("predictor", self.q, 0), ("predictor-bulk", self.bulk, settings.background_nice)):
+        self.interactive, self.bulk = FairQueue(), FairQueue()  # the lanes' queues
+        lanes = (("predictor", self.interactive, 0), ("predictor-bulk", self.bulk, settings.background_nice))
+        for name, q, nice in lanes:
             threading.Thread(target=self._loop, args=(q, nice), name=name, daemon=True).start()
 
     async def predict(self, aid: str, tenant: str, inputs: list | torch.Tensor, timeout: float = 30.0) -> Outcome:
@@ -178,7 +179,7 @@ class Predictor:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         job = Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result))
-        (self.bulk if self.large(inputs) else self.q).put(job)
+        (self.bulk if self.large(inputs) else self.interactive).put(job)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on

@@ -110,6 +110,10 @@ class Scheduler:
     def active(self, tenant: str) -> int:
         return int(self.r.scard(keys.jobs(tenant)))
 
+    def waiting(self, tenant: str) -> int:
+        """The tenant's jobs in line, not yet claimed."""
+        return int(self.r.llen(keys.pending(tenant)))
+
     def pending(self) -> int:
         tenants = {t.decode() for t in self.r.lrange(ROTATION, 0, -1)}
         if not tenants:
