@@ -27,8 +27,8 @@ import torch
 
 from app.core.config import Settings
 from app.demo import omniglot_task
+from bench.stack import KEYS, Stack
 from models.research import omniglot
-from tests.stack import KEYS, Stack
 
 from .report import RESULTS, pyplot, save, save_figure
 from .run import png_b64

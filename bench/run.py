@@ -33,10 +33,10 @@ from tqdm import tqdm
 from app.core.adaptation import run_adaptation
 from app.core.config import Settings
 from app.core.store import Store
+from bench.stack import KEYS, Stack
 from models import registry, runtime
 from models.adapt import adapt, choose_mode, predict
 from models.research import glyphs, omniglot, sinusoid
-from tests.stack import KEYS, Stack
 
 from . import naive
 from .load import require_wrk, run_wrk
@@ -77,7 +77,7 @@ def bench_adapt_compute(reps: int) -> list[dict]:
     """In process, per task: `adapt` for a mode (auto: its choice included) against the
     classic loop over every weight for as many steps, and the accuracy each reaches."""
     rows = []
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     in_domain = omniglot.EpisodeSampler(omniglot.load(), "test")
     cross = glyphs.EpisodeSampler(glyphs.load(), "test")
     cases = [
@@ -109,7 +109,7 @@ def bench_adapt_compute(reps: int) -> list[dict]:
                 "quality": f"accuracy {statistics.mean(acc_ours):.3f} vs {statistics.mean(acc_base):.3f}",
             }
         )
-    model, _ = registry.load("sinusoid-mlp")
+    model, _ = registry.shipped().load("sinusoid-mlp")
     gen = torch.Generator().manual_seed(0)
     sx, sy, qx, qy = sinusoid.sample_tasks(reps, 5, 100, gen)
     ours, base, mse_ours, mse_base = [], [], [], []
@@ -173,7 +173,7 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
                 time.sleep(8)
             out[f"jobs_per_s_{workers}_workers"] = throughput(c, bodies, jobs)
     r = redis.Redis(port=stack.redis_port, db=2)
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     ds = omniglot.load()
     sampler = omniglot.EpisodeSampler(ds, "test")
     gen = torch.Generator().manual_seed(1)
@@ -210,7 +210,7 @@ def bare_forward(reps: int) -> dict:
     the service is compared with. Measured while the service is idle, right before and
     right after its throughput run, since this shared machine's speed drifts by tens of
     percent over minutes."""
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     ds = omniglot.load()
     fast = adapt(model, ds.images[:20], torch.arange(20)).fast
     per_batch = {}
@@ -263,7 +263,7 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
     out["bare_forward_after"] = bare_forward(reps)
     before, after = out["bare_forward_before"]["images_per_s"], out["bare_forward_after"]["images_per_s"]
     out["bare_forward_images_per_s"] = (before + after) / 2
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     x = ds.images[:20]
     r = redis.Redis(port=stack.redis_port, db=2)
     naive.store(r, "naive:p", naive.adapt(model, ds.images[:20], torch.arange(20), model.default_steps))
@@ -288,7 +288,7 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
         template = c.post("/v1/adaptations?wait=10", json=body).json()
     record = store.get(template["id"])
     support = store.support(template["id"])
-    fast, metrics = run_adaptation(record, support)
+    fast, metrics = run_adaptation(registry.shipped(), record, support)
     ids = []
     for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
         r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
@@ -314,7 +314,7 @@ def bench_size(stack: Stack) -> dict:
         sizes = {k: int(r.memory_usage(f"ra:{k}:{aid}") or 0) for k in ("a", "s", "w", "e")}
         out[mode] = {"record": sizes["a"], "support": sizes["s"], "weights": sizes["w"], "events": sizes["e"]}
         out[mode]["total"] = sum(sizes.values())
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     ds = omniglot.load()
     import pickle
 

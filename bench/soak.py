@@ -22,7 +22,7 @@ import redis
 
 from app.core.config import Settings
 from app.demo import omniglot_task, sinusoid_task
-from tests.stack import KEYS, Stack
+from bench.stack import KEYS, Stack
 
 from .report import save
 

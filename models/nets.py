@@ -89,7 +89,8 @@ class Conv4(Base):
       unequal shots work; the embedding runs once per support set.
     - `fine-tune`: the last block (the `tail`: conv and group norm, 37k weights) adapts
       too, on `tune_views` augmented copies of the support set, with per-step step sizes
-      per tensor (`tune_step_sizes`, meta-learned with θ frozen); the first three blocks
+      per tensor (`tune_step_sizes`: hand-set to 0.2 in the committed base, because meta-learning
+      them with θ frozen did not beat that on validation, docs/experiments.md); the first three blocks
       (the `trunk`) run once per image and stay shared, so predictions of fine-tuned
       and fast adaptations of one base still share most of their forward pass.
 

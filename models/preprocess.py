@@ -172,7 +172,6 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
 # ---- any base's images: the preprocessing its JSON names ---------------------------------
 
 RESIZED = "resize-v1"  # the folder family's: RGB or gray, the shorter side to SIZE, the centre square cut out
-INK = {"kind": PREPROCESSING}
 
 
 def resized(img: Image.Image, size: int, channels: int) -> bytes:

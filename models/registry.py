@@ -9,16 +9,22 @@ from, and is only ever answered by that version's weights (`BaseChanged` when th
 longer in memory). A file that cannot be read, or names what this code cannot build, is
 refused with a log line naming it; the others keep serving. Bases whose JSON says
 `"serve": false` (the baselines) are not offered.
+
+A `Registry` belongs to whoever serves from it: the API creates one in its lifespan, each
+worker process one at start; `shipped()` is the committed bases, for research, tests and
+benchmarks. A base is held on each device it is asked for, for the versions kept.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from safetensors import safe_open
@@ -42,6 +48,23 @@ class Entry:
     path: Path  # without suffix
     version: str
     signature: tuple  # (size, mtime) of both files: a change means a new version to hash
+
+
+@dataclass
+class Held:
+    """One loaded version of a base: its CPU model, its spec, and its copies on other devices."""
+
+    version: str
+    model: Base
+    spec: dict
+    on: dict[str, Base] = field(default_factory=dict)  # device type -> a copy there
+
+    def model_on(self, device: str) -> Base:
+        if device == "cpu":
+            return self.model
+        if device not in self.on:
+            self.on[device] = copy.deepcopy(self.model).to(device)
+        return self.on[device]
 
 
 def version_of(path: Path) -> str:
@@ -130,16 +153,17 @@ class Registry:
     def __init__(self, directories: list[Path], poll_seconds: float = 2.0):
         self.directories, self.poll_seconds = [Path(d) for d in directories], poll_seconds
         self.entries: dict[str, Entry] = {}
-        self.loaded: dict[str, list[tuple[str, Base, dict]]] = {}  # name -> [(version, model, spec)], newest first
+        self.loaded: dict[str, list[Held]] = {}  # name -> the versions in memory, newest first
         self.refused: dict[Path, tuple] = {}  # path -> the signature refused (logged once per change)
-        self.scanned = 0.0
+        self.scanned: float | None = None  # monotonic time of the last scan; None: never (monotonic may be small)
         self.lock = threading.RLock()
 
     def scan(self, soon: bool = False) -> None:
         """Re-read the directories if the last scan is older than `poll_seconds` (with `soon`,
         older than a tenth of a second: a version asked for by name may have just been published)."""
         with self.lock:
-            if time.monotonic() - self.scanned < (min(0.1, self.poll_seconds) if soon else self.poll_seconds):
+            every = min(0.1, self.poll_seconds) if soon else self.poll_seconds
+            if self.scanned is not None and time.monotonic() - self.scanned < every:
                 return
             self.scanned = time.monotonic()
             found: dict[str, Entry] = {}
@@ -172,21 +196,21 @@ class Registry:
 
     def holds(self, name: str, version: str) -> bool:
         current = self.entries.get(name)
-        held = [v for v, *_ in self.loaded.get(name, [])]
+        held = [h.version for h in self.loaded.get(name, [])]
         return (current is not None and current.version == version) or version in held
 
-    def load(self, name: str, version: str | None = None) -> tuple[Base, dict]:
-        """-> (model, spec) of the current version, or of `version` (BaseChanged when that
-        version is neither current nor still in memory). KeyError for an unknown name."""
+    def load(self, name: str, version: str | None = None, device: str = "cpu") -> tuple[Base, dict]:
+        """-> (model on `device`, spec) of the current version, or of `version` (BaseChanged when
+        that version is neither current nor still in memory). KeyError for an unknown name."""
         self.scan()
         with self.lock:
             if version is not None and not self.holds(name, version):
                 self.scan(soon=True)  # another process (the API) may have seen it published first
             held = self.loaded.get(name, [])
             entry = self.entries.get(name)
-            for v, model, spec in held:
-                if v == (version or (entry.version if entry else None)):
-                    return model, spec
+            for h in held:
+                if h.version == (version or (entry.version if entry else None)):
+                    return h.model_on(device), h.spec
             if entry is None and version is None:
                 raise KeyError(name)
             if version is not None and (entry is None or entry.version != version):
@@ -201,24 +225,12 @@ class Registry:
                 raise KeyError(name) from None
             if current != entry.version:  # replaced between the scan and the load: take what was read
                 entry.version = current
-            spec = build_spec(name, entry.path, model, meta, current)
-            self.loaded[name] = [(current, model, spec)] + [h for h in held if h[0] != current][: VERSIONS_KEPT - 1]
-            return model, spec
+            new = Held(current, model, build_spec(name, entry.path, model, meta, current))
+            self.loaded[name] = [new] + [h for h in held if h.version != current][: VERSIONS_KEPT - 1]
+            return new.model_on(device), new.spec
 
 
-_default = Registry([checkpoint.CHECKPOINT_DIR])
-
-
-def configure(directories: list[Path], poll_seconds: float = 2.0) -> None:
-    """The directories this process serves from (the service's RAPID_ADAPT_MODELS_DIR)."""
-    global _default
-    if [Path(d) for d in directories] != _default.directories or poll_seconds != _default.poll_seconds:
-        _default = Registry(directories, poll_seconds)
-
-
-def names() -> tuple[str, ...]:
-    return _default.names()
-
-
-def load(name: str, version: str | None = None) -> tuple[Base, dict]:
-    return _default.load(name, version)
+@cache
+def shipped() -> Registry:
+    """The committed bases (models/checkpoints), for research, tests and benchmarks."""
+    return Registry([checkpoint.CHECKPOINT_DIR])

@@ -13,8 +13,9 @@ import time
 
 import torch
 
-from app.core.adaptation import base_on, run_adaptation, warm_up
+from app.core.adaptation import run_adaptation, warm_up
 from models.adapt import predict
+from models.registry import shipped
 from models.research import glyphs, omniglot
 
 
@@ -46,8 +47,9 @@ def main(argv: list[str]) -> int:
     cuda = torch.device(target)
     name = torch.cuda.get_device_name(0) if target == "cuda" else "the CPU (dry run)"
     print(f"gpu_check: {name}, torch {torch.__version__}")
-    warm_up(cuda)
-    warm_up(torch.device("cpu"))
+    bases = shipped()
+    warm_up(bases, cuda)
+    warm_up(bases, torch.device("cpu"))
     ok = True
     for name, mode, what, (sx, sy, qx, _) in tasks():
         record = {
@@ -59,14 +61,14 @@ def main(argv: list[str]) -> int:
         support = {"x": sx, "y": sy}
         runs: dict[str, tuple] = {}
         for dev in (torch.device("cpu"), cuda):
-            base_on(name, dev.type)
+            bases.load(name, None, dev.type)
             times = []
             for _ in range(10):
                 t = time.perf_counter()
-                stored, metrics = run_adaptation(record, support, dev)
+                stored, metrics = run_adaptation(bases, record, support, dev)
                 times.append(1000 * (time.perf_counter() - t))
             runs["gpu" if dev is cuda else "cpu"] = (stored, metrics, statistics.median(times))
-        model = base_on(name, "cpu")
+        model, _ = bases.load(name)
         out = {d: predict(model, model.from_stored(s), qx) for d, (s, _, _) in runs.items()}
         diff = (out["cpu"] - out["gpu"]).abs().max().item()
         classification = sy.dtype == torch.long

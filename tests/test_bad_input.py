@@ -1,5 +1,6 @@
-"""A corpus of malformed requests against a real stack: every one is answered 4xx with the
-error envelope, none 5xx. The cases are built from mutations of valid requests, field by
+"""A corpus of malformed requests, in process (the app through httpx's ASGI transport on a
+real Redis) and against a real stack (uvicorn): every one is answered 4xx with the error
+envelope, none 5xx. The cases are built from mutations of valid requests, field by
 field, plus malformed HTTP; `test_the_corpus_is_large` keeps it at 250 or more."""
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import zlib
 
 import httpx
 import pytest
+import redis
 from PIL import Image
 
-from .stack import KEYS
+from app.api.factory import create_app
+from bench.stack import KEYS
+
+from .conftest import InProcess, make_settings, run_next_job
 
 AUTH = {"Authorization": f"Bearer {KEYS['acme']}"}
 MISSING = object()
@@ -240,23 +245,43 @@ def test_the_corpus_is_large():
     assert len(CASES) >= 250, len(CASES)
 
 
-@pytest.fixture(scope="module")
-def targets(stack):
-    with httpx.Client(base_url=stack.url, headers=AUTH, timeout=60) as c:
-        sine = c.post("/v1/adaptations?wait=30", json=GOOD_SINE).json()["id"]
-        omni = c.post("/v1/adaptations?wait=30", json=GOOD_OMNI | {"mode": "fast"}).json()["id"]
-    return {"SINE": sine, "OMNI": omni}
+@pytest.fixture(scope="module", params=["in-process", pytest.param("stack", marks=pytest.mark.stack)])
+def service(request, redis_server):
+    """-> (send(method, path, headers, content) -> response, {name: adaptation id})."""
+    if request.param == "stack":
+        with httpx.Client(base_url=request.getfixturevalue("stack").url, timeout=60) as c:
+            targets = {
+                "SINE": c.post("/v1/adaptations?wait=30", json=GOOD_SINE, headers=AUTH).json()["id"],
+                "OMNI": c.post("/v1/adaptations?wait=30", json=GOOD_OMNI | {"mode": "fast"}, headers=AUTH).json()["id"],
+            }
+            yield (
+                (lambda method, path, headers, content: c.request(method, path, headers=headers, content=content)),
+                targets,
+            )
+        return
+    redis.Redis(port=redis_server.redis_port).flushall()
+    settings = make_settings(redis_server)
+    with InProcess(create_app(settings)) as api:
+        targets = {}
+        for name, body in (("SINE", GOOD_SINE), ("OMNI", GOOD_OMNI | {"mode": "fast"})):
+            targets[name] = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+            assert run_next_job(settings) == "succeeded"
+        yield (
+            (lambda method, path, headers, content: api.request(method, path, None, headers=headers, content=content)),
+            targets,
+        )
 
 
 @pytest.mark.parametrize("method, path, kw", CASES, ids=[f"{i:03d}-{c[0]}" for i, c in enumerate(CASES)])
-def test_no_malformed_request_gets_a_5xx(stack, targets, method, path, kw):
+def test_no_malformed_request_gets_a_5xx(service, method, path, kw):
+    send, targets = service
     for name, aid in targets.items():
         path = path.replace(f"/{name}/", f"/{aid}/")
     headers = AUTH | kw.get("headers", {})
     content = kw.get("content")
     if "json" in kw:  # encoded here: httpx refuses NaN and infinities, which are the point of some cases
         content, headers = json.dumps(kw["json"]).encode(), {"Content-Type": "application/json"} | headers
-    r = httpx.request(method, stack.url + path, headers=headers, content=content, timeout=60)
+    r = send(method, path, headers, content)
     assert r.status_code < 500, (r.status_code, r.text[:300])
     if r.status_code >= 400:
         e = r.json()["error"]

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from app.demo import omniglot_task
-
-from .stack import KEYS, ROOT
+from bench.stack import KEYS, ROOT
 
 
 def blocks(doc: Path, lang: str) -> list[str]:

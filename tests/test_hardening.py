@@ -18,9 +18,10 @@ import redis
 from PIL import Image
 
 from app.demo import sinusoid_task
+from bench.stack import KEYS, wait_until
 from rapid_adapt_client import Client, RapidAdaptError
 
-from .stack import KEYS, wait_until
+from .workers import slow_worker
 
 
 def sin_support(seed: int = 0):
@@ -37,13 +38,14 @@ def wait_all(c: Client, ids: list[str], timeout: float) -> dict[str, str]:
     return status
 
 
-def test_a_killed_workers_job_succeeds_within_30_s_with_default_settings(new_stack):
+def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_settings(new_stack):
     """No shortened timeouts: the default heartbeat (2 s) and Celery's 300 s visibility
-    timeout. The killed worker's job is put back by the other worker's reaper."""
+    timeout. The killed worker's job is put back by the other worker's reaper (how soon is
+    bench.drill's to measure)."""
     s = new_stack(worker_heartbeat_seconds=2.0)
     s.start_redis()
-    victim = s.start_worker(job_delay=1.0)
-    s.start_worker(job_delay=1.0)
+    victim = slow_worker(s, 1.0)
+    slow_worker(s, 1.0)
     s.start_api()
     s.wait_ready()
     with Client(s.url, KEYS["acme"]) as c:
@@ -52,12 +54,12 @@ def test_a_killed_workers_job_succeeds_within_30_s_with_default_settings(new_sta
         held = lambda: [a.decode() for a, v in r.hgetall("ra:inflight").items() if victim_name(s) in v.decode()]
         wait_until(lambda: held(), 30, "a job on the victim")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job
-        killed_at, (orphan,) = time.monotonic(), held()
-        assert wait_all(c, [orphan], 30)[orphan] == "succeeded", s.logs()
-        assert time.monotonic() - killed_at < 30  # the killed worker's job, done within 30 s
+        (orphan,) = held()
         status = wait_all(c, ids, 90)
         assert list(status.values()) == ["succeeded"] * 20, s.logs()  # 0 of 20 lost
-        assert max(c.adaptation(aid).get("attempts", 1) for aid in ids) >= 1
+        kinds = [e["type"] for e in c.iter_events(orphan)]
+        assert kinds.count("started") == 2 and "requeued" in kinds and kinds[-1] == "succeeded"
+        assert c.adaptation(orphan)["attempts"] == 2  # the killed try, then the other worker's
         assert not r.hgetall("ra:inflight")
 
 
@@ -68,7 +70,7 @@ def victim_name(s) -> str:
 def test_redis_restarted_under_load_leaves_no_job_running(new_stack):
     s = new_stack(worker_heartbeat_seconds=2.0)
     s.start_redis(persist=True)
-    s.start_worker(job_delay=0.3)
+    slow_worker(s, 0.3)
     s.start_api()
     s.wait_ready()
     with Client(s.url, KEYS["acme"], timeout=10) as c:
@@ -87,17 +89,19 @@ def test_one_tenants_backlog_delays_another_by_about_one_job(new_stack):
     in hand, not for acme's backlog."""
     s = new_stack()
     s.start_redis()
-    s.start_worker(job_delay=0.5)
+    slow_worker(s, 0.5)
     s.start_api()
     s.wait_ready()
     with Client(s.url, KEYS["acme"]) as acme, Client(s.url, KEYS["globex"]) as globex:
         flood = [acme.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(16)]
-        t = time.monotonic()
         mine = globex.create_adaptation("sinusoid-mlp", sin_support(99))
-        assert globex.wait(mine["id"], timeout=30)["status"] == "succeeded"
-        waited = time.monotonic() - t
-        assert waited < 2.5, waited  # at most the job in hand and the next turn: not 16 x 0.5 s
+        done = globex.wait(mine["id"], timeout=30)
+        assert done["status"] == "succeeded"
         assert acme.adaptation(flood[-1])["status"] in ("queued", "running")  # the backlog is still there
+        status = wait_all(acme, flood, 60)
+        before = [a for a in flood if acme.adaptation(a)["finished_at"] < done["started_at"]]
+        assert len(before) <= 2, before  # the job in hand and acme's next turn: not its backlog of 16
+        assert set(status.values()) == {"succeeded"}
 
 
 @pytest.mark.parametrize("reserved", [1, 0])
@@ -106,8 +110,8 @@ def test_a_tenant_leaves_the_last_free_worker_to_others(new_stack, reserved):
     globex's job starts at once on the other worker; with no worker reserved, acme runs two."""
     s = new_stack(tenant_reserved_workers=reserved)
     s.start_redis()
-    s.start_worker(job_delay=1.0)
-    s.start_worker(job_delay=1.0)
+    slow_worker(s, 1.0)
+    slow_worker(s, 1.0)
     s.start_api()
     s.wait_ready()
     r = redis.Redis(port=s.redis_port, db=1)
@@ -119,17 +123,19 @@ def test_a_tenant_leaves_the_last_free_worker_to_others(new_stack, reserved):
             time.sleep(0.05)
         assert most == (1 if reserved else 2)
         if reserved:
-            t = time.monotonic()
+            (in_hand,) = [a.decode() for a in r.smembers("ra:run:acme")]
             mine = globex.create_adaptation("sinusoid-mlp", sin_support(99))
-            wait_until(lambda: globex.adaptation(mine["id"])["status"] != "queued", 5, "globex's job to start")
-            assert time.monotonic() - t < 0.8  # not after acme's job in hand (1 s)
+            done = globex.wait(mine["id"], timeout=30)
+            assert wait_all(acme, [in_hand], 30)[in_hand] == "succeeded"
+            # started on the free worker while acme's job in hand still ran, not after it
+            assert done["started_at"] < acme.adaptation(in_hand)["finished_at"]
         assert set(wait_all(acme, flood, 30).values()) == {"succeeded"}
 
 
 def test_quotas_answer_429_naming_the_limit(new_stack):
     s = new_stack(tenant_max_jobs=3, tenant_max_adaptations=5, tenant_predict_images_per_second=50)
     s.start_redis()
-    s.start_worker(job_delay=2.0)
+    slow_worker(s, 2.0)
     s.start_api()
     s.wait_ready()
     with Client(s.url, KEYS["acme"], max_retries=0) as c:
@@ -245,10 +251,8 @@ def test_chunked_over_limit_is_413_and_a_short_body_408_within_seconds(new_stack
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
     out = raw_http(s.api_port, head + b"Transfer-Encoding: chunked\r\n\r\n" + body)
     assert out.startswith(b"HTTP/1.1 413") and b"body_too_large" in out
-    t = time.monotonic()
     out = raw_http(s.api_port, head + b'Content-Length: 500\r\n\r\n{"model": ')  # 490 bytes never come
-    assert out.startswith(b"HTTP/1.1 408") and b"body_timeout" in out
-    assert time.monotonic() - t < 6
+    assert out.startswith(b"HTTP/1.1 408") and b"body_timeout" in out  # answered, before the client's 10 s
 
 
 def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(new_stack):
@@ -277,16 +281,14 @@ def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(ne
     t = threading.Thread(target=trickle)
     t.start()
     time.sleep(0.5)
-    started = time.monotonic()
     with Client(s.url, KEYS["globex"], max_retries=0) as other:
         assert other.create_adaptation("sinusoid-mlp", sin_support(1))["status"] == "queued"
-    assert time.monotonic() - started < 1.5
+    assert "answer" not in holder  # globex was answered while acme's body still held its share
     with Client(s.url, KEYS["acme"], max_retries=0) as c:
-        started = time.monotonic()
         with pytest.raises(RapidAdaptError) as e:
             c.create_adaptation("sinusoid-mlp", sin_support(2))
         assert (e.value.status, e.value.code, e.value.details) == (429, "rate_limited", ["tenant_inflight_bytes", 2000])
-        assert e.value.retry_after and time.monotonic() - started >= 1.9  # it waited its turn first
+        assert e.value.retry_after and "answer" not in holder  # refused after waiting its turn behind the share
         t.join(20)
         assert holder["answer"].startswith(b"HTTP/1.1 202")
         assert c.create_adaptation("sinusoid-mlp", sin_support(3))["status"] == "queued"  # the share is back

@@ -104,7 +104,7 @@ def test_a_batch_of_pngs_decodes_as_each_alone(ds):
     from app.api.inputs import Limits, batch
     from app.api.schemas import ImageInput
 
-    spec = registry.load("omniglot-conv4")[1]
+    spec = registry.shipped().load("omniglot-conv4")[1]
     ids = [0, 777, 2500, 4839]
     values = [ImageInput(image=base64.b64encode(omniglot.original_png(ds.files[i])).decode()) for i in ids]
     assert torch.equal(
@@ -196,7 +196,7 @@ def test_any_ways_unequal_shots(ds, conv4, n_way):
 
 @pytest.mark.parametrize("mode", ["fast", "fine-tune"])
 def test_predictions_do_not_depend_on_the_batch(ds, mode):
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     sx, sy, qx, _ = episode(ds, 20, 1, 1, split="val")
     fast = adapt(model, sx, sy, mode=mode).fast
     others = ds.images[:499]
@@ -256,7 +256,7 @@ def test_support_shifts_average_the_support_embedding_and_leave_predictions_alon
 
 
 def test_the_committed_base_adapts_with_shifted_support():
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     assert model.support_shifts
 
 
@@ -279,7 +279,7 @@ def test_bad_support_raises_clear_errors(ds, conv4, bad, message):
 
 
 def test_divergence_guard_keeps_the_lowest_loss_weights():
-    model, _ = registry.load("sinusoid-mlp")
+    model, _ = registry.shipped().load("sinusoid-mlp")
     x = torch.tensor([[-4.0], [-2.0], [0.5], [2.0], [3.5]])
     odd = torch.tensor([[2.1], [-1.3], [-2.9], [-1.0], [2.2]])  # no sinusoid of the family fits these
     losses = [adapt(model, x, odd, k).loss_after.item() for k in range(model.default_steps + 1)]
@@ -309,13 +309,13 @@ def test_checkpoint_round_trips_bit_for_bit(tmp_path):
 
 
 def test_registry_serves_both_bases():
-    assert registry.names() == ("omniglot-conv4", "sinusoid-mlp")
-    model, spec = registry.load("omniglot-conv4")
+    assert registry.shipped().names() == ("omniglot-conv4", "sinusoid-mlp")
+    model, spec = registry.shipped().load("omniglot-conv4")
     assert spec["task"] == "classification" and spec["max_ways"] >= 20 and spec["input"]["shape"] == [1, 28, 28]
     assert not any(p.requires_grad for p in model.parameters())
-    model, spec = registry.load("sinusoid-mlp")
+    model, spec = registry.shipped().load("sinusoid-mlp")
     assert spec["task"] == "regression" and spec["input"]["shape"] == [1]
-    for name in registry.names():
+    for name in registry.shipped().names():
         assert (checkpoint.CHECKPOINT_DIR / f"{name}.safetensors").stat().st_size < 2 * 2**20
 
 
@@ -398,7 +398,7 @@ def test_fine_tune_adapts_the_tail_and_moves_predictions_at_one_shot():
     """On glyphs unlike Omniglot, with one example per class: the augmented copies' loss
     falls, the tail moves from θ, the head is rebuilt from the new embedding, and
     predictions change; the fast mode's head steps leave them as they were."""
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     sx, sy, qx, _ = glyph_task(1)
     fast, tuned = adapt(model, sx, sy), adapt(model, sx, sy, mode="fine-tune")
     assert tuned.mode == "fine-tune" and tuned.steps == model.tune_steps
@@ -412,7 +412,7 @@ def test_fine_tune_adapts_the_tail_and_moves_predictions_at_one_shot():
 
 
 def test_fine_tune_is_deterministic_and_stores_compactly():
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     sx, sy, qx, _ = glyph_task(5, seed=1)
     a, b = adapt(model, sx, sy, mode="fine-tune"), adapt(model, sx, sy, mode="fine-tune")
     assert all(torch.equal(a.fast[n], b.fast[n]) for n in a.fast)  # a job run twice writes the same weights
@@ -443,8 +443,8 @@ def test_fine_tune_step_sizes_get_a_meta_gradient_and_theta_none():
 def test_modes_and_the_auto_choice():
     from models.adapt import choose_mode, mode_steps
 
-    conv4, _ = registry.load("omniglot-conv4")
-    mlp, _ = registry.load("sinusoid-mlp")
+    conv4, _ = registry.shipped().load("omniglot-conv4")
+    mlp, _ = registry.shipped().load("sinusoid-mlp")
     assert mode_steps(conv4)["fine-tune"]["max_steps"] == conv4.tune_steps
     assert mode_steps(mlp)["fine-tune"] == mode_steps(mlp)["fast"]  # every weight adapts in both
     sx, sy, _, _ = glyph_task(1)

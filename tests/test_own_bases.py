@@ -16,12 +16,11 @@ import httpx
 import pytest
 import torch
 
+from bench.stack import KEYS, ROOT, Stack, wait_until
 from models import checkpoint, registry
 from models.adapt import adapt, predict
 from models.research import folder, shapes
 from rapid_adapt_client import Client, RapidAdaptError
-
-from .stack import KEYS, ROOT, Stack, wait_until
 
 
 def run(*args: str) -> str:
@@ -145,6 +144,7 @@ def publish(src: Path, dst: Path) -> None:
     (dst / "shapes-base.json.tmp").rename(dst / "shapes-base.json")
 
 
+@pytest.mark.stack
 def test_publish_adapt_replace_and_remove_a_base_under_a_running_stack(trained, tmp_path):
     tmp, data = trained
     models_dir = tmp_path / "published"

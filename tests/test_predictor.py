@@ -1,8 +1,6 @@
 """The predictor's merged forward passes: inputs of several adaptations embedded
 together get the answers each would get alone."""
 
-import time
-
 import torch
 
 from app.api.predictor import FairQueue, Job, WeightsLRU, forward_merged
@@ -12,7 +10,7 @@ from models.research import omniglot
 
 
 def test_merged_inputs_in_equal_passes_match_each_alone():
-    model, _ = registry.load("omniglot-conv4")
+    model, _ = registry.shipped().load("omniglot-conv4")
     ds = omniglot.load()
     tasks = [adapt(model, ds.images[i * 20 : (i + 1) * 20], torch.arange(20)).fast for i in range(3)]
     queries = [ds.images[100:127], ds.images[300:301], ds.images[500:540]]  # 68 images: 2 passes of 34 at most 64
@@ -23,19 +21,19 @@ def test_merged_inputs_in_equal_passes_match_each_alone():
         torch.testing.assert_close(out, predict(model, fast, x), rtol=1e-4, atol=1e-4)
 
 
-def test_the_weights_lru_holds_nothing_past_its_expiry_or_its_size(monkeypatch):
-    lru, now = WeightsLRU(size=3), time.time()
-    lru.put("old", "w-old", now + 0.2)
+def test_the_weights_lru_holds_nothing_past_its_expiry_or_its_size():
+    clock = [1000.0]
+    lru = WeightsLRU(size=3, timer=lambda: clock[0])
+    lru.put("old", "w-old", 1000.5)
     for k in ("a", "b"):
-        lru.put(k, f"w-{k}", now + 600)
+        lru.put(k, f"w-{k}", 1600)
     assert lru.get("old") == "w-old" and lru.get("a") == "w-a"
-    time.sleep(0.25)
+    clock[0] = 1001.0
     assert lru.get("old") is None  # expired: never served
-    monkeypatch.setattr(WeightsLRU, "SWEEP_SECONDS", 0.0)
-    lru.put("c", "w-c", now + 600)
-    assert set(lru.items) == {"a", "b", "c"}  # swept, not only hidden
-    lru.put("d", "w-d", now + 600)
-    assert list(lru.items) == ["a", "c", "d"]  # b was the least recently used
+    lru.put("c", "w-c", 1600)
+    assert set(lru.items) == {"a", "b", "c"}  # dropped, not only hidden
+    lru.put("d", "w-d", 1600)
+    assert set(lru.items) == {"a", "c", "d"}  # b was the least recently used
 
 
 def test_the_fair_queue_lets_a_newcomer_in_before_a_backlog_and_fills_passes_with_whole_jobs():

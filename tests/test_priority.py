@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from app.core import priority
 from app.demo import sinusoid_task
+from bench.stack import KEYS, ROOT, wait_until
 from rapid_adapt_client import Client
 
-from .stack import KEYS, ROOT, wait_until
+from .workers import slow_worker
 
 
 def test_a_thread_lowers_itself_and_no_other():
@@ -79,7 +79,7 @@ def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(n
     metrics); globex's lone job and acme's last run at normal priority."""
     s = new_stack()
     s.start_redis()
-    w = s.start_worker(job_delay=0.6)
+    w = slow_worker(s, 0.6)
     s.start_api()
     s.wait_ready()
     seen, stop = set(), threading.Event()
@@ -137,9 +137,7 @@ def test_the_api_predicts_large_requests_in_a_background_lane(stack):
     with Client(stack.url, KEYS["acme"]) as c:
         aid = c.create_adaptation("sinusoid-mlp", sinusoid_task(5)[0], wait=30)["id"]
         xs = [[x / 100] for x in range(-250, 250, 5)] * 2  # 200 inputs: more than one pass (64)
-        t = time.monotonic()
         many = c.predict(aid, xs)
-        assert time.monotonic() - t < 30
         few = [c.predict(aid, xs[i : i + 20]) for i in range(0, 40, 20)]
     value = lambda p: p["value"][0] if isinstance(p["value"], list) else p["value"]  # noqa: E731
     assert len(many) == 200

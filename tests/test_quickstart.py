@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from app.demo import omniglot_task
+from bench.stack import ROOT, free_port
 
-from .stack import ROOT, free_port
+pytestmark = pytest.mark.stack  # the quick start's own processes, and a venv of the client
 
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("RAPID_ADAPT_")}
 

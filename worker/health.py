@@ -4,8 +4,8 @@ worker on this host has sent a heartbeat to Redis within the last few seconds.""
 import socket
 import sys
 
-from app.core import heartbeats
 from app.core.config import get_settings
+from app.core.jobs import heartbeats
 from app.core.store import connect
 
 settings = get_settings()

@@ -1,51 +1,32 @@
-"""The adaptation job: support set from Redis -> `adapt` -> the changed tensors to Redis.
+"""The adaptation task: a ticket claims a job (app/core/jobs/), runs `adapt` on its
+stored support set, and ends it through the lifecycle.
 
-A Celery message is a ticket (app/core/scheduler.py): the task claims the next job of
-the next tenant, runs it, and lets it go. It runs under late acks; a job whose worker
-dies is put back by a live worker's reaper within seconds, and done again from the
-stored support set (adaptation is deterministic: a job done twice writes the same
-weights). A Redis error mid-job retries the same job with backoff, and a refused
-write (a full Redis) fails the job with its reason; the worker process never exits on
-either. A job whose tenant has more jobs waiting runs at background CPU priority
-(app/core/priority.py): another tenant's job on the next worker, and the API, come first.
-"""
+It runs under late acks; a job whose worker dies is put back by a live worker's reaper
+within seconds and done again from the stored support set (adaptation is deterministic:
+a job done twice writes the same weights). A Redis error mid-job retries the same job
+with backoff; a refused write (a full Redis) fails it with its reason; an unexpected
+error puts it back until `job_max_attempts` tries, then fails it; the worker process
+never exits on any of these. A job whose tenant has more jobs waiting runs at
+background CPU priority (app/core/priority.py): another tenant's job on the next worker,
+and the API, come first."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-import time
-from contextlib import contextmanager
-from datetime import datetime, timezone
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import heartbeats, priority, stats
+from app.core import priority
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
-from app.core.jobs import TASK_NAME
-from app.core.scheduler import max_running
-from app.core.store import Store, event
-from models import registry
+from app.core.jobs import TASK_NAME, Job
+from models.registry import BaseChanged
 
-from .celery_app import app, top_up_tickets
+from .celery_app import app, jobs, registry
 
 log = logging.getLogger("rapid_adapt.worker")
-_store: Store | None = None
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-
-
-def store() -> Store:
-    global _store
-    if _store is None:
-        _store = Store(get_settings())
-    return _store
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Stopped(Exception):
@@ -53,118 +34,57 @@ class Stopped(Exception):
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=8)
-def adapt_job(self, hint: str | None = None, resume: list | None = None) -> str:
-    """One ticket: claim a job (or, retried after a Redis error, resume the one claimed) and run it."""
-    s, worker = store(), self.request.hostname or "worker"
-    claimed = resume
+def adapt_job(self, *_legacy, resume: list | None = None) -> str:
+    """One ticket: claim a job (or, retried after a Redis error, resume the one claimed) and run it.
+    A ticket carries nothing (`_legacy` takes the id that tickets of earlier versions carried)."""
+    job = Job(*resume, resumed=True) if resume else None
     try:
-        if claimed is None:
-            settings = get_settings()
-            alive = len(heartbeats.alive(s.r, settings.heartbeat_window))
-            got = s.scheduler.claim(worker, max_running(alive, settings.tenant_reserved_workers))
-            if got is None:
-                return "idle"  # every pending job was taken by other tickets
-            claimed = list(got)
-        outcome = run(s, *claimed, worker)
-        top_up_tickets(s.scheduler)  # a job a tenant's limit held back gets its ticket now, not at the reaper's turn
+        if job is None:
+            job = jobs().claim(self.request.hostname or "worker")
+            if job is None:
+                return "idle"  # every job in line was taken by other tickets
+        outcome = run(job)
+        jobs().top_up()  # a job a tenant's limit held back gets its ticket now, not at the reaper's turn
         return outcome
     except TRANSIENT as exc:
-        log.warning("redis unavailable, retrying", extra={"adaptation_id": claimed and claimed[0], "error": str(exc)})
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 10), args=[hint, claimed]) from None
+        log.warning("redis unavailable, retrying", extra={"adaptation_id": job and job.aid, "error": str(exc)})
+        resume = [job.aid, job.tenant, job.worker] if job else None
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 10), kwargs={"resume": resume}) from None
     except redis.ResponseError as exc:  # a refused write (OOM): the job fails with the reason
-        if claimed is None:
+        if job is None:
             raise
-        return fail(s, claimed[0], claimed[1], time.perf_counter(), "storage_refused", f"Redis refused a write: {exc}")
+        return jobs().fail(job, "storage_refused", f"Redis refused a write: {exc}")
 
 
-def run(s: Store, aid: str, tenant: str, worker: str) -> str:
-    settings = get_settings()
-    record = s.get(aid)
-    if record is None:
-        s.scheduler.finish(aid, tenant)
-        return "gone"  # deleted or expired before it ran
-    if record["status"] in ("succeeded", "failed", "cancelled"):
-        s.scheduler.finish(aid, tenant)
-        return "skipped"  # a duplicate, or cancelled while queued: a cancelled job never runs
-    started = time.perf_counter()
-    attempts = record.get("attempts", 0) + 1
-    fields = {"status": "running", "started_at": now(), "attempts": attempts}
-    if s.transition(aid, ("queued", "running"), **fields) not in ("queued", "running"):
-        s.scheduler.finish(aid, tenant)
-        return "skipped"
-    s.add_events(aid, event("started", attempt=attempts))
-    support = s.support(aid)
+def run(job: Job) -> str:
+    settings, lifecycle = get_settings(), jobs()
+    support = lifecycle.start(job)
     if support is None:
-        s.scheduler.finish(aid, tenant)
-        return "gone"
+        return "skipped"  # deleted, expired, cancelled while queued, or done by a twin run
 
     def on_step(k: int, loss: float) -> None:
-        if s.step(aid, event("step", step=k + 1, loss=round(loss, 6))) in (None, "cancelled"):
+        if not lifecycle.step(job, k, loss):
             raise Stopped
 
-    background = settings.background_nice > 0 and s.scheduler.waiting(tenant) > 0
+    background = settings.background_nice > 0 and lifecycle.background(job)
     priority.set_session(settings.background_nice if background else 0)
     try:
-        with beating(s, aid, worker, tenant, settings.worker_heartbeat_seconds):
-            fast, metrics = run_adaptation(record, support, device(), on_step=on_step)
+        with lifecycle.beating(job):
+            fast, metrics = run_adaptation(registry(), job.record, support, device(), on_step=on_step)
     except Stopped:
-        s.scheduler.finish(aid, tenant)
-        log.info("adaptation stopped", extra={"adaptation_id": aid, "status": "cancelled"})
+        lifecycle.release(job)
+        log.info("adaptation stopped", extra={"adaptation_id": job.aid, "status": "cancelled"})
         return "cancelled"
-    except (KeyError, registry.BaseChanged):
-        message = f"the base {record['model']} was replaced or removed before this job ran: adapt again"
-        return fail(s, aid, tenant, started, "base_changed", message)
+    except (KeyError, BaseChanged):
+        message = f"the base {job.record['model']} was replaced or removed before this job ran: adapt again"
+        return lifecycle.fail(job, "base_changed", message)
     except ValueError as exc:
-        return fail(s, aid, tenant, started, "invalid_support", str(exc))
+        return lifecycle.fail(job, "invalid_support", str(exc))
     except SoftTimeLimitExceeded:
-        return fail(s, aid, tenant, started, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
-    metrics["weights_bytes"] = s.put_weights(aid, fast, s.ttl(aid), tenant)
-    metrics["cpu_priority"] = "background" if background else "normal"
-    done = {"status": "succeeded", "finished_at": now(), "metrics": metrics, "steps": metrics["steps"]}
-    had = s.transition(aid, ("running",), **done)
-    s.scheduler.finish(aid, tenant)
-    if had != "running":
-        if had != "succeeded":  # cancelled or deleted meanwhile (not a twin run that finished first)
-            s.drop_weights(aid)
-        return "gone"
-    s.add_events(aid, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
-    stats.record_outcome(s.r, "succeeded", time.perf_counter() - started)
-    log.info(
-        "adaptation succeeded",
-        extra={"adaptation_id": aid, "tenant": tenant, "status": "succeeded", "duration_ms": metrics["adaptation_ms"]},
-    )
-    return "succeeded"
-
-
-@contextmanager
-def beating(s: Store, aid: str, worker: str, tenant: str, every: float):
-    """The job's beat, from a thread for as long as it runs: however slow a step (a 500-image
-    support set on a busy machine), a job that beats is running, and one that stopped beating
-    (its task ended or its process died) is put back by the reaper within seconds."""
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(every):
-            with contextlib.suppress(redis.RedisError):
-                s.scheduler.beat(aid, worker, tenant)
-
-    thread = threading.Thread(target=beat, name=f"beat-{aid}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def fail(s: Store, aid: str, tenant: str, started: float, code: str, message: str) -> str:
-    fields = {"status": "failed", "finished_at": now(), "error": {"code": code, "message": message}}
-    try:
-        if s.transition(aid, ("queued", "running"), **fields) in ("queued", "running"):
-            s.add_events(aid, event("failed", code=code))
-            stats.record_outcome(s.r, "failed", time.perf_counter() - started)
-        s.scheduler.finish(aid, tenant)
+        return lifecycle.fail(job, "timeout", f"adaptation took longer than {settings.job_soft_time_limit}s")
     except redis.RedisError:
-        pass  # the reaper puts the job back; it is not lost
-    log.warning("adaptation failed", extra={"adaptation_id": aid, "tenant": tenant, "status": "failed", "error": code})
-    return "failed"
+        raise  # the task retries (transient) or fails the job (refused write)
+    except Exception as exc:  # a bug, CUDA out of memory: tried again, at most job_max_attempts times
+        return lifecycle.crashed(job, exc)
+    metrics["cpu_priority"] = "background" if background else "normal"
+    return lifecycle.succeed(job, fast, metrics)

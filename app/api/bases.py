@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from models import registry
+from models.registry import BaseChanged, Registry
 
 from .errors import ApiError
 
 
-def spec_of(name: str, field: list) -> dict:
+def spec_of(registry: Registry, name: str, field: list) -> dict:
     """The current version's spec."""
     try:
         return registry.load(name)[1]
@@ -15,11 +15,11 @@ def spec_of(name: str, field: list) -> dict:
         raise ApiError(404, "unknown_model", f"no base named {name!r}; see GET /v1/models", field) from None
 
 
-def base_of(record: dict) -> tuple:
+def base_of(registry: Registry, record: dict) -> tuple:
     """(model, spec) of the version an adaptation was made from; 409 base_changed when it is gone."""
     try:
         return registry.load(record["model"], record.get("model_version"))
-    except (KeyError, registry.BaseChanged):
+    except (KeyError, BaseChanged):
         raise ApiError(
             409,
             "base_changed",

@@ -1,5 +1,5 @@
-"""What routes receive, as `Annotated` dependencies: settings, store, queue,
-predictor and the caller's tenant. All `async def`: none blocks, and FastAPI would
+"""What routes receive, as `Annotated` dependencies: settings, store, jobs, the
+bases' registry, the predictor and the caller's tenant. All `async def`: none blocks, and FastAPI would
 run a plain `def` dependency in the thread pool, one hop per dependency per request."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from models.registry import Registry
+
 from ..core.config import Settings
-from ..core.jobs import Queue
+from ..core.jobs import Jobs
 from ..core.store import Store
 from .errors import ApiError
 from .predictor import Predictor
@@ -25,8 +27,12 @@ async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-async def get_queue(request: Request) -> Queue:
-    return request.app.state.queue
+async def get_jobs(request: Request) -> Jobs:
+    return request.app.state.jobs
+
+
+async def get_registry(request: Request) -> Registry:
+    return request.app.state.registry
 
 
 async def get_predictor(request: Request) -> Predictor:
@@ -63,6 +69,7 @@ def tenant_of_key(key: str, tenants: dict[str, str]) -> str | None:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
-QueueDep = Annotated[Queue, Depends(get_queue)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 TenantDep = Annotated[str, Depends(get_tenant)]

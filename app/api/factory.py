@@ -1,22 +1,24 @@
-"""The app factory: settings, store, queue and predictor wired into one FastAPI app,
-with the error envelope, the middleware and the routes."""
+"""The app factory: settings, store and jobs wired into one FastAPI app, with the error
+envelope, the middleware and the routes. What holds threads or memory (the bases'
+registry, the predictor's lanes) starts in the app's lifespan and stops on shutdown."""
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 import torch
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from models import registry
+from models.registry import Registry
 
 from ..core import logs
 from ..core.adaptation import warm_up
 from ..core.config import Settings, get_settings
-from ..core.jobs import Queue
+from ..core.jobs import Jobs, Tickets, make_celery
 from ..core.store import Store
 from . import metrics, pages, routes
 from .errors import install_error_handlers
@@ -40,10 +42,16 @@ TAGS = [
 ]
 
 
+def package_version() -> str:
+    try:
+        return version("rapid-adapt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure()
-    registry.configure(settings.models_dirs(), settings.models_poll_seconds)
     tenants = settings.tenants_by_key()
     if settings.auth == "on" and not tenants:
         raise RuntimeError("RAPID_ADAPT_API_KEYS is empty: set tenant:key pairs, or RAPID_ADAPT_AUTH=off explicitly")
@@ -51,14 +59,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         anyio.to_thread.current_default_thread_limiter().total_tokens = 100
-        warm_up(torch.device("cpu"), settings.torch_threads)  # every base in memory, run once, before the first request
+        registry = Registry(settings.models_dirs(), settings.models_poll_seconds)
+        warm_up(registry, torch.device("cpu"), settings.torch_threads)  # every base in memory, before the first request
+        app.state.registry = registry
+        app.state.predictor = Predictor(settings, app.state.store, registry)
+        app.state.predictor.start()
         if settings.auth == "off":
             log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
-        yield
+        try:
+            yield
+        finally:
+            app.state.predictor.stop()
+            del app.state.predictor, app.state.registry
 
     app = FastAPI(
         title="Rapid Adapt",
-        version="1.1.0",
+        version=package_version(),
         lifespan=lifespan,
         description=DESCRIPTION,
         docs_url=None,  # served by pages.py from local assets
@@ -68,10 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.tenants = settings, tenants
     app.state.store = Store(settings)
-    app.state.queue = Queue(settings)
-    app.state.predictor = Predictor(settings, app.state.store)
+    app.state.jobs = Jobs(app.state.store, Tickets(make_celery(settings, "rapid_adapt_api")), settings)
     from_redis = CollectorRegistry()
-    from_redis.register(metrics.StoreCollector(app.state.store, app.state.queue, settings.heartbeat_window))
+    from_redis.register(metrics.StoreCollector(app.state.jobs, settings.heartbeat_window))
     app.state.metrics_registries = [metrics.process_registry(), from_redis]
     routes.include(app)
     pages.include(app)

@@ -6,8 +6,9 @@ import os
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 
-from ..core import heartbeats, stats
-from ..core.store import TERMINAL
+from ..core import stats
+from ..core.jobs import heartbeats
+from ..core.jobs.states import TERMINAL
 
 REQUESTS = Counter("rapid_adapt_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -27,10 +28,11 @@ PREDICT_BATCH = Histogram(
 
 class StoreCollector:
     """Figures that live in Redis, read at scrape time: jobs by final status and
-    their duration (written by the workers), queue depth, adaptations stored, workers alive."""
+    their duration (written by the workers), the backlog, adaptations stored, workers alive,
+    the workers' upkeep errors."""
 
-    def __init__(self, store, queue, heartbeat_window: float):
-        self.store, self.queue, self.window = store, queue, heartbeat_window
+    def __init__(self, jobs, heartbeat_window: float):
+        self.jobs, self.store, self.window = jobs, jobs.store, heartbeat_window
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -39,7 +41,7 @@ class StoreCollector:
             counts = stats.read(self.store.r)
             stored = self.store.count_adaptations()
             workers = len(heartbeats.alive(self.store.r, self.window))
-            depth = self.store.scheduler.pending()
+            depth = self.jobs.scheduler.backlog()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
         finished = CounterMetricFamily(
@@ -59,6 +61,14 @@ class StoreCollector:
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)
+        upkeep = CounterMetricFamily(
+            "rapid_adapt_upkeep_errors",
+            "exceptions in the workers' heartbeat, reaper, top-up and sweeper",
+            labels=["task"],
+        )
+        for task in ("heartbeat", "reaper", "top_up", "sweeper"):
+            upkeep.add_metric([task], counts.get(f"upkeep_errors:{task}", 0.0))
+        yield upkeep
 
 
 def process_registry():

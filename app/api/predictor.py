@@ -17,7 +17,11 @@ another's in the same lane by about the pass under way (bench/results/flood.md).
 images of a pass are embedded together (also across adaptations of one base), then each
 adaptation's own part runs. Adapted weights come from a bounded in-process LRU, then
 the weights cache in Redis; weights evicted from Redis are rebuilt from the stored
-support set with the worker's `run_adaptation`.
+support set with the worker's `run_adaptation`, on a rebuild thread of its own at
+background priority, so a rebuild holds back only the requests that need it.
+
+The lanes and the rebuild thread start with the app (`start`, from its lifespan) and
+stop with it (`stop`): a request still waiting then is answered 503.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from cachetools import TLRUCache
+
+from models.registry import Registry
 
 from ..core import priority
 from ..core.adaptation import run_adaptation
@@ -50,32 +58,21 @@ LARGE_BYTES = 2**20  # a request with more image data than this goes to the bulk
 
 class WeightsLRU:
     """Adapted weights by id, least recently used out first, and none past its adaptation's
-    expiry (swept every few seconds): memory follows the live adaptations, up to `size`."""
+    expiry: memory follows the live adaptations, up to `size` (cachetools' TLRUCache, locked:
+    the lanes and the rebuild thread share it)."""
 
-    SWEEP_SECONDS = 5.0
-
-    def __init__(self, size: int):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-        self.swept = time.monotonic()
+    def __init__(self, size: int, timer=time.time):
+        self.items = TLRUCache(size, ttu=lambda _key, held, _now: held[1], timer=timer)
+        self.lock = threading.Lock()
 
     def get(self, key: str):
         with self.lock:
             held = self.items.get(key)
-            if held is None or held[1] <= time.time():
-                return None
-            self.items.move_to_end(key)
-            return held[0]
+            return None if held is None else held[0]
 
     def put(self, key: str, value, expires: float) -> None:
         with self.lock:
-            if time.monotonic() - self.swept > self.SWEEP_SECONDS:  # the expired go before the live
-                self.swept, now = time.monotonic(), time.time()
-                for k in [k for k, (_, e) in self.items.items() if e <= now]:
-                    del self.items[k]
             self.items[key] = (value, expires)
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
 
     def drop(self, key: str) -> None:
         with self.lock:
@@ -115,6 +112,16 @@ class FairQueue:
     def __init__(self):
         self.ready = threading.Condition()
         self.by_tenant: OrderedDict[str, deque[Job]] = OrderedDict()
+        self.closed = False
+
+    def close(self) -> list[Job]:
+        """Wake the lane to stop. -> the jobs still waiting, to be answered."""
+        with self.ready:
+            self.closed = True
+            left = [job for jobs in self.by_tenant.values() for job in jobs]
+            self.by_tenant.clear()
+            self.ready.notify_all()
+            return left
 
     def put(self, job: Job, rest: bool = False) -> None:
         """rest: the job's images left after a pass, first in its tenant's line."""
@@ -130,7 +137,7 @@ class FairQueue:
     def take(self, block: bool, room: int | None = None) -> Job | None:
         """The next tenant's first job; with room, the next whose images left fit in it."""
         with self.ready:
-            while block and not self.by_tenant:
+            while block and not self.by_tenant and not self.closed:
                 self.ready.wait()
             waiting = self.by_tenant.items()
             tenant, jobs = next(((t, js) for t, js in waiting if room is None or js[0].left <= room), (None, None))
@@ -165,13 +172,36 @@ def outputs(record: dict, out: torch.Tensor) -> list:
 
 
 class Predictor:
-    def __init__(self, settings: Settings, store: Store):
-        self.settings, self.store, self.lru = settings, store, WeightsLRU(settings.lru_size)
-        self.limits = Limits.of(settings)
-        self.interactive, self.bulk = FairQueue(), FairQueue()  # the lanes' queues
-        lanes = (("predictor", self.interactive, 0), ("predictor-bulk", self.bulk, settings.background_nice))
-        for name, q, nice in lanes:
-            threading.Thread(target=self._loop, args=(q, nice), name=name, daemon=True).start()
+    def __init__(self, settings: Settings, store: Store, registry: Registry):
+        self.settings, self.store, self.registry = settings, store, registry
+        self.lru, self.limits = WeightsLRU(settings.lru_size), Limits.of(settings)
+        self.interactive = self.bulk = None  # the lanes' queues, while started
+        self.threads: list[threading.Thread] = []
+        self.rebuilder: ThreadPoolExecutor | None = None
+        self.rebuilding: dict[str, Future] = {}  # id -> its weights being rebuilt
+
+    def start(self) -> None:
+        self.interactive, self.bulk = FairQueue(), FairQueue()
+        nice = self.settings.background_nice
+        self.rebuilder = ThreadPoolExecutor(
+            1, "predictor-rebuild", initializer=priority.lower_this_thread, initargs=(nice,)
+        )
+        lanes = (("predictor", self.interactive, 0), ("predictor-bulk", self.bulk, nice))
+        self.threads = [
+            threading.Thread(target=self._loop, args=(q, n), name=name, daemon=True) for name, q, n in lanes
+        ]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop the lanes after the pass under way; requests still waiting are answered 503."""
+        for q in (self.interactive, self.bulk):
+            for job in q.close():
+                job.reply(ApiError(503, "unavailable", "the service is shutting down; retry", []))
+        for t in self.threads:
+            t.join()
+        self.rebuilder.shutdown(wait=True, cancel_futures=True)
+        self.threads, self.rebuilder, self.rebuilding = [], None, {}
 
     async def predict(self, aid: str, tenant: str, inputs: list | torch.Tensor, timeout: float = 30.0) -> Outcome:
         """From the event loop: raises what the thread raised (404, 422, 429, ...), TimeoutError
@@ -194,9 +224,9 @@ class Predictor:
     def forget(self, aid: str) -> None:
         self.lru.drop(aid)
 
-    def weights(self, record: dict) -> dict[str, torch.Tensor]:
-        """An adaptation's tensors as stored (`Base.to_stored`: the compact form is what the
-        LRU holds)."""
+    def cached(self, record: dict) -> dict[str, torch.Tensor] | None:
+        """An adaptation's tensors as stored (`Base.to_stored`: the compact form is what the LRU
+        holds), from the LRU or the weights cache in Redis; None when Redis evicted them."""
         aid = record["id"]
         fast = self.lru.get(aid)
         if fast is not None:
@@ -205,26 +235,43 @@ class Predictor:
         fast = self.store.weights(aid)
         if fast is not None:
             metrics.CACHE.labels("redis_hit").inc()
-        else:
-            metrics.CACHE.labels("miss_readapt").inc()
+            self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
+        return fast
+
+    def rebuild(self, record: dict) -> Future:
+        """Weights evicted from Redis, adapted again from the stored support set on the rebuild
+        thread (one rebuild per adaptation however many requests wait for it)."""
+        aid = record["id"]
+        with self.interactive.ready:  # any lock the lanes share
+            if aid not in self.rebuilding:
+                metrics.CACHE.labels("miss_readapt").inc()
+                self.rebuilding[aid] = self.rebuilder.submit(self._rebuild, record)
+            return self.rebuilding[aid]
+
+    def _rebuild(self, record: dict) -> dict[str, torch.Tensor]:
+        aid = record["id"]
+        try:
             support = self.store.support(aid)
             if support is None:
                 raise ApiError(404, "not_found", "adaptation not found")
-            fast, _ = run_adaptation(record, support)
+            fast, _ = run_adaptation(self.registry, record, support)
             self.store.put_weights(aid, fast, self.store.ttl(aid))
-        self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
-        return fast
+            self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
+            return fast
+        finally:
+            with self.interactive.ready:
+                self.rebuilding.pop(aid, None)
 
     # ---- the lanes' threads --------------------------------------------------
     def _loop(self, q: FairQueue, nice: int) -> None:
         priority.lower_this_thread(nice)
-        while True:
+        while not q.closed:
             groups: dict[str, list[tuple[Job, torch.Tensor]]] = {}
             for job, x in self._take(q):  # one pass per base version
                 groups.setdefault((job.record["model"], job.record.get("model_version")), []).append((job, x))
             for group in groups.values():
                 try:
-                    model = base_of(group[0][0].record)[0]
+                    model = base_of(self.registry, group[0][0].record)[0]
                     outs = forward_merged(model, [(j.fast, x) for j, x in group], self.settings.predict_max_batch)
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")
@@ -248,7 +295,7 @@ class Predictor:
             job = q.take(not taken, None if not taken else room)  # after the first, whole jobs only
             if job is None:
                 break
-            if job.failed or job.x is None and not self._prepare(job):
+            if job.failed or job.fast is None and not self._prepare(job, q):
                 continue
             part = job.x[job.done : job.done + room]
             job.done += len(part)
@@ -258,9 +305,10 @@ class Predictor:
                 q.put(job, rest=True)
         return taken
 
-    def _prepare(self, job: Job) -> bool:
+    def _prepare(self, job: Job, q: FairQueue) -> bool:
         """Read the record, count the images against the tenant's rate, decode the inputs and
-        find the weights. -> whether the job is ready for a pass (else it has been answered)."""
+        find the weights. -> whether the job is ready for a pass (else it has been answered, or
+        waits for its weights to be rebuilt and comes back to `q` then)."""
         try:
             n = len(job.inputs)
             job.record, count = self.store.get_counted(job.aid, job.tenant, n)
@@ -280,7 +328,7 @@ class Predictor:
                 if isinstance(job.inputs, torch.Tensor)
                 else batch(
                     job.inputs,
-                    base_of(job.record)[1],
+                    base_of(self.registry, job.record)[1],
                     self.limits,
                     [["inputs", i] for i in range(n)],
                 )
@@ -288,11 +336,23 @@ class Predictor:
             if job.record["status"] != "succeeded":
                 job.reply(Outcome(job.record, job.x, None))
                 return False
-            job.fast = self.weights(job.record)
-            return True
+            job.fast = self.cached(job.record)
+            if job.fast is None:
+                self.rebuild(job.record).add_done_callback(lambda done: self._rebuilt(job, q, done))
+            return job.fast is not None
         except Exception as exc:
             job.reply(exc)
             return False
+
+    def _rebuilt(self, job: Job, q: FairQueue, done: Future) -> None:
+        """The job's weights are back: into its lane again, first in its tenant's line."""
+        if done.cancelled():
+            job.reply(ApiError(503, "unavailable", "the service is shutting down; retry", []))
+        elif done.exception() is not None:
+            job.reply(done.exception())
+        else:
+            job.fast = done.result()
+            q.put(job, rest=True)
 
 
 def _reply(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result) -> None:

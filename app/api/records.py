@@ -12,7 +12,8 @@ import time
 from datetime import datetime
 
 from ..core.config import Settings
-from ..core.store import TERMINAL, Position, Store
+from ..core.jobs.states import TERMINAL
+from ..core.store import Position, Store
 from .errors import invalid, not_found
 from .schemas import Adaptation
 

@@ -189,6 +189,7 @@ class Adaptation(BaseModel):
     expires_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    attempts: int = Field(0, description="times a worker started the job (more than 1: put back after an error)")
     error: ErrorInfo | None = None
     metrics: AdaptationMetrics | None = None
 
@@ -203,10 +204,12 @@ class AdaptationList(BaseModel):
 
 class Event(BaseModel):
     id: str = Field(description="ev_N, N counting from the job's first event")
-    type: Literal["queued", "started", "step", "succeeded", "failed", "cancelled"]
+    type: Literal["queued", "started", "step", "requeued", "succeeded", "failed", "cancelled"]
     created_at: str
     data: dict[str, Any] | None = Field(
-        None, description="step: {step, loss}; succeeded: {mode, steps}; failed: {code}"
+        None,
+        description="started: {attempt}; step: {step, loss}; requeued: {reason}; succeeded: {mode, steps}; "
+        "failed: {code}",
     )
 
 

@@ -4,50 +4,40 @@ calls models' `adapt`. Deterministic: the same support set gives the same weight
 
 from __future__ import annotations
 
-import copy
 import time
-from functools import cache
 
 import torch
 
-from models import registry, runtime
+from models import runtime
 from models.adapt import adapt, choose_mode
+from models.registry import Registry
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def base_on(name: str, version: str | None, dev: str):
-    """The base (of that version: `registry.BaseChanged` if it is gone), once per process and
-    device; on a GPU, a copy of the registry's CPU weights."""
-    model, spec = registry.load(name, version)
-    return model if dev == "cpu" else _on_device(name, spec["version"], dev)
-
-
-@cache
-def _on_device(name: str, version: str, dev: str):
-    return copy.deepcopy(registry.load(name, version)[0]).to(dev)
-
-
-def warm_up(dev: torch.device, threads: int = 0) -> None:
+def warm_up(registry: Registry, dev: torch.device, threads: int = 0) -> None:
     """Configure the process for torch (`models.runtime`), load every base and run one tiny
     adaptation on each, so the first real job does not pay for allocator and thread-pool start-up."""
     runtime.configure(threads)
     for name in registry.names():
-        model = base_on(name, None, dev.type)
+        model, _ = registry.load(name, None, dev.type)
         x = torch.zeros(2, *model.input_shape, device=dev)
         y = torch.arange(2, device=dev) if model.task == "classification" else torch.zeros(2, 1, device=dev)
         for mode in ("fast", "fine-tune"):
             adapt(model, x, y, mode=mode)
 
 
-def run_adaptation(record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None, on_step=None):
+def run_adaptation(
+    registry: Registry, record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None, on_step=None
+):
     """-> (the adaptation's tensors as stored, on CPU (`Base.to_stored`), metrics). Raises
-    ValueError for a support set `adapt` refuses. The `auto` mode is resolved here, from the
-    support set (`models.adapt.choose_mode`)."""
+    ValueError for a support set `adapt` refuses, `registry.BaseChanged` or KeyError when its
+    base version is gone. The `auto` mode is resolved here, from the support set
+    (`models.adapt.choose_mode`)."""
     dev = dev or torch.device("cpu")
-    model = base_on(record["model"], record.get("model_version"), dev.type)
+    model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
     x, y = support["x"].to(dev), support["y"].to(dev)
     n_ways = len(record["classes"]) if record.get("classes") else None
     started = time.perf_counter()

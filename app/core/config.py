@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # default (a thread per core in each) oversubscribes them under load (bench/results/flood*.md); 0: torch's default
     torch_threads: int = 1
 
+    job_max_attempts: int = Field(3, ge=1)  # tries of a job whose run raised or whose worker died; then failed
     job_soft_time_limit: float = 60.0
     job_hard_time_limit: float = 90.0
     visibility_timeout: float = 300.0  # > hard limit: Celery redelivers an unacknowledged ticket after this

@@ -8,11 +8,14 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:x:{tenant}           sorted set of the same ids by expiry time (pruning the index)
   ra:e:{id}               list of the job's events, oldest first, each JSON
   ra:b:{tenant}           sorted set: id -> bytes of its support set and weights (the tenant's quota)
-  ra:p:{tenant}, ra:rr, ra:inflight, ra:run:{tenant}, ra:j:{tenant}: the job scheduler's
-                          (scheduler.py, whose Lua scripts spell them too)
+  ra:p:{tenant}           list: the tenant's jobs in line, oldest first (app/core/jobs/scheduler.py)
+  ra:rr                   list: the rotation of tenants with jobs in line
+  ra:inflight             hash: claimed job id -> {worker, tenant, beat}
+  ra:run:{tenant}         set: the tenant's claimed jobs
+  ra:j:{tenant}           set: the tenant's queued and running jobs (its quota of jobs)
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
-  ra:stats                hash: finished jobs by status and a duration histogram
+  ra:stats                hash: finished jobs by status, a duration histogram, upkeep errors by task
   ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
 Weights cache (settings.weights_url, may evict):
   ra:w:{id}               the adapted tensors as safetensors bytes
@@ -24,6 +27,10 @@ import hashlib
 
 WORKERS = "ra:workers"
 STATS = "ra:stats"
+ROTATION = "ra:rr"
+INFLIGHT = "ra:inflight"
+REAPER = "ra:reaper"
+SWEEPER = "ra:sweeper"
 
 
 def record(aid: str) -> str:

@@ -8,7 +8,19 @@ import logging
 import sys
 import time
 
-FIELDS = ("request_id", "adaptation_id", "tenant", "method", "route", "status", "duration_ms", "worker", "error")
+FIELDS = (
+    "request_id",
+    "adaptation_id",
+    "tenant",
+    "method",
+    "route",
+    "status",
+    "duration_ms",
+    "worker",
+    "error",
+    "task",
+    "errors",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,10 +1,8 @@
 """The adaptation store in Redis: records, support sets, idempotency keys, the
 per-tenant index, job events, and the adapted weights (a cache that may evict).
-Key names live in `keys`, byte formats in `codecs`.
-
-A record's status moves queued -> running -> succeeded | failed, or to cancelled
-from queued or running; each move is one compare-and-set (`transition`), so a
-cancel and a finishing worker can race and exactly one of them wins."""
+Key names live in `keys`, byte formats in `codecs`. Which status a record may move
+to, and who moves it, is the job lifecycle's (app/core/jobs/); `transition` is its
+compare-and-set."""
 
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import torch
 
 from . import codecs, keys
 from .config import Settings
-from .scheduler import Scheduler
 
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -47,8 +44,6 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status == '"running"' then redis.call('RPUSHX', KEYS[2], ARGV[1]) end
 return status
 """
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 # KEYS[1] the tenant's bytes (id -> bytes). -> their sum.
 _SUM = """
@@ -98,7 +93,6 @@ class Store:
         self._set_if_exists = self.r.register_script(_SET_IF_EXISTS)
         self._transition = self.r.register_script(_TRANSITION)
         self._sum = self.r.register_script(_SUM)
-        self.scheduler = Scheduler(self.r)
         self.settings = settings
         self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
         self._step = self.r.register_script(_STEP)
@@ -112,8 +106,9 @@ class Store:
         idempotency: tuple[str, str] | None = None,
         schedule: bool = True,
     ) -> tuple[str, bool]:
-        """Store a new adaptation and put its job in line (unless `schedule` is false: a record
-        written as already done, as the benchmark seeds them); with (key, fingerprint), a key seen
+        """Store a new adaptation, counted among its tenant's jobs (unless `schedule` is false: a
+        record written as already done, as the benchmark seeds them; `Jobs.submit` puts a job in
+        line); with (key, fingerprint), a key seen
         before returns (existing id, False) instead. Raises ValueError if the key was used for
         another request, QuotaExceeded or StorageFull before anything is written."""
         aid, tenant = record["id"], record["tenant"]
@@ -154,8 +149,6 @@ class Store:
             p.zadd(index, {aid: score})
             p.expire(index, self.max_index_ttl)
         p.execute()
-        if schedule:
-            self.scheduler.enqueue(aid, tenant)
         return aid, True
 
     def check_quotas(self, tenant: str, new_bytes: int) -> None:
@@ -283,7 +276,6 @@ class Store:
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
         p.execute()
-        self.scheduler.forget(aid, record["tenant"])
         self.cache.delete(keys.weights(aid))
 
     def support(self, aid: str) -> dict[str, torch.Tensor] | None:

@@ -9,11 +9,9 @@ from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from ...core import stats
-from ...core.store import event
 from .. import metrics
 from ..bases import spec_of
-from ..deps import PredictorDep, QueueDep, SettingsDep, StoreDep, TenantDep
+from ..deps import JobsDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
 from ..inputs import Limits, support_tensors
@@ -57,12 +55,13 @@ def create_adaptation(
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
-    queue: QueueDep,
+    jobs: JobsDep,
+    registry: RegistryDep,
     wait: float | None = WAIT,
     idempotency_key: str | None = Header(None, max_length=200),
 ):
     wait = wait_param(settings, wait)
-    spec = spec_of(body.model, ["model"])
+    spec = spec_of(registry, body.model, ["model"])
     if not body.support:
         raise invalid("empty_support", "the support set is empty", "support")
     if len(body.support) > settings.max_support:
@@ -102,15 +101,10 @@ def create_adaptation(
     if idempotency_key:
         idem = (idempotency_key, hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest())
     try:
-        aid, created = store.create(record, tensors, ttl, idem)
+        aid, created = jobs.submit(record, tensors, ttl, idem)
     except ValueError as exc:
         raise ApiError(409, "idempotency_conflict", str(exc), ["headers", "idempotency-key"]) from None
     if created:
-        try:
-            queue.enqueue(aid)
-        except Exception:
-            store.delete(record)
-            raise
         metrics.ADAPTATIONS.labels(body.model).inc()
     response.headers["X-Adaptation-ID"] = aid
     if not created:  # an idempotent retry: answer with the stored adaptation
@@ -175,8 +169,8 @@ def get_adaptation(aid: str, tenant: TenantDep, settings: SettingsDep, store: St
 
 
 @router.delete("/adaptations/{aid}", status_code=204, response_class=Response, summary="Delete all of it")
-def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, predictor: PredictorDep):
-    store.delete(owned(store, aid, tenant))
+def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDep, predictor: PredictorDep):
+    jobs.delete(owned(store, aid, tenant))
     predictor.forget(aid)
     return Response(status_code=204)
 
@@ -189,14 +183,10 @@ def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, predictor: P
     "answers it again; a finished one is 409 adaptation_finished.",
     responses={409: {"model": ErrorBody}},
 )
-def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep):
+def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDep):
     owned(store, aid, tenant)
-    had = store.transition(aid, ("queued", "running"), status="cancelled", finished_at=iso(datetime.now(timezone.utc)))
-    if had in ("queued", "running"):
-        store.scheduler.finish(aid, tenant)
-        store.add_events(aid, event("cancelled"))
-        stats.record_outcome(store.r, "cancelled", None)
-    elif had in ("succeeded", "failed"):
+    had = jobs.cancel(aid, tenant)
+    if had in ("succeeded", "failed"):
         raise ApiError(409, "adaptation_finished", f"adaptation already {had}", [had])
     return public(owned(store, aid, tenant))
 

@@ -10,9 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models import registry
-
-from ...core import heartbeats
+from ...core.jobs import heartbeats
 from ..errors import ApiError
 from ..responses import FastJSON
 
@@ -27,7 +25,7 @@ def healthz():
 @router.get("/readyz", summary="Redis reachable, bases loaded, a worker answering; else 503")
 def readyz(request: Request):
     state = request.app.state
-    checks = {"bases": registry.names()}
+    checks = {"bases": state.registry.names()}
     try:
         state.store.ping()
         checks["redis"] = "ok"

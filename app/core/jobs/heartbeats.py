@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from . import keys
+from .. import keys
 
 
 def beat(r: redis.Redis, worker: str) -> None:

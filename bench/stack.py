@@ -1,5 +1,6 @@
-"""Real processes for tests and benchmarks: a Redis server, Celery worker processes
-and uvicorn, each on a free 127.0.0.1 port, stopped by their own pid at the end."""
+"""Real processes for tests and benchmarks: a Redis server, Celery worker processes and
+uvicorn, each on a free 127.0.0.1 port, stopped by their own pid at the end. Shared by
+tests/ and bench/, so it lives here (tests import bench, never the reverse)."""
 
 from __future__ import annotations
 
@@ -77,12 +78,10 @@ class Stack:
         self.redis.terminate()
         self.redis.wait(10)
 
-    def start_worker(self, job_delay: float = 0.0, **env) -> subprocess.Popen:
-        """A worker process; with job_delay, the fault-injecting one of tests/faults.py."""
+    def start_worker(self, module: str = "worker.celery_app:app", **env) -> subprocess.Popen:
+        """A worker process of the Celery app `module` (tests/faults.py has one with a fault injected)."""
         extra = self.env | {f"RAPID_ADAPT_{k.upper()}": str(v) for k, v in env.items()}
-        extra["RAPID_ADAPT_TEST_JOB_DELAY"] = str(job_delay)
         n = len(self.workers)
-        module = "tests.faults:app" if job_delay else "worker.celery_app:app"
         w = self._spawn(
             [
                 sys.executable,

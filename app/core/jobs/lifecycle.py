@@ -1,0 +1,256 @@
+"""The job lifecycle: every move of an adaptation's job (states.py) happens here.
+
+The API submits, cancels and deletes; a worker claims, starts, steps, and ends a job
+(succeeded, failed, or put back after an unexpected error); any live worker's upkeep
+(upkeep.py) reaps the jobs of dead workers, tops up tickets and sweeps expired ids.
+Which Redis keys must agree, and why:
+  - the record's status (ra:a:{id}) is the truth a client sees; it moves only through
+    `move`, a compare-and-set checked against the table;
+  - a job in line is in its tenant's line (ra:p:{tenant}) and its tenant in the rotation
+    (ra:rr); a claimed one is in flight (ra:inflight) and in the tenant's running set;
+    a queued or running one is in the tenant's jobs (ra:j:{tenant}, its quota). `finish`
+    takes a job out of all three once it ends;
+  - a job in line has a ticket in the broker; tickets lost with a worker or a restarted
+    broker are sent again (`top_up`), and a surplus ticket claims nothing and is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import redis
+
+from .. import keys, stats
+from ..config import Settings
+from ..store import Store, event
+from . import heartbeats
+from .scheduler import Scheduler, max_running
+from .states import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, sources
+from .tickets import Tickets
+
+log = logging.getLogger("rapid_adapt.jobs")
+STALE_SECONDS = 30.0  # a job in flight whose own beat is this old is not running, whatever its worker's heartbeat
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    """A job a worker claimed: which, by whom, and once started its record and support set."""
+
+    aid: str
+    tenant: str
+    worker: str
+    resumed: bool = False  # retried after a Redis error: its record may already say running
+    record: dict = field(default_factory=dict)
+    started: float = 0.0  # perf_counter at start
+
+
+class Jobs:
+    def __init__(self, store: Store, tickets: Tickets, settings: Settings):
+        self.store, self.tickets, self.settings = store, tickets, settings
+        self.scheduler = Scheduler(store.r)
+
+    def move(self, aid: str, target: str, by: str, **fields) -> str | None:
+        """Set the status to `target` (and `fields`) if the table lets `by` move it from the status
+        it has. -> the status it had (the move happened iff that is one of the table's sources),
+        None when the adaptation is gone."""
+        return self.store.transition(aid, sources(target, by), status=target, **fields)
+
+    # ---- the API's -----------------------------------------------------------
+    def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
+        """Store a new adaptation, put its job in line and send its ticket. -> (id, whether it is
+        new); an idempotent retry returns the stored one. A broker that refuses the ticket leaves
+        nothing stored and raises."""
+        aid, created = self.store.create(record, support, ttl, idempotency)
+        if created:
+            self.scheduler.enqueue(aid, record["tenant"])
+            try:
+                self.tickets.send()
+            except Exception:
+                self.delete(record)
+                raise
+        return aid, created
+
+    def cancel(self, aid: str, tenant: str) -> str | None:
+        """queued or running -> cancelled. -> the status it had."""
+        had = self.move(aid, CANCELLED, "client", finished_at=now_iso())
+        if had in (QUEUED, RUNNING):
+            self.scheduler.finish(aid, tenant)
+            self.store.add_events(aid, event("cancelled"))
+            stats.record_outcome(self.store.r, CANCELLED, None)
+        return had
+
+    def delete(self, record: dict) -> None:
+        """Everything of the adaptation gone at once, its job out of line."""
+        self.store.delete(record)
+        self.scheduler.forget(record["id"], record["tenant"])
+
+    # ---- a worker's ----------------------------------------------------------
+    def claim(self, worker: str) -> Job | None:
+        """The next job of the next tenant whose running jobs are under its limit, now in flight."""
+        s = self.settings
+        alive = len(heartbeats.alive(self.store.r, s.heartbeat_window))
+        got = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
+        return None if got is None else Job(*got, worker)
+
+    def start(self, job: Job) -> dict | None:
+        """queued -> running, one more attempt. -> its support set, or None when the job is not to
+        run (deleted, expired, cancelled while queued, or already done by a twin run)."""
+        record = self.store.get(job.aid)
+        if record is None or record["status"] in TERMINAL:
+            self.scheduler.finish(job.aid, job.tenant)
+            return None
+        attempts = record.get("attempts", 0) + 1
+        fields = {"started_at": now_iso(), "attempts": attempts}
+        had = self.move(job.aid, RUNNING, "worker", **fields)
+        if had == RUNNING and job.resumed:  # the same claim, tried again: not a move
+            self.store.update(job.aid, **fields)
+        elif had != QUEUED:
+            self.scheduler.finish(job.aid, job.tenant)
+            return None
+        support = self.store.support(job.aid)
+        if support is None:
+            self.scheduler.finish(job.aid, job.tenant)
+            return None
+        job.record, job.started = record | fields | {"status": RUNNING}, time.perf_counter()
+        self.store.add_events(job.aid, event("started", attempt=attempts))
+        return support
+
+    def step(self, job: Job, k: int, loss: float) -> bool:
+        """A step's event. -> False when the job was cancelled or deleted meanwhile: stop."""
+        return self.store.step(job.aid, event("step", step=k + 1, loss=round(loss, 6))) not in (None, CANCELLED)
+
+    def background(self, job: Job) -> bool:
+        """Whether the job's tenant has more jobs waiting: then it can wait for others' (priority.py)."""
+        return self.scheduler.waiting(job.tenant) > 0
+
+    @contextlib.contextmanager
+    def beating(self, job: Job) -> Iterator[None]:
+        """The job's beat, from a thread for as long as it runs: however slow a step, a job that
+        beats is running, and one that stopped beating (its task ended or its process died) is
+        put back by the reaper."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.settings.worker_heartbeat_seconds):
+                with contextlib.suppress(redis.RedisError):
+                    self.scheduler.beat(job.aid, job.worker, job.tenant)
+
+        thread = threading.Thread(target=beat, name=f"beat-{job.aid}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def succeed(self, job: Job, fast: dict, metrics: dict) -> str:
+        """Store the weights, then running -> succeeded. A job cancelled or deleted meanwhile
+        leaves no weights behind."""
+        metrics["weights_bytes"] = self.store.put_weights(job.aid, fast, self.store.ttl(job.aid), job.tenant)
+        done = {"finished_at": now_iso(), "metrics": metrics, "steps": metrics["steps"]}
+        had = self.move(job.aid, SUCCEEDED, "worker", **done)
+        self.scheduler.finish(job.aid, job.tenant)
+        if had != RUNNING:
+            if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
+                self.store.drop_weights(job.aid)
+            return "gone"
+        self.store.add_events(job.aid, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
+        stats.record_outcome(self.store.r, SUCCEEDED, time.perf_counter() - job.started)
+        log.info(
+            "adaptation succeeded",
+            extra={
+                "adaptation_id": job.aid,
+                "tenant": job.tenant,
+                "status": SUCCEEDED,
+                "duration_ms": metrics["adaptation_ms"],
+            },
+        )
+        return SUCCEEDED
+
+    def fail(self, job: Job, code: str, message: str, by: str = "worker") -> str:
+        """running -> failed with the reason. A Redis error leaves the job to the reaper."""
+        fields = {"finished_at": now_iso(), "error": {"code": code, "message": message}}
+        try:
+            if self.move(job.aid, FAILED, by, **fields) == RUNNING:
+                self.store.add_events(job.aid, event("failed", code=code))
+                seconds = time.perf_counter() - job.started if job.started else None
+                stats.record_outcome(self.store.r, FAILED, seconds)
+            self.scheduler.finish(job.aid, job.tenant)
+        except redis.RedisError:
+            pass  # still in flight: the reaper puts the job back; it is not lost
+        log.warning(
+            "adaptation failed", extra={"adaptation_id": job.aid, "tenant": job.tenant, "status": FAILED, "error": code}
+        )
+        return FAILED
+
+    def release(self, job: Job) -> None:
+        """A job that stopped without a status of its own to set (cancelled or deleted meanwhile)."""
+        self.scheduler.finish(job.aid, job.tenant)
+
+    def crashed(self, job: Job, exc: BaseException) -> str:
+        """An unexpected error (a bug, CUDA out of memory): back at the front of its line while tries
+        are left, else failed with `too_many_attempts` naming the last error."""
+        log.error("job raised", exc_info=exc, extra={"adaptation_id": job.aid, "tenant": job.tenant})
+        return self.put_back(job.aid, job.tenant, "worker", f"{exc.__class__.__name__}: {exc}", job)
+
+    def put_back(self, aid: str, tenant: str, by: str, reason: str, job: Job | None = None) -> str:
+        """running -> queued (at the front of its line, with a ticket), or -> failed on the last try."""
+        record = self.store.get(aid)
+        if record is None or record["status"] in TERMINAL:
+            self.scheduler.finish(aid, tenant)
+            return "gone"
+        tries = record.get("attempts", 0)
+        if record["status"] == RUNNING and tries >= self.settings.job_max_attempts:
+            message = f"tried {tries} times (job_max_attempts); the last try ended with: {reason}"
+            return self.fail(job or Job(aid, tenant, by), "too_many_attempts", message, by)
+        if self.move(aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
+            self.scheduler.enqueue(aid, tenant, front=True)
+            self.store.add_events(aid, event("requeued", reason=reason[:200]))
+            self.tickets.send()
+            return QUEUED
+        self.scheduler.finish(aid, tenant)
+        return "gone"
+
+    # ---- upkeep, by any live worker (upkeep.py runs them) ---------------------
+    def reap(self, name: str) -> list[str]:
+        """One worker at a time (a lock of two heartbeats): put back, or fail on their last try, the
+        jobs in flight that no live worker holds. -> their ids."""
+        every = self.settings.worker_heartbeat_seconds
+        if not self.store.r.set(keys.REAPER, name, nx=True, px=int(2000 * every)):
+            return []
+        window = self.settings.heartbeat_window
+        alive = set(heartbeats.alive(self.store.r, window))
+        dead = self.scheduler.dead(alive, max(STALE_SECONDS, window))
+        for aid, tenant in dead:
+            self.put_back(aid, tenant, "reaper", "its worker stopped sending heartbeats")
+        if dead:
+            log.warning("jobs put back after their worker died", extra={"adaptation_id": ",".join(a for a, _ in dead)})
+        return [a for a, _ in dead]
+
+    def top_up(self) -> int:
+        """Send the tickets that jobs in line lack. -> how many."""
+        return self.tickets.top_up(self.scheduler.backlog())
+
+    def sweep(self, name: str) -> int:
+        """One worker every `sweep_seconds`: drop expired adaptations' ids from every tenant's
+        indexes, so Redis returns to its size once TTLs pass even when no one lists or creates.
+        -> tenants looked at."""
+        if self.store.r.set(keys.SWEEPER, name, nx=True, px=int(1000 * self.settings.sweep_seconds)):
+            return self.store.prune_all()
+        return 0
+
+
+def name_of_this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,141 @@
+"""Fair job scheduling on top of Celery: which job a worker runs next.
+
+A Celery message is a ticket, not a job: creating an adaptation appends its id to its
+tenant's line and sends one ticket; a worker holding a ticket claims the next job of the
+next tenant in a rotation (`claim`), so one tenant's backlog delays another tenant's job
+by at most one job per worker, however long the backlog.
+
+One tenant runs at most all workers but `tenant_reserved_workers` (1) at a time
+(`max_running`), so another tenant's job starts at once even while a tenant's long jobs
+keep the other workers busy; the price is that a lone tenant uses one worker fewer.
+
+A claimed job is in flight, with the worker that holds it and a beat that a thread
+refreshes for as long as the job runs. `dead` names the jobs in flight that no live
+worker holds; the lifecycle (lifecycle.py) puts them back or fails them.
+
+Every script takes its keys as KEYS (names from app/core/keys.py), never building one."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from .. import keys
+
+# KEYS: rotation, inflight, then (line, running) of each tenant named in ARGV[4..], in the
+# order read from the rotation. ARGV: worker, now, the most jobs one tenant may run at once.
+# -> {id, tenant} of the claimed job; nil when none can be claimed; 'stale' when the rotation
+# holds a tenant whose keys were not passed (it changed since it was read: read it again).
+# A tenant at its limit goes to the back of the rotation with its jobs still in line.
+_CLAIM = """
+local given = {}
+for i = 4, #ARGV do given[ARGV[i]] = i - 3 end
+local n = redis.call('LLEN', KEYS[1])
+for _ = 1, n do
+  local tenant = redis.call('LINDEX', KEYS[1], 0)
+  if not tenant then return nil end
+  local k = given[tenant]
+  if not k then return 'stale' end
+  local line, running = KEYS[1 + 2 * k], KEYS[2 + 2 * k]
+  redis.call('LPOP', KEYS[1])
+  if redis.call('SCARD', running) >= tonumber(ARGV[3]) then
+    redis.call('RPUSH', KEYS[1], tenant)
+  else
+    local aid = redis.call('LPOP', line)
+    if redis.call('LLEN', line) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
+    if aid then
+      redis.call('HSET', KEYS[2], aid, cjson.encode({worker = ARGV[1], tenant = tenant, beat = tonumber(ARGV[2])}))
+      redis.call('SADD', running, aid)
+      return {aid, tenant}
+    end
+  end
+end
+return nil
+"""
+
+# KEYS: the tenant's line, the rotation, inflight, the tenant's running set.
+# ARGV: id, tenant, front (1 or 0). Puts a job in line; the tenant joins the rotation if it is not in it.
+_ENQUEUE = """
+if ARGV[3] == '1' then redis.call('LPUSH', KEYS[1], ARGV[1]) else redis.call('RPUSH', KEYS[1], ARGV[1]) end
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+
+def max_running(workers_alive: int, reserved: int) -> int:
+    """How many jobs one tenant may run at once: all workers but `reserved` (at least one).
+    Workers are counted by heartbeat (one per host name): each runs with --concurrency 1."""
+    return max(1, workers_alive - reserved)
+
+
+class Scheduler:
+    def __init__(self, r: redis.Redis):
+        self.r = r
+        self._claim = r.register_script(_CLAIM)
+        self._enqueue = r.register_script(_ENQUEUE)
+
+    def enqueue(self, aid: str, tenant: str, front: bool = False) -> None:
+        """Put the job in its tenant's line (at the front: a job put back) and out of flight."""
+        k = [keys.pending(tenant), keys.ROTATION, keys.INFLIGHT, keys.running(tenant)]
+        self._enqueue(keys=k, args=[aid, tenant, "1" if front else "0"])
+
+    def claim(self, worker: str, max_running: int) -> tuple[str, str] | None:
+        """-> (id, tenant) of the next job in the rotation whose tenant runs fewer than
+        `max_running` jobs, now in flight; None when there is none."""
+        for _ in range(5):
+            tenants = list(dict.fromkeys(t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)))
+            if not tenants:
+                return None
+            k = [keys.ROTATION, keys.INFLIGHT] + [x for t in tenants for x in (keys.pending(t), keys.running(t))]
+            got = self._claim(keys=k, args=[worker, time.time(), max_running, *tenants])
+            if got != b"stale":
+                return None if got is None else (got[0].decode(), got[1].decode())
+        return None  # the rotation changed under each of five reads: another ticket will come
+
+    def beat(self, aid: str, worker: str, tenant: str) -> None:
+        self.r.hset(keys.INFLIGHT, aid, json.dumps({"worker": worker, "tenant": tenant, "beat": time.time()}))
+
+    def finish(self, aid: str, tenant: str) -> None:
+        """A job that ended (or will never run): out of flight and out of the tenant's jobs."""
+        p = self.r.pipeline(transaction=False)
+        p.hdel(keys.INFLIGHT, aid)
+        p.srem(keys.jobs(tenant), aid)
+        p.srem(keys.running(tenant), aid)
+        p.execute()
+
+    def forget(self, aid: str, tenant: str) -> None:
+        """A deleted adaptation: out of the line too."""
+        p = self.r.pipeline(transaction=False)
+        p.lrem(keys.pending(tenant), 0, aid)
+        p.hdel(keys.INFLIGHT, aid)
+        p.srem(keys.jobs(tenant), aid)
+        p.srem(keys.running(tenant), aid)
+        p.execute()
+
+    def waiting(self, tenant: str) -> int:
+        """The tenant's jobs in line, not yet claimed."""
+        return int(self.r.llen(keys.pending(tenant)))
+
+    def backlog(self) -> int:
+        """Jobs in line, every tenant's."""
+        tenants = {t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)}
+        if not tenants:
+            return 0
+        p = self.r.pipeline(transaction=False)
+        for t in tenants:
+            p.llen(keys.pending(t))
+        return sum(p.execute())
+
+    def dead(self, alive: set[str], stale_seconds: float) -> list[tuple[str, str]]:
+        """(id, tenant) of the jobs in flight whose worker is not alive or whose beat is older
+        than `stale_seconds`."""
+        now, found = time.time(), []
+        for aid, raw in self.r.hgetall(keys.INFLIGHT).items():
+            held = json.loads(raw)
+            if held["worker"] not in alive or now - held["beat"] > stale_seconds:
+                found.append((aid.decode(), held["tenant"]))
+        return found

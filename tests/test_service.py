@@ -1,0 +1,81 @@
+"""The API in this process on a real Redis (httpx's ASGI transport): its lifespan starts and
+stops what it holds, and a job runs through the worker's own task code in process."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app.api.factory import create_app
+from app.demo import sinusoid_task
+
+from .conftest import InProcess, run_next_job
+
+
+def lane_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("predictor")]
+
+
+def test_the_app_starts_and_stops_twice_in_one_process(settings):
+    before = lane_threads()
+    app = create_app(settings)
+    for _ in range(2):
+        with InProcess(app) as api:
+            assert sorted(set(lane_threads()) - set(before)) == ["predictor", "predictor-bulk"]
+            assert api.request("GET", "/v1/models").json()["data"][0]["name"]
+            assert api.request("GET", "/healthz").status_code == 200
+        assert lane_threads() == before  # the lanes stopped with the app
+        assert not hasattr(app.state, "predictor") and not hasattr(app.state, "registry")
+
+
+def test_a_round_trip_in_process(api, settings):
+    support, queries, truth = sinusoid_task(3)
+    created = api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": support})
+    assert created.status_code == 202, created.text
+    aid = created.json()["id"]
+    early = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": queries[:2]})
+    assert early.status_code == 409 and early.json()["error"]["code"] == "not_ready"
+    assert run_next_job(settings) == "succeeded"
+    got = api.request("GET", f"/v1/adaptations/{aid}").json()
+    assert got["status"] == "succeeded" and got["metrics"]["steps"] > 0
+    answer = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": queries})
+    values = [p["value"] for p in answer.json()["predictions"]]
+    mse = sum((v - t) ** 2 for v, t in zip(values, truth)) / len(truth)
+    assert mse < 0.5  # adapted to this curve (MAML's bar after one step is 0.67)
+    assert api.request("GET", f"/v1/adaptations/{aid}", key="globex").status_code == 404
+    assert api.request("DELETE", f"/v1/adaptations/{aid}").status_code == 204
+    assert api.request("GET", f"/v1/adaptations/{aid}").status_code == 404
+
+
+def test_evicted_weights_are_rebuilt_off_the_lanes(api, settings):
+    support, queries, _ = sinusoid_task(4)
+    aid = api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": support}).json()["id"]
+    run_next_job(settings)
+    first = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": queries[:5]}).json()
+    store = api.app.state.store
+    store.drop_weights(aid)  # evicted from Redis
+    api.app.state.predictor.lru.drop(aid)  # and from this process
+    again = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": queries[:5]}).json()
+    values = lambda answer: [p["value"] for p in answer["predictions"]]  # noqa: E731
+    assert values(again) == pytest.approx(values(first), abs=1e-5)  # rebuilt from the stored support set
+    assert store.weights(aid) is not None
+
+
+def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
+    from bench.stack import METRICS_KEY
+
+    def scrape() -> dict[str, float]:
+        text = api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+
+    support = sinusoid_task(5)[0]
+    for _ in range(3):
+        api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": support})
+    assert scrape()["rapid_adapt_queue_depth"] == 3  # no worker here: all three wait
+    run_next_job(settings)
+    values = scrape()
+    assert values["rapid_adapt_queue_depth"] == 2
+    assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] == 1
+    api.app.state.store.r.hincrby("ra:stats", "upkeep_errors:reaper", 2)  # as a worker's upkeep reports them
+    assert scrape()['rapid_adapt_upkeep_errors_total{task="reaper"}'] == 2
