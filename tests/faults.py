@@ -1,6 +1,7 @@
 """A worker with a fault injected, for the fault tests: `celery -A tests.faults:app worker`
-runs the real worker whose every job first sleeps RAPID_ADAPT_TEST_JOB_DELAY seconds
-(a slow job to kill, cancel or wait for). Production code has no such hook."""
+runs the real worker whose every job first sleeps RAPID_ADAPT_TEST_JOB_DELAY seconds (a
+slow job to kill, cancel or wait for), and with RAPID_ADAPT_TEST_JOB_RAISE set raises that
+message instead of adapting (a bug, CUDA out of memory). Production code has no such hook."""
 
 import os
 import time
@@ -11,9 +12,11 @@ from worker.celery_app import app  # noqa: F401  (what `celery -A` loads)
 _run = tasks.run_adaptation
 
 
-def slow_run_adaptation(*args, **kwargs):
+def faulty_run_adaptation(*args, **kwargs):
     time.sleep(float(os.environ.get("RAPID_ADAPT_TEST_JOB_DELAY", "0")))
+    if os.environ.get("RAPID_ADAPT_TEST_JOB_RAISE"):
+        raise RuntimeError(os.environ["RAPID_ADAPT_TEST_JOB_RAISE"])
     return _run(*args, **kwargs)
 
 
-tasks.run_adaptation = slow_run_adaptation
+tasks.run_adaptation = faulty_run_adaptation

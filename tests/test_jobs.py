@@ -154,3 +154,20 @@ def test_cancel_queued_and_running_jobs_under_a_real_worker(new_stack):
         e = error_of(lambda: c.cancel(after["id"]))
         assert (e.status, e.code) == (409, "adaptation_finished")
         assert s.workers[0].poll() is None  # the worker lives on
+
+
+def test_a_job_that_always_raises_fails_after_its_tries_and_the_worker_goes_on(new_stack):
+    s = new_stack(job_max_attempts=3)
+    s.start_redis()
+    s.start_worker("tests.faults:app", test_job_raise="CUDA out of memory (injected)")
+    s.start_api()
+    s.wait_ready()
+    with Client(s.url, KEYS["acme"]) as c:
+        a = c.create_adaptation("sinusoid-mlp", sin_support())
+        done = c.wait(a["id"], timeout=60)
+        assert done["status"] == "failed" and done["attempts"] == 3, s.logs()
+        assert done["error"]["code"] == "too_many_attempts" and "CUDA out of memory" in done["error"]["message"]
+        kinds = [e["type"] for e in c.iter_events(a["id"])]
+        assert kinds == ["queued"] + ["started", "requeued"] * 2 + ["started", "failed"]
+    assert s.workers[0].poll() is None  # the worker lives on
+    assert "job raised" in (s.tmp / "worker0.log").read_text()  # with its traceback

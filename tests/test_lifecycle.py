@@ -167,10 +167,10 @@ def _cancel_running(jobs, settings):
 
 
 def _into(jobs: Jobs, target: str) -> str:
-    """An adaptation with a one-second TTL, moved to `target`."""
+    """An adaptation moved to `target`."""
     if target == QUEUED:
-        return submit(jobs, ttl=1)
-    job = started(jobs, ttl=1)
+        return submit(jobs)
+    job = started(jobs)
     if target == SUCCEEDED:
         jobs.succeed(job, *run_adaptation(shipped(), job.record, jobs.store.support(job.aid)))
     elif target == FAILED:
@@ -186,12 +186,22 @@ for _source in STATUSES:
     def _expire(jobs, settings, source=_source):
         aid = _into(jobs, source)
         assert status(jobs, aid) == source
+        ttl_passes(jobs, aid)
         wait_until(lambda: status(jobs, aid) is None, 10, f"the {source} adaptation's TTL")
         assert jobs.store.support(aid) is None and jobs.store.weights(aid) is None
         jobs.store.r.delete(keys.SWEEPER)
         jobs.sweep("sweeper")  # the sweeper drops its id from the tenant's indexes
         assert jobs.store.r.zcard(keys.tenant_index("acme")) == 0
         assert jobs.store.r.scard(keys.jobs("acme")) == 0
+
+
+def ttl_passes(jobs: Jobs, aid: str) -> None:
+    """Its TTL, as if the time had come: every key it wrote expires now (Redis drops them itself)."""
+    r = jobs.store.r
+    for key in (keys.record(aid), keys.support(aid), keys.events(aid)):
+        r.pexpire(key, 1)
+    jobs.store.cache.pexpire(keys.weights(aid), 1)
+    r.zadd(keys.expiries("acme"), {aid: time.time()})
 
 
 def make_settings_like(settings, **overrides):

@@ -129,7 +129,7 @@ def in_session(sid: int) -> list[int]:
 
 
 def test_the_api_predicts_large_requests_in_a_background_lane(stack):
-    """Each API process has one thread at background priority (the bulk lane), and a request
+    """Each API process has a thread at background priority (the bulk lane), and a request
     larger than one pass is answered through it with the same answers as in passes of one."""
     api_pids = in_session(stack.api.pid)  # app.serve and its uvicorn processes
     lanes = [pid for pid in api_pids if 10 in thread_nices(pid)]

@@ -79,3 +79,22 @@ def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] == 1
     api.app.state.store.r.hincrby("ra:stats", "upkeep_errors:reaper", 2)  # as a worker's upkeep reports them
     assert scrape()['rapid_adapt_upkeep_errors_total{task="reaper"}'] == 2
+
+
+def test_the_stored_count_is_kept_on_write_through_deletes_and_expiry(api, settings):
+    from app.core.jobs import Jobs, Tickets, make_celery
+    from bench.stack import wait_until
+
+    store = api.app.state.store
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(6)[0]}
+    ids = [api.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(3)]
+    short = api.request("POST", "/v1/adaptations", json=body | {"ttl_seconds": 1}).json()["id"]
+    assert store.count_adaptations() == 4
+    assert api.request("DELETE", f"/v1/adaptations/{ids[0]}").status_code == 204
+    assert api.request("DELETE", f"/v1/adaptations/{ids[0]}").status_code == 404  # counted out once
+    assert store.count_adaptations() == 3
+    wait_until(lambda: store.get(short) is None, 10, "the short TTL")
+    Jobs(store, Tickets(make_celery(settings)), settings).sweep("sweeper")
+    assert store.count_adaptations() == 2
+    store.prune("acme")  # a second prune finds nothing more to count out
+    assert store.count_adaptations() == 2 == store.r.zcard("ra:t:acme")

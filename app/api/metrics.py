@@ -59,7 +59,7 @@ class StoreCollector:
             sum_value=counts.get("duration_sum", 0.0),
         )
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
-        yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptation records in Redis", value=stored)
+        yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptations stored (kept on write)", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)
         upkeep = CounterMetricFamily(
             "rapid_adapt_upkeep_errors",

@@ -16,6 +16,8 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
   ra:stats                hash: finished jobs by status, a duration histogram, upkeep errors by task
+  ra:count                adaptations stored: +1 on create, -1 for each id a delete or a prune takes out of
+                          its tenant's index (so /metrics reads one key, whatever the number stored)
   ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
 Weights cache (settings.weights_url, may evict):
   ra:w:{id}               the adapted tensors as safetensors bytes
@@ -27,6 +29,7 @@ import hashlib
 
 WORKERS = "ra:workers"
 STATS = "ra:stats"
+COUNT = "ra:count"
 ROTATION = "ra:rr"
 INFLIGHT = "ra:inflight"
 REAPER = "ra:reaper"

@@ -142,6 +142,7 @@ class Store:
             p.sadd(keys.jobs(tenant), aid)
         p.rpush(keys.events(aid), json.dumps(event("queued")))
         p.expire(keys.events(aid), ttl)
+        p.incr(keys.COUNT)
         for index, score in (
             (keys.tenant_index(tenant), record["created_ts"]),
             (keys.expiries(tenant), time.time() + ttl),
@@ -221,7 +222,7 @@ class Store:
             p.zrem(expiries, *dead)
             p.zrem(keys.usage(tenant), *dead)
             p.srem(keys.jobs(tenant), *dead)
-            p.execute()
+            self._uncount(p.execute()[0])
 
     def prune_all(self) -> int:
         """Prune every tenant's index (the workers' sweep). -> how many tenants were looked at."""
@@ -269,26 +270,28 @@ class Store:
     def delete(self, record: dict) -> None:
         aid = record["id"]
         p = self.r.pipeline(transaction=True)
-        p.delete(keys.record(aid), keys.support(aid), keys.events(aid))
         p.zrem(keys.tenant_index(record["tenant"]), aid)
+        p.delete(keys.record(aid), keys.support(aid), keys.events(aid))
         p.zrem(keys.expiries(record["tenant"]), aid)
         p.zrem(keys.usage(record["tenant"]), aid)
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
-        p.execute()
+        self._uncount(p.execute()[0])
         self.cache.delete(keys.weights(aid))
 
     def support(self, aid: str) -> dict[str, torch.Tensor] | None:
         data = self.r.get(keys.support(aid))
         return codecs.bytes_to_support(data) if data else None
 
-    def count_adaptations(self, cap: int = 1_000_000) -> int:
-        n = 0
-        for _ in self.r.scan_iter(match=keys.record("*"), count=1000):
-            n += 1
-            if n >= cap:
-                break
-        return n
+    def _uncount(self, removed: int) -> None:
+        """Ids taken out of a tenant's index leave the count too: a delete and a prune of the same
+        id cannot both remove it, so each stored adaptation is counted out once."""
+        if removed:
+            self.r.decrby(keys.COUNT, removed)
+
+    def count_adaptations(self) -> int:
+        """Adaptations stored: one key, kept on write (expired ones leave at the next prune or sweep)."""
+        return max(0, int(self.r.get(keys.COUNT) or 0))
 
     # ---- events ------------------------------------------------------------
     def add_events(self, aid: str, *items: dict) -> None:
