@@ -346,7 +346,7 @@ class Predictor:
 
     def _rebuilt(self, job: Job, q: FairQueue, done: Future) -> None:
         """The job's weights are back: into its lane again, first in its tenant's line."""
-        if done.cancelled():
+        if done.cancelled() or q.closed:
             job.reply(ApiError(503, "unavailable", "the service is shutting down; retry", []))
         elif done.exception() is not None:
             job.reply(done.exception())
