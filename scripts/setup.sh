@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, Chromium and its driver, the Noto
-# fonts (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
+# fonts, kubectl (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
 # wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the project
 # and its client package.
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)          # the page's br
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/noto/NotoSansThai-Thin.ttf ] || need+=(fonts-noto-core fonts-noto-extra)  # glyphs benchmark
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+# kubectl renders the Kustomize manifests (tests/test_deploy.py): this machine image ships it; else Debian's
+command -v kubectl >/dev/null 2>&1 || apt_install kubectl || apt_install kubernetes-client
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
 fi

@@ -63,6 +63,7 @@ def test_evicted_weights_are_rebuilt_off_the_lanes(api, settings):
 
 
 def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
+    from app.core.jobs import Jobs, Tickets, heartbeats, make_celery
     from bench.stack import METRICS_KEY
 
     def scrape() -> dict[str, float]:
@@ -72,10 +73,16 @@ def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
     support = sinusoid_task(5)[0]
     for _ in range(3):
         api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": support})
-    assert scrape()["rapid_adapt_queue_depth"] == 3  # no worker here: all three wait
-    run_next_job(settings)
     values = scrape()
-    assert values["rapid_adapt_queue_depth"] == 2
+    assert (values["rapid_adapt_queue_depth"], values["rapid_adapt_jobs_running"]) == (3, 0)  # no worker here
+    for w in ("w1", "w2", "w3"):
+        heartbeats.beat(api.app.state.store.r, w)  # three workers alive: a tenant may run two jobs at once
+    Jobs(api.app.state.store, Tickets(make_celery(settings)), settings).claim("w1")  # a worker holds one
+    values = scrape()
+    assert (values["rapid_adapt_queue_depth"], values["rapid_adapt_jobs_running"]) == (2, 1)
+    run_next_job(settings)  # another runs the next to its end
+    values = scrape()
+    assert (values["rapid_adapt_queue_depth"], values["rapid_adapt_jobs_running"]) == (1, 1)
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] == 1
     api.app.state.store.r.hincrby("ra:stats", "upkeep_errors:reaper", 2)  # as a worker's upkeep reports them
     assert scrape()['rapid_adapt_upkeep_errors_total{task="reaper"}'] == 2

@@ -42,6 +42,7 @@ class StoreCollector:
             stored = self.store.count_adaptations()
             workers = len(heartbeats.alive(self.store.r, self.window))
             depth = self.jobs.scheduler.backlog()
+            running = self.jobs.scheduler.in_flight()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
         finished = CounterMetricFamily(
@@ -59,6 +60,7 @@ class StoreCollector:
             sum_value=counts.get("duration_sum", 0.0),
         )
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
+        yield GaugeMetricFamily("rapid_adapt_jobs_running", "adaptation jobs claimed by a worker", value=running)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptations stored (kept on write)", value=stored)
         yield GaugeMetricFamily("rapid_adapt_workers_alive", "workers with a recent heartbeat", value=workers)
         upkeep = CounterMetricFamily(

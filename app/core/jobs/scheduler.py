@@ -130,6 +130,10 @@ class Scheduler:
             p.llen(keys.pending(t))
         return sum(p.execute())
 
+    def in_flight(self) -> int:
+        """Jobs claimed by a worker: with `backlog`, the work there is (what KEDA scales workers on)."""
+        return int(self.r.hlen(keys.INFLIGHT))
+
     def dead(self, alive: set[str], stale_seconds: float) -> list[tuple[str, str]]:
         """(id, tenant) of the jobs in flight whose worker is not alive or whose beat is older
         than `stale_seconds`."""
