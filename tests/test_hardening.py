@@ -319,3 +319,25 @@ def _invert(data: bytes, ImageOps) -> bytes:
     buf = io.BytesIO()
     ImageOps.invert(Image.open(io.BytesIO(data)).convert("L")).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_a_worker_told_to_stop_finishes_its_job_takes_no_new_one_and_its_successor_runs_the_rest(new_stack):
+    """A rolling update of the workers: SIGTERM is Celery's warm shutdown."""
+    s = new_stack()
+    s.start_redis()
+    old = slow_worker(s, 2.0)
+    s.start_api()
+    s.wait_ready()
+    r = redis.Redis(port=s.redis_port, db=1)
+    with Client(s.url, KEYS["acme"]) as c:
+        ids = [c.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(3)]
+        wait_until(lambda: c.adaptation(ids[0])["status"] == "running", 30, "the first job to run")
+        old.send_signal(signal.SIGTERM)  # the worker's main process, as Kubernetes or Compose stops it
+        old.wait(60)
+        assert c.adaptation(ids[0])["status"] == "succeeded"  # the job in hand was finished
+        assert [c.adaptation(a)["status"] for a in ids[1:]] == ["queued", "queued"]  # no new one taken
+        assert not r.hgetall("ra:inflight") and not r.hgetall("ra:workers")  # gone from the living at once
+        s.start_worker()  # its successor
+        status = wait_all(c, ids, 60)
+        assert list(status.values()) == ["succeeded"] * 3, s.logs()
+        assert [c.adaptation(a)["attempts"] for a in ids] == [1, 1, 1]  # each run once: none put back
