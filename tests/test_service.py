@@ -105,3 +105,20 @@ def test_the_stored_count_is_kept_on_write_through_deletes_and_expiry(api, setti
     assert store.count_adaptations() == 2
     store.prune("acme")  # a second prune finds nothing more to count out
     assert store.count_adaptations() == 2 == store.r.zcard("ra:t:acme")
+
+
+def test_the_duration_histogram_costs_one_bucket_a_job_and_reads_cumulative(api):
+    from app.core import stats
+    from bench.stack import METRICS_KEY
+
+    r = api.app.state.store.r
+    for seconds in (0.003, 0.03, 0.7, 45.0):
+        stats.record_outcome(r, "succeeded", seconds)
+    assert sum(1 for k in r.hkeys("ra:stats") if k.startswith(b"b:")) == 3  # 45 s is past the last bucket
+    text = api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+    bucket = lambda le: float(  # noqa: E731
+        next(
+            x for x in text.splitlines() if x.startswith(f'rapid_adapt_adaptation_duration_seconds_bucket{{le="{le}"}}')
+        ).split()[-1]
+    )
+    assert [bucket(le) for le in ("0.01", "0.025", "0.05", "1.0", "30.0", "+Inf")] == [1, 1, 2, 3, 3, 4]

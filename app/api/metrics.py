@@ -51,8 +51,7 @@ class StoreCollector:
         for status in TERMINAL:
             finished.add_metric([status], counts.get(f"status:{status}", 0.0))
         yield finished
-        buckets = [(str(le), counts.get(f"le:{le}", 0.0)) for le in stats.DURATION_BUCKETS]
-        buckets.append(("+Inf", counts.get("duration_count", 0.0)))
+        buckets = stats.cumulative(counts)
         yield HistogramMetricFamily(
             "rapid_adapt_adaptation_duration_seconds",
             "time from a job's start to its end on a worker",

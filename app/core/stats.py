@@ -1,7 +1,13 @@
 """Finished jobs counted in Redis by the workers, so that every API process reports
-the same figures on /metrics: jobs by final status and a duration histogram."""
+the same figures on /metrics: jobs by final status and a duration histogram.
+
+A job's end costs four increments whatever its duration: its status, the one bucket its
+duration falls in (`b:{le}`, not cumulative), the sum and the count; `cumulative` adds the
+buckets up for Prometheus at scrape time."""
 
 from __future__ import annotations
+
+import bisect
 
 import redis
 
@@ -14,9 +20,9 @@ def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
     p = r.pipeline(transaction=False)
     p.hincrby(keys.STATS, f"status:{status}", 1)
     if seconds is not None:
-        for le in DURATION_BUCKETS:
-            if seconds <= le:
-                p.hincrby(keys.STATS, f"le:{le}", 1)
+        i = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bucket with seconds <= le
+        if i < len(DURATION_BUCKETS):
+            p.hincrby(keys.STATS, f"b:{DURATION_BUCKETS[i]}", 1)
         p.hincrbyfloat(keys.STATS, "duration_sum", seconds)
         p.hincrby(keys.STATS, "duration_count", 1)
     p.execute()
@@ -24,3 +30,12 @@ def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
 
 def read(r: redis.Redis) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in r.hgetall(keys.STATS).items()}
+
+
+def cumulative(counts: dict[str, float]) -> list[tuple[str, float]]:
+    """(le, jobs with a duration of at most le) for each bucket, and +Inf: Prometheus's form."""
+    out, total = [], 0.0
+    for le in DURATION_BUCKETS:
+        total += counts.get(f"b:{le}", 0.0)
+        out.append((str(le), total))
+    return out + [("+Inf", counts.get("duration_count", 0.0))]
