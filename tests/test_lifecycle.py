@@ -296,3 +296,15 @@ def test_the_operations_docs_draw_the_same_table():
             sources = cells[0].removeprefix("any (").rstrip(")").split(", ")
             rows |= {(s, cells[1], cells[2]) for s in sources}
     assert rows == {(t.source, t.target, t.by) for t in TRANSITIONS}
+
+
+def test_only_the_worker_whose_turn_it_is_to_reap_tops_up_tickets(settings):
+    jobs = lifecycle(settings)
+    upkeep, topped = Upkeep(jobs, "w-upkeep", "lock-w-upkeep"), []
+    jobs.top_up = lambda: topped.append(1) or 0
+    jobs.reap = lambda _name: None  # another worker holds the reaper's turn
+    upkeep.turn()
+    assert topped == []
+    jobs.reap = lambda _name: []  # this one's turn
+    upkeep.turn()
+    assert topped == [1] and upkeep.errors == {}

@@ -224,12 +224,12 @@ class Jobs:
         return "gone"
 
     # ---- upkeep, by any live worker (upkeep.py runs them) ---------------------
-    def reap(self, name: str) -> list[str]:
+    def reap(self, name: str) -> list[str] | None:
         """One worker at a time (a lock of two heartbeats): put back, or fail on their last try, the
-        jobs in flight that no live worker holds. -> their ids."""
+        jobs in flight that no live worker holds. -> their ids; None when it is another's turn."""
         every = self.settings.worker_heartbeat_seconds
         if not self.store.r.set(keys.REAPER, name, nx=True, px=int(2000 * every)):
-            return []
+            return None
         window = self.settings.heartbeat_window
         alive = set(heartbeats.alive(self.store.r, window))
         dead = self.scheduler.dead(alive, max(STALE_SECONDS, window))

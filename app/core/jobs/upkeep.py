@@ -43,10 +43,11 @@ class Upkeep:
         self._run("heartbeat", lambda: heartbeats.forget(self.jobs.store.r, self.worker))
 
     def turn(self) -> None:
-        """One round: beat, reap, top up, sweep, each on its own."""
+        """One round: beat, reap, top up, sweep, each on its own. Only the worker whose turn it is
+        to reap tops up, so N workers do not count the backlog N times a beat."""
         self._run("heartbeat", lambda: heartbeats.beat(self.jobs.store.r, self.worker))
-        self._run("reaper", lambda: self.jobs.reap(self.lock_name))
-        self._run("top_up", self.jobs.top_up)
+        if self._run("reaper", lambda: self.jobs.reap(self.lock_name)) is not None:
+            self._run("top_up", self.jobs.top_up)
         self._run("sweeper", lambda: self.jobs.sweep(self.lock_name))
         if self._unreported:
             self._run("report", self._report)
@@ -55,9 +56,10 @@ class Upkeep:
         while not self._stop.wait(self.jobs.settings.worker_heartbeat_seconds):
             self.turn()
 
-    def _run(self, task: str, call) -> None:
+    def _run(self, task: str, call):
+        """-> what `call` returned; None when it raised (logged and counted)."""
         try:
-            call()
+            result = call()
         except Exception:
             self.errors[task] += 1
             self._unreported[task] += 1
@@ -68,6 +70,7 @@ class Upkeep:
         if task in self._failing:
             self._failing.discard(task)
             log.warning("upkeep task recovered", extra={"task": task, "errors": self.errors[task]})
+        return result
 
     def _report(self) -> None:
         p = self.jobs.store.r.pipeline(transaction=False)
