@@ -108,6 +108,11 @@ class InProcess:
         return self._run(self.client.request(method, path, headers=headers, **kw))
 
 
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text -> {name{labels}: value}, comments left out."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] not in "#"}
+
+
 def run_next_job(settings) -> str:
     """What a worker does with one ticket, in this process: claim the next job, adapt, store."""
     from app.core.jobs import Jobs, Tickets, make_celery

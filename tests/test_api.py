@@ -23,6 +23,7 @@ from models.adapt import adapt, predict
 from models.research import evaluate, omniglot
 from rapid_adapt_client import AsyncClient, Client, RapidAdaptError
 
+from .conftest import metric_values
 from .workers import slow_worker
 
 
@@ -178,11 +179,7 @@ def test_health_ready_metrics_openapi(stack):
     assert httpx.get(stack.url + "/metrics").status_code == 401  # not open: behind its own key
     assert httpx.get(stack.url + "/metrics", headers={"Authorization": "Bearer key-acme"}).status_code == 401
     text = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
-    values = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    values = metric_values(text)
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] >= 1
     assert values["rapid_adapt_adaptation_duration_seconds_count"] >= 1
     assert values["rapid_adapt_adaptations_stored"] >= 1  # the backlog's count: tests/test_service.py

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import yaml
 
 from app.core.config import Settings
 from bench.stack import METRICS_KEY, ROOT
+
+from .conftest import metric_values
 
 OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "kubernetes" / "overlays").iterdir())
 CUSTOM = {"keda.sh/v1alpha1"}  # custom resources: no schema in Kubernetes itself
@@ -25,7 +28,9 @@ NOT_SETTINGS = {
 }
 
 
+@cache
 def render(overlay: str) -> list[dict]:
+    """The overlay's objects (rendered once per run: tests only read them)."""
     out = subprocess.run(
         [shutil.which("kubectl") or "kubectl", "kustomize", str(ROOT / "deploy" / "kubernetes" / "overlays" / overlay)],
         capture_output=True,
@@ -75,7 +80,7 @@ def test_workers_scale_on_metrics_the_api_exports_and_the_gpu_pool_from_zero(ove
     workers = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "api"}
     assert set(scaled) == workers  # every worker pool has its ScaledObject
     text = api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
-    exported = {line.split(" ")[0].split("{")[0] for line in text.splitlines() if line[:1] != "#"}
+    exported = {name.split("{")[0] for name in metric_values(text)}
     for so in scaled.values():
         for trigger in so["spec"]["triggers"]:
             used = set(re.findall(r"rapid_adapt_\w+", trigger["metadata"]["query"]))

@@ -10,7 +10,7 @@ import pytest
 from app.api.factory import create_app
 from app.demo import sinusoid_task
 
-from .conftest import InProcess, run_next_job
+from .conftest import InProcess, metric_values, run_next_job
 
 
 def lane_threads() -> list[str]:
@@ -67,8 +67,9 @@ def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
     from bench.stack import METRICS_KEY
 
     def scrape() -> dict[str, float]:
-        text = api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+        return metric_values(
+            api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+        )
 
     support = sinusoid_task(5)[0]
     for _ in range(3):
@@ -115,10 +116,8 @@ def test_the_duration_histogram_costs_one_bucket_a_job_and_reads_cumulative(api)
     for seconds in (0.003, 0.03, 0.7, 45.0):
         stats.record_outcome(r, "succeeded", seconds)
     assert sum(1 for k in r.hkeys("ra:stats") if k.startswith(b"b:")) == 3  # 45 s is past the last bucket
-    text = api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
-    bucket = lambda le: float(  # noqa: E731
-        next(
-            x for x in text.splitlines() if x.startswith(f'rapid_adapt_adaptation_duration_seconds_bucket{{le="{le}"}}')
-        ).split()[-1]
+    values = metric_values(
+        api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     )
+    bucket = lambda le: values[f'rapid_adapt_adaptation_duration_seconds_bucket{{le="{le}"}}']  # noqa: E731
     assert [bucket(le) for le in ("0.01", "0.025", "0.05", "1.0", "30.0", "+Inf")] == [1, 1, 2, 3, 3, 4]

@@ -56,6 +56,10 @@ log = logging.getLogger("rapid_adapt.api")
 LARGE_BYTES = 2**20  # a request with more image data than this goes to the bulk lane
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "unavailable", "the service is shutting down; retry", [])
+
+
 class WeightsLRU:
     """Adapted weights by id, least recently used out first, and none past its adaptation's
     expiry: memory follows the live adaptations, up to `size` (cachetools' TLRUCache, locked:
@@ -179,6 +183,7 @@ class Predictor:
         self.threads: list[threading.Thread] = []
         self.rebuilder: ThreadPoolExecutor | None = None
         self.rebuilding: dict[str, Future] = {}  # id -> its weights being rebuilt
+        self.rebuilding_lock = threading.Lock()
 
     def start(self) -> None:
         self.interactive, self.bulk = FairQueue(), FairQueue()
@@ -197,7 +202,7 @@ class Predictor:
         """Stop the lanes after the pass under way; requests still waiting are answered 503."""
         for q in (self.interactive, self.bulk):
             for job in q.close():
-                job.reply(ApiError(503, "unavailable", "the service is shutting down; retry", []))
+                job.reply(shutting_down())
         for t in self.threads:
             t.join()
         self.rebuilder.shutdown(wait=True, cancel_futures=True)
@@ -235,14 +240,18 @@ class Predictor:
         fast = self.store.weights(aid)
         if fast is not None:
             metrics.CACHE.labels("redis_hit").inc()
-            self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
+            self.keep(record, fast)
         return fast
+
+    def keep(self, record: dict, fast: dict[str, torch.Tensor]) -> None:
+        """In the LRU until the adaptation expires."""
+        self.lru.put(record["id"], fast, record["created_ts"] + record["ttl_seconds"])
 
     def rebuild(self, record: dict) -> Future:
         """Weights evicted from Redis, adapted again from the stored support set on the rebuild
         thread (one rebuild per adaptation however many requests wait for it)."""
         aid = record["id"]
-        with self.interactive.ready:  # any lock the lanes share
+        with self.rebuilding_lock:
             if aid not in self.rebuilding:
                 metrics.CACHE.labels("miss_readapt").inc()
                 self.rebuilding[aid] = self.rebuilder.submit(self._rebuild, record)
@@ -256,10 +265,10 @@ class Predictor:
                 raise ApiError(404, "not_found", "adaptation not found")
             fast, _ = run_adaptation(self.registry, record, support)
             self.store.put_weights(aid, fast, self.store.ttl(aid))
-            self.lru.put(aid, fast, record["created_ts"] + record["ttl_seconds"])
+            self.keep(record, fast)
             return fast
         finally:
-            with self.interactive.ready:
+            with self.rebuilding_lock:
                 self.rebuilding.pop(aid, None)
 
     # ---- the lanes' threads --------------------------------------------------
@@ -347,7 +356,7 @@ class Predictor:
     def _rebuilt(self, job: Job, q: FairQueue, done: Future) -> None:
         """The job's weights are back: into its lane again, first in its tenant's line."""
         if done.cancelled() or q.closed:
-            job.reply(ApiError(503, "unavailable", "the service is shutting down; retry", []))
+            job.reply(shutting_down())
         elif done.exception() is not None:
             job.reply(done.exception())
         else:
