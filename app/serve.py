@@ -19,11 +19,14 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 
 import uvicorn
 
+from .api import drain
 from .core import logs
+from .core.config import get_settings
 
 log = logging.getLogger("rapid_adapt.serve")
 
@@ -50,12 +53,29 @@ def ensure_free(host: str, port: int) -> None:
         probe.close()
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM drains for `drain_seconds` (app/api/drain.py) before the
+    graceful shutdown begins; a second signal, or SIGINT, goes straight to it."""
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float):
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and not drain.active():
+            drain.begin()
+            log.info("draining", extra={"seconds": self.drain_seconds})
+            threading.Timer(self.drain_seconds, super().handle_exit, (sig, frame)).start()
+            return
+        super().handle_exit(sig, frame)
+
+
 def serve(host: str, port: int, graceful: int, log_level: str) -> None:
     """One API process on its own socket."""
     config = uvicorn.Config(
         "app.main:app", host=host, port=port, timeout_graceful_shutdown=graceful, log_level=log_level, workers=1
     )
-    uvicorn.Server(config).run(sockets=[listen_socket(host, port)])
+    DrainingServer(config, get_settings().drain_seconds).run(sockets=[listen_socket(host, port)])
 
 
 def main(argv=None) -> None:

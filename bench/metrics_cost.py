@@ -31,8 +31,8 @@ def seed(r: redis.Redis, upto: int, have: int) -> None:
     p = r.pipeline(transaction=False)
     for i in range(have, upto):
         aid = f"ad_{i:032x}"
-        p.hset(keys.record(aid), mapping={"id": json.dumps(aid), "tenant": json.dumps("acme")})
-        p.expire(keys.record(aid), 3600)
+        p.hset(keys.record("acme", aid), mapping={"id": json.dumps(aid), "tenant": json.dumps("acme")})
+        p.expire(keys.record("acme", aid), 3600)
         p.zadd(keys.tenant_index("acme"), {aid: i})
         p.incr(keys.COUNT)
         if i % 1000 == 999:
@@ -63,7 +63,7 @@ def main() -> None:
                 seed(r, n, have)
                 have = n
                 scrape = timed(lambda: c.get("/metrics").raise_for_status(), 20)
-                scan = timed(lambda: sum(1 for _ in r.scan_iter(match=keys.record("*"), count=1000)), 5)
+                scan = timed(lambda: sum(1 for _ in r.scan_iter(match=keys.record("*", "*"), count=1000)), 5)
                 stored = next(
                     float(line.split()[-1])
                     for line in c.get("/metrics").text.splitlines()

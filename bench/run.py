@@ -30,6 +30,7 @@ import redis
 import torch
 from tqdm import tqdm
 
+from app.core import keys
 from app.core.adaptation import run_adaptation
 from app.core.config import Settings
 from app.core.store import Store
@@ -286,15 +287,15 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     store = Store(settings)
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         template = c.post("/v1/adaptations?wait=10", json=body).json()
-    record = store.get(template["id"])
-    support = store.support(template["id"])
+    record = store.get(template["tenant"], template["id"])
+    support = store.support(template["tenant"], template["id"])
     fast, metrics = run_adaptation(registry.shipped(), record, support)
     ids = []
     for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
         r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
         store.create(r, support, 3600, schedule=False)
-        store.update(r["id"], status="succeeded")
-        store.put_weights(r["id"], fast, 3600)
+        store.update(r["tenant"], r["id"], status="succeeded")
+        store.put_weights(r, fast, charge=False)
         ids.append(r["id"])
     return ids
 
@@ -311,7 +312,9 @@ def bench_size(stack: Stack) -> dict:
     for mode in ("fast", "fine-tune"):
         with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
             aid = c.post("/v1/adaptations?wait=10", json=body | {"mode": mode}).json()["id"]
-        sizes = {k: int(r.memory_usage(f"ra:{k}:{aid}") or 0) for k in ("a", "s", "w", "e")}
+        tenant = "acme"
+        names = {"a": keys.record(tenant, aid), "s": keys.support(tenant, aid), "w": keys.weights(aid)}
+        sizes = {k: int(r.memory_usage(name) or 0) for k, name in (names | {"e": keys.events(tenant, aid)}).items()}
         out[mode] = {"record": sizes["a"], "support": sizes["s"], "weights": sizes["w"], "events": sizes["e"]}
         out[mode]["total"] = sum(sizes.values())
     model, _ = registry.shipped().load("omniglot-conv4")

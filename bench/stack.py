@@ -74,6 +74,68 @@ class Stack:
         self.redis = self._spawn([shutil.which("redis-server"), *args], "redis")
         wait_until(lambda: socket.create_connection(("127.0.0.1", self.redis_port), 0.2).close() or True, 10, "redis")
 
+    def start_cluster(self, nodes: int = 6, replicas: int = 1) -> list[int]:
+        """The store on a Redis Cluster of `nodes` servers (`replicas` per primary), the broker on
+        the plain Redis of start_redis. -> the nodes' ports (self.cluster: port -> process)."""
+        ports = [free_port() for _ in range(nodes)]
+        self.cluster = {}
+        for port in ports:
+            d = self.tmp / f"cluster-{port}"
+            d.mkdir(exist_ok=True)
+            args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)]
+            args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port())]
+            self.cluster[port] = self._spawn([shutil.which("redis-server"), *args], f"cluster-{port}")
+        for port in ports:
+            wait_until(lambda p=port: socket.create_connection(("127.0.0.1", p), 0.2).close() or True, 10, "a node")
+        subprocess.run(
+            [shutil.which("redis-cli"), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
+            + ["--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        import redis
+
+        wait_until(
+            lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in ports),
+            30,
+            "the cluster",
+        )
+        self.env["RAPID_ADAPT_REDIS_URL"] = f"redis://127.0.0.1:{ports[0]}/0"
+        self.env["RAPID_ADAPT_REDIS_CLUSTER"] = "on"
+        return ports
+
+    def start_sentinel_broker(self, sentinels: int = 3) -> dict[str, int]:
+        """The broker as a primary, a replica and `sentinels` Redis Sentinels that fail it over
+        after a second; the broker URL in Celery's sentinel:// form. -> the ports by role."""
+        ports = {"primary": free_port(), "replica": free_port()}
+        for role, port in ports.items():
+            d = self.tmp / f"broker-{role}"
+            d.mkdir(exist_ok=True)
+            args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--dir", str(d)]
+            if role == "replica":
+                args += ["--replicaof", "127.0.0.1", str(ports["primary"])]
+            setattr(self, f"broker_{role}", self._spawn([shutil.which("redis-server"), *args], f"broker-{role}"))
+        for i in range(sentinels):
+            port = ports[f"sentinel{i}"] = free_port()
+            conf = self.tmp / f"sentinel{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.tmp}\n"
+                f"sentinel monitor broker 127.0.0.1 {ports['primary']} {sentinels // 2 + 1}\n"
+                "sentinel down-after-milliseconds broker 1000\nsentinel failover-timeout broker 5000\n"
+            )
+            self._spawn([shutil.which("redis-server"), str(conf), "--sentinel"], conf.stem)
+        import redis
+
+        wait_until(
+            lambda: redis.Redis(port=ports["sentinel0"]).execute_command("SENTINEL REPLICAS broker"), 20, "sentinels"
+        )
+        self.env["RAPID_ADAPT_BROKER_URL"] = ";".join(
+            f"sentinel://127.0.0.1:{p}/0" for r, p in ports.items() if r.startswith("sentinel")
+        )
+        self.env["RAPID_ADAPT_BROKER_MASTER_NAME"] = "broker"
+        return ports
+
     def stop_redis(self) -> None:
         self.redis.terminate()
         self.redis.wait(10)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, Chromium and its driver, the Noto
+# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, HAProxy, Chromium and its driver, the Noto
 # fonts, kubectl (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
 # wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the project
 # and its client package.
@@ -11,7 +11,8 @@ apt_install() {
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 need=()
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # also Sentinel and cluster mode (tests/test_fleet.py)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)            # the load balancer of bench/drill.py's host drill
 command -v chromium >/dev/null 2>&1 || need+=(chromium)          # the page's browser tests
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/noto/NotoSansThai-Thin.ttf ] || need+=(fonts-noto-core fonts-noto-extra)  # glyphs benchmark

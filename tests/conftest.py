@@ -16,9 +16,10 @@ from bench.stack import KEYS, METRICS_KEY, Stack
 
 
 def pytest_collection_modifyitems(items):
-    """A test that uses a process stack is marked `stack` (left out of `scripts/test.sh --fast`)."""
+    """A test that uses a process stack (a fixture named *stack) is marked `stack` (left out of
+    `scripts/test.sh --fast`)."""
     for item in items:
-        if {"stack", "new_stack"} & set(getattr(item, "fixturenames", ())):
+        if any(name.endswith("stack") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stack)
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 from PIL import Image
 
+from app.core import keys
 from app.demo import sinusoid_task
 from bench.stack import KEYS, wait_until
 from rapid_adapt_client import Client, RapidAdaptError
@@ -51,7 +52,7 @@ def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_setti
     with Client(s.url, KEYS["acme"]) as c:
         ids = [c.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(20)]
         r = redis.Redis(port=s.redis_port, db=1)
-        held = lambda: [a.decode() for a, v in r.hgetall("ra:inflight").items() if victim_name(s) in v.decode()]
+        held = lambda: [a.decode() for a, v in r.hgetall(keys.INFLIGHT).items() if victim_name(s) in v.decode()]
         wait_until(lambda: held(), 30, "a job on the victim")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job
         (orphan,) = held()
@@ -60,7 +61,7 @@ def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_setti
         kinds = [e["type"] for e in c.iter_events(orphan)]
         assert kinds.count("started") == 2 and "requeued" in kinds and kinds[-1] == "succeeded"
         assert c.adaptation(orphan)["attempts"] == 2  # the killed try, then the other worker's
-        assert not r.hgetall("ra:inflight")
+        assert not r.hgetall(keys.INFLIGHT)
 
 
 def victim_name(s) -> str:
@@ -119,11 +120,11 @@ def test_a_tenant_leaves_the_last_free_worker_to_others(new_stack, reserved):
         flood = [acme.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(8)]
         most, deadline = 0, time.monotonic() + 3
         while time.monotonic() < deadline:
-            most = max(most, int(r.scard("ra:run:acme")))
+            most = max(most, int(r.scard(keys.running("acme"))))
             time.sleep(0.05)
         assert most == (1 if reserved else 2)
         if reserved:
-            (in_hand,) = [a.decode() for a in r.smembers("ra:run:acme")]
+            (in_hand,) = [a.decode() for a in r.smembers(keys.running("acme"))]
             mine = globex.create_adaptation("sinusoid-mlp", sin_support(99))
             done = globex.wait(mine["id"], timeout=30)
             assert wait_all(acme, [in_hand], 30)[in_hand] == "succeeded"
@@ -336,7 +337,7 @@ def test_a_worker_told_to_stop_finishes_its_job_takes_no_new_one_and_its_success
         old.wait(60)
         assert c.adaptation(ids[0])["status"] == "succeeded"  # the job in hand was finished
         assert [c.adaptation(a)["status"] for a in ids[1:]] == ["queued", "queued"]  # no new one taken
-        assert not r.hgetall("ra:inflight") and not r.hgetall("ra:workers")  # gone from the living at once
+        assert not r.hgetall(keys.INFLIGHT) and not r.hgetall("ra:workers")  # gone from the living at once
         s.start_worker()  # its successor
         status = wait_all(c, ids, 60)
         assert list(status.values()) == ["succeeded"] * 3, s.logs()

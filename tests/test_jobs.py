@@ -8,6 +8,7 @@ import httpx
 import pytest
 import redis
 
+from app.core import keys
 from app.demo import sinusoid_task
 from bench.stack import KEYS, wait_until
 from rapid_adapt_client import Client, RapidAdaptError
@@ -71,8 +72,8 @@ def test_listing_is_exact_under_expiry_and_keeps_no_dead_ids(new_stack):
             after = page["next_cursor"]
         assert [a["id"] for p in pages for a in p["data"]] == live[::-1]
     r = redis.Redis(port=s.redis_port, db=1)
-    assert {m.decode() for m in r.zrange("ra:t:globex", 0, -1)} == set(live)
-    assert {m.decode() for m in r.zrange("ra:x:globex", 0, -1)} == set(live)
+    assert {m.decode() for m in r.zrange(keys.tenant_index("globex"), 0, -1)} == set(live)
+    assert {m.decode() for m in r.zrange(keys.expiries("globex"), 0, -1)} == set(live)
 
 
 def test_expired_ids_leave_redis_without_anyone_listing(new_stack):
@@ -81,9 +82,9 @@ def test_expired_ids_leave_redis_without_anyone_listing(new_stack):
     r = redis.Redis(port=s.redis_port, db=1)
     with Client(s.url, KEYS["globex"]) as c:
         ids = [c.create_adaptation("sinusoid-mlp", sin_support(), ttl_seconds=1, wait=10)["id"] for _ in range(3)]
-    assert r.exists("ra:t:globex", "ra:x:globex", "ra:b:globex") == 3
-    wait_until(lambda: not r.keys("ra:[txb]:globex") and not r.keys("ra:[ase]:ad_*"), 10, "the sweep")
-    assert not any(r.exists(f"ra:a:{aid}") for aid in ids)
+    assert r.exists(keys.tenant_index("globex"), keys.expiries("globex"), keys.usage("globex")) == 3
+    wait_until(lambda: not r.keys("ra:{globex}:*"), 10, "the sweep")  # indexes, records, support sets, events
+    assert not any(r.exists(keys.record("globex", aid)) for aid in ids)
 
 
 def test_metadata_is_returned_everywhere_and_filters_the_list(stack):

@@ -14,6 +14,7 @@ import torch
 from app.core import keys
 from app.core.adaptation import run_adaptation
 from app.core.jobs import TRANSITIONS, Jobs, Tickets, heartbeats, make_celery
+from app.core.jobs.lifecycle import FLUSH_SECONDS
 from app.core.jobs.states import CANCELLED, EXPIRED, FAILED, QUEUED, RUNNING, STATUSES, SUCCEEDED
 from app.core.jobs.upkeep import Upkeep
 from app.core.store import Store
@@ -55,12 +56,12 @@ def started(jobs: Jobs, worker: str = "w1", **kw):
     return job
 
 
-def status(jobs: Jobs, aid: str) -> str | None:
-    return jobs.store.status(aid)
+def status(jobs: Jobs, aid: str, tenant: str = "acme") -> str | None:
+    return jobs.store.status(tenant, aid)
 
 
 def events(jobs: Jobs, aid: str) -> list[str]:
-    return [e["type"] for e in jobs.store.events(aid, 0, 100)[0]]
+    return [e["type"] for e in jobs.store.events("acme", aid, 0, 100)[0]]
 
 
 def in_flight(jobs: Jobs, aid: str) -> bool:
@@ -85,7 +86,7 @@ def _claim_and_start(jobs, settings):
     assert status(jobs, aid) == QUEUED and jobs.scheduler.waiting("acme") == 1
     job = jobs.claim("w1")
     assert jobs.start(job) is not None
-    record = jobs.store.get(aid)
+    record = jobs.store.get("acme", aid)
     assert record["status"] == RUNNING and record["attempts"] == 1 and in_flight(jobs, aid)
     assert events(jobs, aid) == ["queued", "started"]
 
@@ -93,7 +94,7 @@ def _claim_and_start(jobs, settings):
 @walks(RUNNING, SUCCEEDED, "worker")
 def _succeed(jobs, settings):
     job = started(jobs)
-    fast, metrics = run_adaptation(shipped(), job.record, jobs.store.support(job.aid))
+    fast, metrics = run_adaptation(shipped(), job.record, jobs.store.support("acme", job.aid))
     assert jobs.succeed(job, fast, metrics) == SUCCEEDED
     assert status(jobs, job.aid) == SUCCEEDED and jobs.store.weights(job.aid) is not None
     assert not in_flight(jobs, job.aid) and jobs.store.r.scard(keys.jobs("acme")) == 0
@@ -104,14 +105,14 @@ def _succeed(jobs, settings):
 def _fail(jobs, settings):
     job = started(jobs)
     jobs.fail(job, "invalid_support", "a reason")
-    record = jobs.store.get(job.aid)
+    record = jobs.store.get("acme", job.aid)
     assert record["status"] == FAILED and record["error"]["code"] == "invalid_support"
     assert not in_flight(jobs, job.aid)
     # and an unexpected error on the last allowed try
     last = lifecycle(make_settings_like(settings, job_max_attempts=1))
     job = started(last)
     assert last.crashed(job, RuntimeError("CUDA out of memory")) == FAILED
-    record = last.store.get(job.aid)
+    record = last.store.get("acme", job.aid)
     assert record["error"]["code"] == "too_many_attempts" and "CUDA out of memory" in record["error"]["message"]
 
 
@@ -123,7 +124,7 @@ def _crash_with_tries_left(jobs, settings):
     assert events(jobs, job.aid)[-1] == "requeued"
     again = jobs.claim("w2")
     assert again.aid == job.aid and jobs.start(again) is not None  # at the front of its line
-    assert jobs.store.get(job.aid)["attempts"] == 2
+    assert jobs.store.get("acme", job.aid)["attempts"] == 2
 
 
 @walks(RUNNING, QUEUED, "reaper")
@@ -132,7 +133,7 @@ def _reap(jobs, settings):
     held = started(jobs, worker="alive", tenant="globex")
     job = started(jobs, worker="ghost")  # no heartbeat: a dead worker
     assert jobs.reap("reaper") == [job.aid]
-    assert status(jobs, job.aid) == QUEUED and status(jobs, held.aid) == RUNNING
+    assert status(jobs, job.aid) == QUEUED and status(jobs, held.aid, "globex") == RUNNING
     assert jobs.scheduler.waiting("acme") == 1 and events(jobs, job.aid)[-1] == "requeued"
 
 
@@ -141,7 +142,7 @@ def _reap_the_last_try(jobs, settings):
     last = lifecycle(make_settings_like(settings, job_max_attempts=1))
     job = started(last, worker="ghost")
     assert last.reap("reaper") == [job.aid]
-    record = last.store.get(job.aid)
+    record = last.store.get("acme", job.aid)
     assert record["status"] == FAILED and record["error"]["code"] == "too_many_attempts"
     assert not in_flight(last, job.aid) and last.scheduler.waiting("acme") == 0
 
@@ -160,8 +161,9 @@ def _cancel_running(jobs, settings):
     job = started(jobs)
     assert jobs.step(job, 0, 1.0)
     assert jobs.cancel(job.aid, "acme") == RUNNING
-    assert not jobs.step(job, 1, 0.5)  # the worker stops at its next step
-    fast, metrics = run_adaptation(shipped(), job.record, jobs.store.support(job.aid))
+    time.sleep(FLUSH_SECONDS)
+    assert not jobs.step(job, 1, 0.5)  # the worker stops at its next step that reaches Redis
+    fast, metrics = run_adaptation(shipped(), job.record, jobs.store.support("acme", job.aid))
     assert jobs.succeed(job, fast, metrics) == "gone"  # a finish after the cancel changes nothing
     assert status(jobs, job.aid) == CANCELLED and jobs.store.weights(job.aid) is None
 
@@ -172,7 +174,7 @@ def _into(jobs: Jobs, target: str) -> str:
         return submit(jobs)
     job = started(jobs)
     if target == SUCCEEDED:
-        jobs.succeed(job, *run_adaptation(shipped(), job.record, jobs.store.support(job.aid)))
+        jobs.succeed(job, *run_adaptation(shipped(), job.record, jobs.store.support("acme", job.aid)))
     elif target == FAILED:
         jobs.fail(job, "invalid_support", "a reason")
     elif target == CANCELLED:
@@ -188,7 +190,7 @@ for _source in STATUSES:
         assert status(jobs, aid) == source
         ttl_passes(jobs, aid)
         wait_until(lambda: status(jobs, aid) is None, 10, f"the {source} adaptation's TTL")
-        assert jobs.store.support(aid) is None and jobs.store.weights(aid) is None
+        assert jobs.store.support("acme", aid) is None and jobs.store.weights(aid) is None
         jobs.store.r.delete(keys.SWEEPER)
         jobs.sweep("sweeper")  # the sweeper drops its id from the tenant's indexes
         assert jobs.store.r.zcard(keys.tenant_index("acme")) == 0
@@ -198,7 +200,7 @@ for _source in STATUSES:
 def ttl_passes(jobs: Jobs, aid: str) -> None:
     """Its TTL, as if the time had come: every key it wrote expires now (Redis drops them itself)."""
     r = jobs.store.r
-    for key in (keys.record(aid), keys.support(aid), keys.events(aid)):
+    for key in (keys.record("acme", aid), keys.support("acme", aid), keys.events("acme", aid)):
         r.pexpire(key, 1)
     jobs.store.cache.pexpire(keys.weights(aid), 1)
     r.zadd(keys.expiries("acme"), {aid: time.time()})
@@ -222,17 +224,17 @@ def test_a_job_moves_as_the_table_says(settings, row):
 def test_a_move_the_table_does_not_hold_is_refused(settings):
     jobs = lifecycle(settings)
     aid = submit(jobs)
-    assert jobs.move(aid, SUCCEEDED, "worker") == QUEUED  # queued -> succeeded: not a row
+    assert jobs.move("acme", aid, SUCCEEDED, "worker") == QUEUED  # queued -> succeeded: not a row
     assert status(jobs, aid) == QUEUED
     with pytest.raises(ValueError):
-        jobs.move(aid, QUEUED, "client")  # the client never puts a job back
+        jobs.move("acme", aid, QUEUED, "client")  # the client never puts a job back
 
 
 def test_a_job_resumed_after_a_redis_error_runs_on_its_claim(settings):
     jobs = lifecycle(settings)
     job = started(jobs)
     job.resumed = True
-    assert jobs.start(job) is not None and jobs.store.get(job.aid)["attempts"] == 2
+    assert jobs.start(job) is not None and jobs.store.get("acme", job.aid)["attempts"] == 2
 
 
 def test_the_claim_takes_tenants_in_turn_and_keeps_a_tenant_at_its_limit_waiting(settings):
@@ -240,11 +242,11 @@ def test_the_claim_takes_tenants_in_turn_and_keeps_a_tenant_at_its_limit_waiting
     acme = [submit(jobs, "acme") for _ in range(3)]
     globex = [submit(jobs, "globex") for _ in range(2)]
     order = [jobs.scheduler.claim("w", max_running=10) for _ in range(5)]
-    assert [a for a, _ in order] == [acme[0], globex[0], acme[1], globex[1], acme[2]]
+    assert [a for a, *_ in order] == [acme[0], globex[0], acme[1], globex[1], acme[2]]
     jobs.store.r.flushdb()
     one = [submit(jobs, "acme") for _ in range(2)]
     assert jobs.scheduler.claim("w", max_running=1)[0] == one[0]
-    assert jobs.scheduler.claim("w", max_running=1) is None  # acme runs its one: the next waits
+    assert jobs.scheduler.claim("w", max_running=1) == ("", "", True)  # acme runs its one: the next waits
     assert jobs.scheduler.waiting("acme") == 1
 
 

@@ -44,7 +44,8 @@ def adapt_job(self, *_legacy, resume: list | None = None) -> str:
             if job is None:
                 return "idle"  # every job in line was taken by other tickets
         outcome = run(job)
-        jobs().top_up()  # a job a tenant's limit held back gets its ticket now, not at the reaper's turn
+        if job.held:  # jobs a tenant's limit held back get their tickets now, not at the reaper's turn
+            jobs().top_up()
         return outcome
     except TRANSIENT as exc:
         log.warning("redis unavailable, retrying", extra={"adaptation_id": job and job.aid, "error": str(exc)})
@@ -66,7 +67,9 @@ def run(job: Job) -> str:
         if not lifecycle.step(job, k, loss):
             raise Stopped
 
-    background = settings.background_nice > 0 and lifecycle.background(job)
+    behind = lifecycle.background(job)
+    job.held = job.held or behind  # a ticket taken while this job ran may have found its tenant at its limit
+    background = settings.background_nice > 0 and behind
     priority.set_session(settings.background_nice if background else 0)
     try:
         with lifecycle.beating(job):

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 import anyio
+import redis
 import torch
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,7 @@ from ..core.config import Settings, get_settings
 from ..core.jobs import Jobs, Tickets, make_celery
 from ..core.store import Store
 from . import metrics, pages, routes
+from .drain import Drain
 from .errors import install_error_handlers
 from .fairness import TenantGate
 from .middleware import Observe
@@ -64,6 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.predictor = Predictor(settings, app.state.store, registry)
         app.state.predictor.start()
+        try:
+            app.state.store.migrate()
+        except redis.RedisError as exc:  # readiness says so; a worker's upkeep migrates once Redis is back
+            log.warning("store layout not checked: Redis unavailable", extra={"error": str(exc)})
         if settings.auth == "off":
             log.warning("RAPID_ADAPT_AUTH=off: every caller is tenant 'public'; never expose this service")
         try:
@@ -99,4 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.body_timeout_seconds,
     )
     app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
+    app.add_middleware(Drain)  # outermost: a draining process refuses before any work
     return app

@@ -260,11 +260,11 @@ class Predictor:
     def _rebuild(self, record: dict) -> dict[str, torch.Tensor]:
         aid = record["id"]
         try:
-            support = self.store.support(aid)
+            support = self.store.support(record["tenant"], aid)
             if support is None:
                 raise ApiError(404, "not_found", "adaptation not found")
             fast, _ = run_adaptation(self.registry, record, support)
-            self.store.put_weights(aid, fast, self.store.ttl(aid))
+            self.store.put_weights(record, fast, charge=False)
             self.keep(record, fast)
             return fast
         finally:
@@ -320,7 +320,7 @@ class Predictor:
         waits for its weights to be rebuilt and comes back to `q` then)."""
         try:
             n = len(job.inputs)
-            job.record, count = self.store.get_counted(job.aid, job.tenant, n)
+            job.record, count = self.store.get_counted(job.tenant, job.aid, n)
             if job.record is None or job.record["tenant"] != job.tenant:
                 job.record = owned(self.store, job.aid, job.tenant)  # raises the 404
             limit = self.settings.tenant_predict_images_per_second

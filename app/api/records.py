@@ -31,7 +31,7 @@ def public(record: dict) -> dict:
 
 
 def owned(store: Store, aid: str, tenant: str) -> dict:
-    record = store.get(aid)
+    record = store.get(tenant, aid) if ID.fullmatch(aid) else None
     if record is None or record["tenant"] != tenant:
         raise not_found("adaptation")
     return record
@@ -68,9 +68,10 @@ def decode_cursor(text: str, field: str) -> Position | int:
 
 def wait_for(store: Store, aid: str, seconds: float, record: dict) -> dict:
     """Poll the record until the job ends or the time runs out."""
+    tenant = record["tenant"]
     deadline, pause = time.monotonic() + seconds, 0.002
     while record["status"] not in DONE and time.monotonic() < deadline:
         time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
         pause = min(pause * 1.5, 0.05)
-        record = store.get(aid) or record
+        record = store.get(tenant, aid) or record
     return record

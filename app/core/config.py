@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.checkpoint import CHECKPOINT_DIR
 
+from . import keys
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAPID_ADAPT_", env_file=".env", extra="ignore")
@@ -20,6 +22,14 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/1"  # adaptations, support sets, idempotency keys, tenant index
     cache_url: str | None = None  # adapted weights, may evict (allkeys-lru); default: redis_url
     redis_timeout_seconds: float = 1.0  # connect/read timeout: Redis down answers 503 quickly
+    # on: redis_url (and cache_url) name a node of a Redis Cluster (keys are hash-tagged, app/core/keys.py)
+    redis_cluster: Literal["on", "off"] = "off"
+    # with a sentinel:// broker_url (Celery's form, ";"-separated sentinels): the master's name
+    broker_master_name: str = "mymaster"
+    # replicas that must hold a job's `succeeded` before its worker takes the next job (Redis WAIT);
+    # 0: acknowledged as soon as the primary has it (docs/operations.md says what each guarantees)
+    store_replicas: int = Field(0, ge=0)
+    store_replica_wait_ms: int = Field(1000, ge=1)
 
     auth: Literal["on", "off"] = "on"
     api_keys: str = ""  # "tenant:key,tenant2:key2"
@@ -38,6 +48,9 @@ class Settings(BaseSettings):
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
     max_wait_seconds: float = 30.0
+    # after SIGTERM an API process answers new requests 503 `draining` this long (its readiness fails, a
+    # load balancer takes it out), then finishes those in flight and exits (app/api/drain.py)
+    drain_seconds: float = Field(0.0, ge=0)
     list_page_size: int = 20
 
     # per tenant, each over its limit a 429 naming it
@@ -90,6 +103,8 @@ class Settings(BaseSettings):
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("RAPID_ADAPT_API_KEYS must be tenant:key pairs separated by commas")
+            if not keys.TENANT.fullmatch(tenant):
+                raise ValueError(f"RAPID_ADAPT_API_KEYS: tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ . -")
             if key in EXAMPLE_KEYS:
                 raise ValueError(f"RAPID_ADAPT_API_KEYS holds {key!r}, the example key of .env.example: set your own")
             out[key] = tenant

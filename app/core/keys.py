@@ -1,24 +1,37 @@
 """Every Redis key of Rapid Adapt, named in one place.
 
+Keys are laid out for a Redis Cluster (RAPID_ADAPT_REDIS_CLUSTER=on): what one
+transaction or script touches shares a hash tag, so it lives in one slot.
+  - a tenant's keys carry the tag {tenant}: its records, support sets, events, indexes and
+    quotas move together, and tenants spread over the shards;
+  - the scheduler's keys carry the tag {q}: the claim script reads the whole rotation and
+    every tenant's line at once, so they share one slot (the first bottleneck at fleet size,
+    docs/scaling.md);
+  - the rest are single keys, each touched alone.
+
 Durable store (settings.redis_url, must not evict), each key with the adaptation's TTL:
-  ra:a:{id}               hash: the adaptation record, each field JSON-encoded
-  ra:s:{id}               the support set as safetensors bytes (codecs.support_to_bytes)
-  ra:idem:{tenant}:{h}    "{id} {request fingerprint}" for an Idempotency-Key (h: its SHA-256)
-  ra:t:{tenant}           sorted set of the tenant's ids by creation time (the listing's index)
-  ra:x:{tenant}           sorted set of the same ids by expiry time (pruning the index)
-  ra:e:{id}               list of the job's events, oldest first, each JSON
-  ra:b:{tenant}           sorted set: id -> bytes of its support set and weights (the tenant's quota)
-  ra:p:{tenant}           list: the tenant's jobs in line, oldest first (app/core/jobs/scheduler.py)
-  ra:rr                   list: the rotation of tenants with jobs in line
-  ra:inflight             hash: claimed job id -> {worker, tenant, beat}
-  ra:run:{tenant}         set: the tenant's claimed jobs
-  ra:j:{tenant}           set: the tenant's queued and running jobs (its quota of jobs)
+  ra:{T}:a:{id}           hash: the adaptation record, each field JSON-encoded
+  ra:{T}:s:{id}           the support set as safetensors bytes (codecs.support_to_bytes)
+  ra:{T}:e:{id}           list of the job's events, oldest first, each JSON
+  ra:{T}:idem:{h}         "{id} {request fingerprint}" for an Idempotency-Key (h: its SHA-256)
+Per tenant T (no TTL: Redis drops an index once its last member is pruned):
+  ra:{T}:t                sorted set of the tenant's ids by creation time (the listing's index)
+  ra:{T}:x                sorted set of the same ids by expiry time (pruning the index)
+  ra:{T}:b                sorted set: id -> bytes of its support set and weights (the tenant's quota)
+  ra:{T}:j                set: the tenant's queued and running jobs (its quota of jobs)
+  ra:{T}:r:{second}       prediction images of the tenant in that second (2 s TTL)
+The scheduler (app/core/jobs/scheduler.py), one slot:
+  ra:{q}:p:{T}            list: the tenant's jobs in line, oldest first
+  ra:{q}:rr               list: the rotation of tenants with jobs in line
+  ra:{q}:inflight         hash: claimed job id -> {worker, tenant, beat}
+  ra:{q}:run:{T}          set: the tenant's claimed jobs
+Single keys:
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
   ra:stats                hash: finished jobs by status, a duration histogram, upkeep errors by task
   ra:count                adaptations stored: +1 on create, -1 for each id a delete or a prune takes out of
                           its tenant's index (so /metrics reads one key, whatever the number stored)
-  ra:r:{tenant}:{second}  prediction images of the tenant in that second (2 s TTL)
+  ra:schema               the key layout's version (app/core/migrate.py moves older layouts to this one)
 Weights cache (settings.weights_url, may evict):
   ra:w:{id}               the adapted tensors as safetensors bytes
 """
@@ -26,59 +39,77 @@ Weights cache (settings.weights_url, may evict):
 from __future__ import annotations
 
 import hashlib
+import re
 
+SCHEMA = 2
+SCHEMA_KEY = "ra:schema"
 WORKERS = "ra:workers"
 STATS = "ra:stats"
 COUNT = "ra:count"
-ROTATION = "ra:rr"
-INFLIGHT = "ra:inflight"
 REAPER = "ra:reaper"
 SWEEPER = "ra:sweeper"
+ROTATION = "ra:{q}:rr"
+INFLIGHT = "ra:{q}:inflight"
+
+TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a tenant's name: also its hash tag, so no braces
 
 
-def record(aid: str) -> str:
-    return f"ra:a:{aid}"
+def _t(tenant: str) -> str:
+    return f"ra:{{{tenant}}}"
 
 
-def support(aid: str) -> str:
-    return f"ra:s:{aid}"
+def record(tenant: str, aid: str) -> str:
+    return f"{_t(tenant)}:a:{aid}"
+
+
+def support(tenant: str, aid: str) -> str:
+    return f"{_t(tenant)}:s:{aid}"
+
+
+def events(tenant: str, aid: str) -> str:
+    return f"{_t(tenant)}:e:{aid}"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    return idempotency_digest(tenant, hashlib.sha256(key.encode()).hexdigest())
+
+
+def idempotency_digest(tenant: str, digest: str) -> str:
+    return f"{_t(tenant)}:idem:{digest}"
+
+
+def tenant_index(tenant: str) -> str:
+    return f"{_t(tenant)}:t"
+
+
+def expiries(tenant: str) -> str:
+    return f"{_t(tenant)}:x"
+
+
+def usage(tenant: str) -> str:
+    return f"{_t(tenant)}:b"
+
+
+def jobs(tenant: str) -> str:
+    return f"{_t(tenant)}:j"
+
+
+def rate(tenant: str, second: int) -> str:
+    return f"{_t(tenant)}:r:{second}"
+
+
+def tenant_of(key: str) -> str:
+    """The tenant of one of its keys (the text of the hash tag)."""
+    return key[key.index("{") + 1 : key.index("}")]
+
+
+def pending(tenant: str) -> str:
+    return f"ra:{{q}}:p:{tenant}"
+
+
+def running(tenant: str) -> str:
+    return f"ra:{{q}}:run:{tenant}"
 
 
 def weights(aid: str) -> str:
     return f"ra:w:{aid}"
-
-
-def tenant_index(tenant: str) -> str:
-    return f"ra:t:{tenant}"
-
-
-def expiries(tenant: str) -> str:
-    return f"ra:x:{tenant}"
-
-
-def usage(tenant: str) -> str:
-    return f"ra:b:{tenant}"
-
-
-def events(aid: str) -> str:
-    return f"ra:e:{aid}"
-
-
-def pending(tenant: str) -> str:
-    return f"ra:p:{tenant}"
-
-
-def jobs(tenant: str) -> str:
-    return f"ra:j:{tenant}"
-
-
-def running(tenant: str) -> str:
-    return f"ra:run:{tenant}"
-
-
-def rate(tenant: str, second: int) -> str:
-    return f"ra:r:{tenant}:{second}"
-
-
-def idempotency(tenant: str, key: str) -> str:
-    return f"ra:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"

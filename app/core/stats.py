@@ -1,9 +1,9 @@
 """Finished jobs counted in Redis by the workers, so that every API process reports
 the same figures on /metrics: jobs by final status and a duration histogram.
 
-A job's end costs four increments whatever its duration: its status, the one bucket its
-duration falls in (`b:{le}`, not cumulative), the sum and the count; `cumulative` adds the
-buckets up for Prometheus at scrape time."""
+A job's end costs three increments whatever its duration: its status, the one bucket its
+duration falls in (`b:{le}`, not cumulative; `b:+Inf` past the last) and the sum;
+`cumulative` adds the buckets up for Prometheus at scrape time, the count among them."""
 
 from __future__ import annotations
 
@@ -21,10 +21,8 @@ def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
     p.hincrby(keys.STATS, f"status:{status}", 1)
     if seconds is not None:
         i = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bucket with seconds <= le
-        if i < len(DURATION_BUCKETS):
-            p.hincrby(keys.STATS, f"b:{DURATION_BUCKETS[i]}", 1)
+        p.hincrby(keys.STATS, f"b:{DURATION_BUCKETS[i] if i < len(DURATION_BUCKETS) else '+Inf'}", 1)
         p.hincrbyfloat(keys.STATS, "duration_sum", seconds)
-        p.hincrby(keys.STATS, "duration_count", 1)
     p.execute()
 
 
@@ -38,4 +36,4 @@ def cumulative(counts: dict[str, float]) -> list[tuple[str, float]]:
     for le in DURATION_BUCKETS:
         total += counts.get(f"b:{le}", 0.0)
         out.append((str(le), total))
-    return out + [("+Inf", counts.get("duration_count", 0.0))]
+    return out + [("+Inf", total + counts.get("b:+Inf", 0.0))]

@@ -7,6 +7,7 @@ compare-and-set."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,9 @@ import torch
 
 from . import codecs, keys
 from .config import Settings
+from .migrate import migrate
+
+log = logging.getLogger("rapid_adapt.store")
 
 _SET_IF_EXISTS = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -24,34 +28,81 @@ end
 return 0
 """
 
-# KEYS[1] record; ARGV[1] allowed current statuses (JSON list); ARGV[2..] field, value pairs.
-# -> the status it had (JSON), or nil when the record is gone; the fields are set only when allowed.
+# KEYS[1] record, KEYS[2] events; ARGV[1] allowed current statuses (JSON list), ARGV[2] n, then n
+# events, then field, value pairs. -> the status it had (JSON), or nil when the record is gone; the
+# fields are set and the events appended only when allowed.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
+local n = tonumber(ARGV[2])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+    redis.call('HSET', KEYS[1], unpack(ARGV, 3 + n))
+    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 3, 2 + n)) end
     return status
   end
 end
 return status
 """
 
-# KEYS[1] record, KEYS[2] events; ARGV[1] the event. Appends it only while the job runs.
+# KEYS[1] record, KEYS[2] events; ARGV: events. Appends them only while the job runs.
 _STEP = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"running"' then redis.call('RPUSHX', KEYS[2], ARGV[1]) end
+if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
 return status
 """
 
-# KEYS[1] the tenant's bytes (id -> bytes). -> their sum.
-_SUM = """
-local total = 0
-local scores = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+# Prune the tenant's expired ids (at most 1000 a call), check its quotas, then write a new
+# adaptation, all in one slot and at once (two creates cannot both pass the last quota).
+# KEYS: record, support, events, index, expiries, usage, jobs.
+# ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
+#       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
+# -> {the limit that refused it, or '' when written; ids pruned}
+_CREATE = """
+local pruned = 0
+local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+if #dead > 0 then
+  pruned = redis.call('ZREM', KEYS[4], unpack(dead))
+  redis.call('ZREM', KEYS[5], unpack(dead))
+  redis.call('ZREM', KEYS[6], unpack(dead))
+  redis.call('SREM', KEYS[7], unpack(dead))
+end
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return {'tenant_max_adaptations', pruned} end
+if ARGV[7] == '1' and redis.call('SCARD', KEYS[7]) >= tonumber(ARGV[9]) then return {'tenant_max_jobs', pruned} end
+local total = tonumber(ARGV[6])
+local scores = redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES')
 for i = 2, #scores, 2 do total = total + tonumber(scores[i]) end
-return tostring(total)
+if total > tonumber(ARGV[10]) then return {'tenant_max_bytes', pruned} end
+local aid, ttl = ARGV[2], tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], ARGV[12], 'EX', ttl)
+redis.call('RPUSH', KEYS[3], ARGV[11])
+redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('ZADD', KEYS[4], ARGV[4], aid)
+redis.call('ZADD', KEYS[5], ARGV[5], aid)
+redis.call('ZADD', KEYS[6], ARGV[6], aid)
+if ARGV[7] == '1' then redis.call('SADD', KEYS[7], aid) end
+return {'', pruned}
 """
+
+# KEYS: index, expiries, usage, jobs; ARGV: now. Drops expired ids (1000 at most).
+# -> {how many left the index, how many expired ids were found}
+_PRUNE = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+if #dead == 0 then return {0, 0} end
+local n = redis.call('ZREM', KEYS[1], unpack(dead))
+redis.call('ZREM', KEYS[2], unpack(dead))
+redis.call('ZREM', KEYS[3], unpack(dead))
+redis.call('SREM', KEYS[4], unpack(dead))
+return {n, #dead}
+"""
+
+LIMITS = {
+    "tenant_max_adaptations": ("adaptations stored", 60),
+    "tenant_max_jobs": ("jobs queued or running", 5),
+    "tenant_max_bytes": ("bytes of support sets and weights", 60),
+}
 
 
 class QuotaExceeded(Exception):
@@ -67,8 +118,12 @@ class StorageFull(Exception):
 
 
 def connect(url: str, settings: Settings) -> redis.Redis:
-    """A client with short timeouts: a Redis that is down answers 503 quickly."""
+    """A client with short timeouts: a Redis that is down answers 503 quickly. With
+    RAPID_ADAPT_REDIS_CLUSTER=on, `url` names one node of a Redis Cluster; the client finds
+    the rest and follows failovers."""
     t = settings.redis_timeout_seconds
+    if settings.redis_cluster == "on":
+        return redis.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=t)
     return redis.Redis.from_url(url, socket_timeout=t, socket_connect_timeout=t, health_check_interval=10)
 
 
@@ -85,17 +140,17 @@ class Position:
 
 
 class Store:
-    max_index_ttl = 30 * 24 * 3600
-
     def __init__(self, settings: Settings):
         self.r = connect(settings.redis_url, settings)
         self.cache = self.r if settings.weights_url == settings.redis_url else connect(settings.weights_url, settings)
         self._set_if_exists = self.r.register_script(_SET_IF_EXISTS)
         self._transition = self.r.register_script(_TRANSITION)
-        self._sum = self.r.register_script(_SUM)
+        self._create = self.r.register_script(_CREATE)
+        self._prune = self.r.register_script(_PRUNE)
+        self._step = self.r.register_script(_STEP)
         self.settings = settings
         self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
-        self._step = self.r.register_script(_STEP)
+        self._refused: dict[str, float] = {}  # tenant -> when this process last saw it over a quota
 
     # ---- adaptations -------------------------------------------------------
     def create(
@@ -108,9 +163,9 @@ class Store:
     ) -> tuple[str, bool]:
         """Store a new adaptation, counted among its tenant's jobs (unless `schedule` is false: a
         record written as already done, as the benchmark seeds them; `Jobs.submit` puts a job in
-        line); with (key, fingerprint), a key seen
-        before returns (existing id, False) instead. Raises ValueError if the key was used for
-        another request, QuotaExceeded or StorageFull before anything is written."""
+        line); with (key, fingerprint), a key seen before returns (existing id, False) instead.
+        Raises ValueError if the key was used for another request, QuotaExceeded or StorageFull
+        before anything is written."""
         aid, tenant = record["id"], record["tenant"]
         if idempotency:
             key, fingerprint = idempotency
@@ -120,116 +175,153 @@ class Store:
                 old_id, _, old_fp = found.partition(" ")
                 if old_fp != fingerprint:
                     raise ValueError("Idempotency-Key was already used with a different request")
-                if self.r.exists(keys.record(old_id)):
+                if self.r.exists(keys.record(tenant, old_id)):
                     return old_id, False
                 self.r.set(ikey, f"{aid} {fingerprint}", ex=ttl)  # the earlier one was deleted: start anew
             record = record | {"idempotency_key": ikey}
-        self.prune(tenant)
         data = codecs.support_to_bytes(support)
         try:
-            self.check_quotas(tenant, len(data))
+            if self.fill() >= self.settings.store_max_fill:
+                raise StorageFull("the store is nearly full; retry later")
+            s, now = self.settings, time.time()
+            fields = [x for k, v in record.items() for x in (k, json.dumps(v))]
+            refused, pruned = self._create(
+                keys=[
+                    keys.record(tenant, aid),
+                    keys.support(tenant, aid),
+                    keys.events(tenant, aid),
+                    keys.tenant_index(tenant),
+                    keys.expiries(tenant),
+                    keys.usage(tenant),
+                    keys.jobs(tenant),
+                ],
+                args=[now, aid, ttl, record["created_ts"], now + ttl, len(data), int(schedule)]
+                + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
+                + [json.dumps(event("queued")), data, *fields],
+            )
+            if refused:
+                self._refused[tenant] = time.monotonic()
+                self._count(-pruned)
+                raise self._exceeded(refused.decode())
         except (QuotaExceeded, StorageFull):
             if idempotency:
                 self.r.delete(ikey)  # the key did not make an adaptation: a retry may
             raise
-        p = self.r.pipeline(transaction=True)
-        p.hset(keys.record(aid), mapping={k: json.dumps(v) for k, v in record.items()})
-        p.expire(keys.record(aid), ttl)
-        p.set(keys.support(aid), data, ex=ttl)
-        p.zadd(keys.usage(tenant), {aid: len(data)})
-        p.expire(keys.usage(tenant), self.max_index_ttl)
-        if schedule:
-            p.sadd(keys.jobs(tenant), aid)
-        p.rpush(keys.events(aid), json.dumps(event("queued")))
-        p.expire(keys.events(aid), ttl)
-        p.incr(keys.COUNT)
-        for index, score in (
-            (keys.tenant_index(tenant), record["created_ts"]),
-            (keys.expiries(tenant), time.time() + ttl),
-        ):
-            p.zadd(index, {aid: score})
-            p.expire(index, self.max_index_ttl)
-        p.execute()
+        self._count(1 - pruned)
         return aid, True
 
-    def check_quotas(self, tenant: str, new_bytes: int) -> None:
-        """Raises QuotaExceeded or StorageFull before a new adaptation is written."""
-        s = self.settings
-        if self.fill() >= s.store_max_fill:
+    def _exceeded(self, limit: str) -> QuotaExceeded:
+        what, retry = LIMITS[limit]
+        return QuotaExceeded(limit, getattr(self.settings, limit), what, retry)
+
+    def check_quotas(self, tenant: str) -> None:
+        """A cheap early refusal, before a request's images are decoded: for a tenant this process
+        saw over a quota in the last 5 s, the quotas are read again (create checks them anyway,
+        atomically with the write)."""
+        if self.fill() >= self.settings.store_max_fill:
             raise StorageFull("the store is nearly full; retry later")
+        if time.monotonic() - self._refused.get(tenant, -60.0) > 5.0:
+            return
+        s = self.settings
         p = self.r.pipeline(transaction=False)
         p.zcard(keys.tenant_index(tenant))
         p.scard(keys.jobs(tenant))
-        stored, jobs = p.execute()
-        if stored >= s.tenant_max_adaptations:
-            raise QuotaExceeded("tenant_max_adaptations", s.tenant_max_adaptations, "adaptations stored", 60)
-        if jobs >= s.tenant_max_jobs:
-            raise QuotaExceeded("tenant_max_jobs", s.tenant_max_jobs, "jobs queued or running", 5)
-        if float(self._sum(keys=[keys.usage(tenant)])) + new_bytes > s.tenant_max_bytes:
-            raise QuotaExceeded("tenant_max_bytes", s.tenant_max_bytes, "bytes of support sets and weights", 60)
+        p.zrange(keys.usage(tenant), 0, -1, withscores=True)
+        stored, jobs, usage = p.execute()
+        for limit, used in (
+            ("tenant_max_adaptations", stored),
+            ("tenant_max_jobs", jobs),
+            ("tenant_max_bytes", sum(b for _, b in usage)),
+        ):
+            if used >= getattr(s, limit):
+                raise self._exceeded(limit)
+        self._refused.pop(tenant, None)
 
     def fill(self) -> float:
-        """used_memory / maxmemory of the store's Redis (0 without a maxmemory), read at most once a second."""
+        """used_memory / maxmemory of the store's Redis (0 without a maxmemory), read at most once a
+        second; on a cluster, of its fullest primary."""
         checked, value = self._fill
         if time.monotonic() - checked > 1.0:
-            info = self.r.info("memory")
-            cap = int(info.get("maxmemory", 0))
-            value = int(info["used_memory"]) / cap if cap else 0.0
+            if isinstance(self.r, redis.RedisCluster):
+                nodes = self.r.info("memory", target_nodes=redis.RedisCluster.PRIMARIES).values()
+            else:
+                nodes = [self.r.info("memory")]
+            value = max(int(n["used_memory"]) / int(n["maxmemory"]) if int(n["maxmemory"]) else 0.0 for n in nodes)
             self._fill = (time.monotonic(), value)
         return value
 
-    def get(self, aid: str) -> dict | None:
-        raw = self.r.hgetall(keys.record(aid))
+    def get(self, tenant: str, aid: str) -> dict | None:
+        raw = self.r.hgetall(keys.record(tenant, aid))
         return decode_record(raw) if raw else None
 
-    def update(self, aid: str, **fields) -> bool:
+    def update(self, tenant: str, aid: str, **fields) -> bool:
         """Set fields of an existing record; False (and nothing written) if it is gone."""
         args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
-        return bool(self._set_if_exists(keys=[keys.record(aid)], args=args))
+        return bool(self._set_if_exists(keys=[keys.record(tenant, aid)], args=args))
 
-    def transition(self, aid: str, allowed: tuple[str, ...], **fields) -> str | None:
-        """Set fields (a new status among them) only if the status is one of `allowed`;
-        -> the status the record had, or None when it is gone."""
-        args = [json.dumps(list(allowed))] + [x for k, v in fields.items() for x in (k, json.dumps(v))]
-        had = self._transition(keys=[keys.record(aid)], args=args)
+    def transition(
+        self, tenant: str, aid: str, allowed: tuple[str, ...], events: list[dict] = (), replicas: int = 0, **fields
+    ) -> str | None:
+        """Set fields (a new status among them) and append `events` only if the status is one of
+        `allowed`; -> the status the record had, or None when it is gone. With `replicas`, the call
+        returns once that many replicas hold this write and every one before it on its primary
+        (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
+        ks = [keys.record(tenant, aid), keys.events(tenant, aid)]
+        args = [json.dumps(list(allowed)), len(events), *(json.dumps(e) for e in events)]
+        args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        if not replicas:
+            had = self._transition(keys=ks, args=args)
+        else:
+            had, acked = self._replicated(ks, args, replicas)
+            if acked < replicas:
+                log.warning("write not replicated in time", extra={"adaptation_id": aid, "replicas": acked})
         return None if had is None else json.loads(had)
 
-    def get_counted(self, aid: str, tenant: str, n: int) -> tuple[dict | None, int]:
+    def _replicated(self, ks: list[str], args: list, replicas: int) -> tuple[bytes | None, int]:
+        """The transition and a WAIT in one pipeline on one connection to the key's primary
+        (WAIT counts the replicas that hold what this connection wrote). A cluster in the middle
+        of a failover answers MOVED: raised as a ConnectionError, so the job is tried again."""
+        node = self.r.get_node_from_key(ks[0]).redis_connection if isinstance(self.r, redis.RedisCluster) else self.r
+        p = node.pipeline(transaction=False)
+        p.eval(_TRANSITION, len(ks), *ks, *args)
+        p.execute_command("WAIT", replicas, self.settings.store_replica_wait_ms)
+        try:
+            had, acked = p.execute()
+        except redis.ResponseError as exc:
+            if str(exc).split(" ")[0] in ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY"):
+                raise redis.ConnectionError(f"the store is failing over: {exc}") from exc
+            raise
+        return had, int(acked)
+
+    def get_counted(self, tenant: str, aid: str, n: int) -> tuple[dict | None, int]:
         """A record, and the tenant's prediction images this second with these n counted
         (a fixed one-second window), in one round trip."""
         window = keys.rate(tenant, int(time.time()))
         p = self.r.pipeline(transaction=False)
-        p.hgetall(keys.record(aid))
+        p.hgetall(keys.record(tenant, aid))
         p.incrby(window, n)
         p.expire(window, 2)
         raw, count, _ = p.execute()
         return (decode_record(raw) if raw else None), count
 
-    def status(self, aid: str) -> str | None:
-        raw = self.r.hget(keys.record(aid), "status")
+    def status(self, tenant: str, aid: str) -> str | None:
+        raw = self.r.hget(keys.record(tenant, aid), "status")
         return None if raw is None else json.loads(raw)
 
-    def ttl(self, aid: str) -> int:
-        return max(int(self.r.ttl(keys.record(aid))), 1)
-
     def prune(self, tenant: str) -> None:
-        """Drop expired adaptations from the tenant's index: it holds no dead ids."""
-        expiries, index = keys.expiries(tenant), keys.tenant_index(tenant)
-        dead = self.r.zrangebyscore(expiries, "-inf", time.time())
-        if dead:
-            p = self.r.pipeline(transaction=True)
-            p.zrem(index, *dead)
-            p.zrem(expiries, *dead)
-            p.zrem(keys.usage(tenant), *dead)
-            p.srem(keys.jobs(tenant), *dead)
-            self._uncount(p.execute()[0])
+        """Drop expired adaptations from the tenant's indexes: they hold no dead ids."""
+        ks = [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.jobs(tenant)]
+        found = 1000
+        while found == 1000:
+            removed, found = self._prune(keys=ks, args=[time.time()])
+            self._count(-removed)
 
     def prune_all(self) -> int:
         """Prune every tenant's index (the workers' sweep). -> how many tenants were looked at."""
-        tenants = [k.decode().removeprefix(keys.expiries("")) for k in self.r.scan_iter(match=keys.expiries("*"))]
-        for tenant in tenants:
+        found = {keys.tenant_of(k.decode()) for k in self.r.scan_iter(match=keys.expiries("*"), count=1000)}
+        for tenant in found:
             self.prune(tenant)
-        return len(tenants)
+        return len(found)
 
     def page(
         self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True
@@ -254,7 +346,7 @@ class Store:
                 continue
             p = self.r.pipeline(transaction=False)
             for aid, _ in rows:
-                p.hgetall(keys.record(aid))
+                p.hgetall(keys.record(tenant, aid))
             for (aid, score), raw in zip(rows, p.execute()):
                 bound = Position(score, aid)
                 if raw and match(record := decode_record(raw)):
@@ -268,57 +360,57 @@ class Store:
         return Position(float(record["created_ts"]), record["id"])
 
     def delete(self, record: dict) -> None:
-        aid = record["id"]
+        aid, tenant = record["id"], record["tenant"]
         p = self.r.pipeline(transaction=True)
-        p.zrem(keys.tenant_index(record["tenant"]), aid)
-        p.delete(keys.record(aid), keys.support(aid), keys.events(aid))
-        p.zrem(keys.expiries(record["tenant"]), aid)
-        p.zrem(keys.usage(record["tenant"]), aid)
+        p.zrem(keys.tenant_index(tenant), aid)
+        p.delete(keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid))
+        p.zrem(keys.expiries(tenant), aid)
+        p.zrem(keys.usage(tenant), aid)
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
-        self._uncount(p.execute()[0])
+        self._count(-p.execute()[0])
         self.cache.delete(keys.weights(aid))
 
-    def support(self, aid: str) -> dict[str, torch.Tensor] | None:
-        data = self.r.get(keys.support(aid))
+    def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:
+        data = self.r.get(keys.support(tenant, aid))
         return codecs.bytes_to_support(data) if data else None
 
-    def _uncount(self, removed: int) -> None:
-        """Ids taken out of a tenant's index leave the count too: a delete and a prune of the same
-        id cannot both remove it, so each stored adaptation is counted out once."""
-        if removed:
-            self.r.decrby(keys.COUNT, removed)
+    def _count(self, change: int) -> None:
+        """Keep ra:count: +1 a create, -1 each id taken out of a tenant's index (a delete and a prune
+        of the same id cannot both remove it, so each stored adaptation is counted out once)."""
+        if change:
+            self.r.incrby(keys.COUNT, change)
 
     def count_adaptations(self) -> int:
         """Adaptations stored: one key, kept on write (expired ones leave at the next prune or sweep)."""
         return max(0, int(self.r.get(keys.COUNT) or 0))
 
     # ---- events ------------------------------------------------------------
-    def add_events(self, aid: str, *items: dict) -> None:
+    def add_events(self, tenant: str, aid: str, *items: dict) -> None:
         """Append events to the job's list, if the adaptation still exists."""
         if items:
-            p = self.r.pipeline(transaction=False)
-            p.rpushx(keys.events(aid), *(json.dumps(e) for e in items))
-            p.execute()
+            self.r.rpushx(keys.events(tenant, aid), *(json.dumps(e) for e in items))
 
-    def step(self, aid: str, item: dict) -> str | None:
-        """A running job's step: append its event while the job still runs, and read the status
+    def step(self, tenant: str, aid: str, items: list[dict]) -> str | None:
+        """A running job's steps: append their events while the job still runs, and read the status
         (a cancel shows here) in one round trip. -> the status, None when the adaptation is gone."""
-        raw = self._step(keys=[keys.record(aid), keys.events(aid)], args=[json.dumps(item)])
+        raw = self._step(keys=[keys.record(tenant, aid), keys.events(tenant, aid)], args=[json.dumps(e) for e in items])
         return None if raw is None else json.loads(raw)
 
-    def events(self, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
-        raw = self.r.lrange(keys.events(aid), start, start + limit)
+    def events(self, tenant: str, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
+        raw = self.r.lrange(keys.events(tenant, aid), start, start + limit)
         items = [json.loads(e) | {"id": f"ev_{start + i}"} for i, e in enumerate(raw)]
         return items[:limit], len(items) > limit
 
     # ---- weights cache -----------------------------------------------------
-    def put_weights(self, aid: str, fast: dict[str, torch.Tensor], ttl: int, tenant: str | None = None) -> int:
-        """Write the weights; with the tenant, count their bytes against its quota."""
+    def put_weights(self, record: dict, fast: dict[str, torch.Tensor], charge: bool = True) -> int:
+        """Write the weights until the adaptation expires; `charge`: count their bytes against its
+        tenant's quota (a rebuild's are counted already)."""
         data = codecs.tensors_to_bytes(fast)
-        self.cache.set(keys.weights(aid), data, ex=ttl)
-        if tenant is not None:
-            self.r.zadd(keys.usage(tenant), {aid: len(data)}, xx=True, incr=True)
+        ttl = max(1, int(record["created_ts"] + record["ttl_seconds"] - time.time()))
+        self.cache.set(keys.weights(record["id"]), data, ex=ttl)
+        if charge:
+            self.r.zadd(keys.usage(record["tenant"]), {record["id"]: len(data)}, xx=True, incr=True)
         return len(data)
 
     def weights(self, aid: str) -> dict[str, torch.Tensor] | None:
@@ -327,6 +419,10 @@ class Store:
 
     def drop_weights(self, aid: str) -> None:
         self.cache.delete(keys.weights(aid))
+
+    def migrate(self) -> int:
+        """The store in this version's key layout (migrate.py). -> keys moved."""
+        return migrate(self.r, self.settings.redis_cluster == "on")
 
     def ping(self) -> None:
         self.r.ping()

@@ -75,7 +75,7 @@ def create_adaptation(
     if not 1 <= ttl <= settings.max_ttl_seconds:
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
     if not idempotency_key:  # over its quota, a tenant costs no decoding (a retry with a key may find its adaptation)
-        store.check_quotas(tenant, 0)
+        store.check_quotas(tenant)
     tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
     now = datetime.now(timezone.utc)
     record = {
@@ -108,7 +108,7 @@ def create_adaptation(
         metrics.ADAPTATIONS.labels(body.model).inc()
     response.headers["X-Adaptation-ID"] = aid
     if not created:  # an idempotent retry: answer with the stored adaptation
-        record = store.get(aid) or record
+        record = store.get(tenant, aid) or record
     if wait:
         done_reading(request)
         record = wait_for(store, aid, wait, record)
@@ -211,5 +211,5 @@ def list_events(
         if not (after.startswith("ev_") and after[3:].isdecimal() and after[3:].isascii() and len(after) < 12):
             raise invalid("invalid_cursor", "after must be an event id, ev_N", "query", "after")
         start = int(after[3:]) + 1
-    items, more = store.events(aid, start, limit or settings.list_page_size)
+    items, more = store.events(tenant, aid, start, limit or settings.list_page_size)
     return {"data": items, "has_more": more, "next_cursor": items[-1]["id"] if more else None}

@@ -4,11 +4,11 @@ The API submits, cancels and deletes; a worker claims, starts, steps, and ends a
 (succeeded, failed, or put back after an unexpected error); any live worker's upkeep
 (upkeep.py) reaps the jobs of dead workers, tops up tickets and sweeps expired ids.
 Which Redis keys must agree, and why:
-  - the record's status (ra:a:{id}) is the truth a client sees; it moves only through
+  - the record's status (ra:{T}:a:{id}) is the truth a client sees; it moves only through
     `move`, a compare-and-set checked against the table;
-  - a job in line is in its tenant's line (ra:p:{tenant}) and its tenant in the rotation
-    (ra:rr); a claimed one is in flight (ra:inflight) and in the tenant's running set;
-    a queued or running one is in the tenant's jobs (ra:j:{tenant}, its quota). `finish`
+  - a job in line is in its tenant's line (ra:{q}:p:{T}) and its tenant in the rotation
+    (ra:{q}:rr); a claimed one is in flight (ra:{q}:inflight) and in the tenant's running set;
+    a queued or running one is in the tenant's jobs (ra:{T}:j, its quota). `finish`
     takes a job out of all three once it ends;
   - a job in line has a ticket in the broker; tickets lost with a worker or a restarted
     broker are sent again (`top_up`), and a surplus ticket claims nothing and is dropped.
@@ -38,6 +38,7 @@ from .tickets import Tickets
 
 log = logging.getLogger("rapid_adapt.jobs")
 STALE_SECONDS = 30.0  # a job in flight whose own beat is this old is not running, whatever its worker's heartbeat
+FLUSH_SECONDS = 0.25  # a running job's step events reach Redis (and a cancel reaches the job) this often
 
 
 def now_iso() -> str:
@@ -54,18 +55,22 @@ class Job:
     resumed: bool = False  # retried after a Redis error: its record may already say running
     record: dict = field(default_factory=dict)
     started: float = 0.0  # perf_counter at start
+    held: bool = False  # a job of a tenant at its running limit may lack a ticket: top up after this one
+    unsent: list = field(default_factory=list)  # step events not yet in Redis
+    flushed: float = 0.0  # perf_counter of the last flush
 
 
 class Jobs:
     def __init__(self, store: Store, tickets: Tickets, settings: Settings):
         self.store, self.tickets, self.settings = store, tickets, settings
         self.scheduler = Scheduler(store.r)
+        self._alive = (0.0, 0)  # (read at, workers alive): read at most once a heartbeat
 
-    def move(self, aid: str, target: str, by: str, **fields) -> str | None:
+    def move(self, tenant: str, aid: str, target: str, by: str, **fields) -> str | None:
         """Set the status to `target` (and `fields`) if the table lets `by` move it from the status
         it has. -> the status it had (the move happened iff that is one of the table's sources),
         None when the adaptation is gone."""
-        return self.store.transition(aid, sources(target, by), status=target, **fields)
+        return self.store.transition(tenant, aid, sources(target, by), status=target, **fields)
 
     # ---- the API's -----------------------------------------------------------
     def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
@@ -84,10 +89,10 @@ class Jobs:
 
     def cancel(self, aid: str, tenant: str) -> str | None:
         """queued or running -> cancelled. -> the status it had."""
-        had = self.move(aid, CANCELLED, "client", finished_at=now_iso())
+        had = self.move(tenant, aid, CANCELLED, "client", finished_at=now_iso())
         if had in (QUEUED, RUNNING):
             self.scheduler.finish(aid, tenant)
-            self.store.add_events(aid, event("cancelled"))
+            self.store.add_events(tenant, aid, event("cancelled"))
             stats.record_outcome(self.store.r, CANCELLED, None)
         return had
 
@@ -100,36 +105,46 @@ class Jobs:
     def claim(self, worker: str) -> Job | None:
         """The next job of the next tenant whose running jobs are under its limit, now in flight."""
         s = self.settings
-        alive = len(heartbeats.alive(self.store.r, s.heartbeat_window))
-        got = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
-        return None if got is None else Job(*got, worker)
+        read, alive = self._alive
+        if time.monotonic() - read > s.worker_heartbeat_seconds:
+            alive = len(heartbeats.alive(self.store.r, s.heartbeat_window))
+            self._alive = (time.monotonic(), alive)
+        aid, tenant, held = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
+        return Job(aid, tenant, worker, held=held) if aid else None
 
     def start(self, job: Job) -> dict | None:
         """queued -> running, one more attempt. -> its support set, or None when the job is not to
         run (deleted, expired, cancelled while queued, or already done by a twin run)."""
-        record = self.store.get(job.aid)
+        record = self.store.get(job.tenant, job.aid)
         if record is None or record["status"] in TERMINAL:
             self.scheduler.finish(job.aid, job.tenant)
             return None
         attempts = record.get("attempts", 0) + 1
         fields = {"started_at": now_iso(), "attempts": attempts}
-        had = self.move(job.aid, RUNNING, "worker", **fields)
+        had = self.move(job.tenant, job.aid, RUNNING, "worker", **fields)
         if had == RUNNING and job.resumed:  # the same claim, tried again: not a move
-            self.store.update(job.aid, **fields)
+            self.store.update(job.tenant, job.aid, **fields)
         elif had != QUEUED:
             self.scheduler.finish(job.aid, job.tenant)
             return None
-        support = self.store.support(job.aid)
+        support = self.store.support(job.tenant, job.aid)
         if support is None:
             self.scheduler.finish(job.aid, job.tenant)
             return None
         job.record, job.started = record | fields | {"status": RUNNING}, time.perf_counter()
-        self.store.add_events(job.aid, event("started", attempt=attempts))
+        job.flushed, job.unsent = job.started, []
+        self.store.add_events(job.tenant, job.aid, event("started", attempt=attempts))
         return support
 
     def step(self, job: Job, k: int, loss: float) -> bool:
-        """A step's event. -> False when the job was cancelled or deleted meanwhile: stop."""
-        return self.store.step(job.aid, event("step", step=k + 1, loss=round(loss, 6))) not in (None, CANCELLED)
+        """A step's event, sent with those before it every FLUSH_SECONDS (a short job's steps reach
+        Redis with its end, in one write). -> False when the job was cancelled or deleted meanwhile:
+        stop."""
+        job.unsent.append(event("step", step=k + 1, loss=round(loss, 6)))
+        if time.perf_counter() - job.flushed < FLUSH_SECONDS:
+            return True
+        sent, job.unsent, job.flushed = job.unsent, [], time.perf_counter()
+        return self.store.step(job.tenant, job.aid, sent) not in (None, CANCELLED)
 
     def background(self, job: Job) -> bool:
         """Whether the job's tenant has more jobs waiting: then it can wait for others' (priority.py)."""
@@ -158,15 +173,23 @@ class Jobs:
     def succeed(self, job: Job, fast: dict, metrics: dict) -> str:
         """Store the weights, then running -> succeeded. A job cancelled or deleted meanwhile
         leaves no weights behind."""
-        metrics["weights_bytes"] = self.store.put_weights(job.aid, fast, self.store.ttl(job.aid), job.tenant)
+        metrics["weights_bytes"] = self.store.put_weights(job.record, fast)
         done = {"finished_at": now_iso(), "metrics": metrics, "steps": metrics["steps"]}
-        had = self.move(job.aid, SUCCEEDED, "worker", **done)
+        ended = [*job.unsent, event("succeeded", mode=metrics["mode"], steps=metrics["steps"])]
+        had = self.store.transition(
+            job.tenant,
+            job.aid,
+            sources(SUCCEEDED, "worker"),
+            events=ended,
+            replicas=self.settings.store_replicas,
+            status=SUCCEEDED,
+            **done,
+        )
         self.scheduler.finish(job.aid, job.tenant)
         if had != RUNNING:
             if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
                 self.store.drop_weights(job.aid)
             return "gone"
-        self.store.add_events(job.aid, event("succeeded", mode=metrics["mode"], steps=metrics["steps"]))
         stats.record_outcome(self.store.r, SUCCEEDED, time.perf_counter() - job.started)
         log.info(
             "adaptation succeeded",
@@ -183,8 +206,8 @@ class Jobs:
         """running -> failed with the reason. A Redis error leaves the job to the reaper."""
         fields = {"finished_at": now_iso(), "error": {"code": code, "message": message}}
         try:
-            if self.move(job.aid, FAILED, by, **fields) == RUNNING:
-                self.store.add_events(job.aid, event("failed", code=code))
+            if self.move(job.tenant, job.aid, FAILED, by, **fields) == RUNNING:
+                self.store.add_events(job.tenant, job.aid, *job.unsent, event("failed", code=code))
                 seconds = time.perf_counter() - job.started if job.started else None
                 stats.record_outcome(self.store.r, FAILED, seconds)
             self.scheduler.finish(job.aid, job.tenant)
@@ -207,7 +230,7 @@ class Jobs:
 
     def put_back(self, aid: str, tenant: str, by: str, reason: str, job: Job | None = None) -> str:
         """running -> queued (at the front of its line, with a ticket), or -> failed on the last try."""
-        record = self.store.get(aid)
+        record = self.store.get(tenant, aid)
         if record is None or record["status"] in TERMINAL:
             self.scheduler.finish(aid, tenant)
             return "gone"
@@ -215,9 +238,9 @@ class Jobs:
         if record["status"] == RUNNING and tries >= self.settings.job_max_attempts:
             message = f"tried {tries} times (job_max_attempts); the last try ended with: {reason}"
             return self.fail(job or Job(aid, tenant, by), "too_many_attempts", message, by)
-        if self.move(aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
+        if self.move(tenant, aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
             self.scheduler.enqueue(aid, tenant, front=True)
-            self.store.add_events(aid, event("requeued", reason=reason[:200]))
+            self.store.add_events(tenant, aid, event("requeued", reason=reason[:200]))
             self.tickets.send()
             return QUEUED
         self.scheduler.finish(aid, tenant)

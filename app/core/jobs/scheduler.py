@@ -26,33 +26,37 @@ from .. import keys
 
 # KEYS: rotation, inflight, then (line, running) of each tenant named in ARGV[4..], in the
 # order read from the rotation. ARGV: worker, now, the most jobs one tenant may run at once.
-# -> {id, tenant} of the claimed job; nil when none can be claimed; 'stale' when the rotation
-# holds a tenant whose keys were not passed (it changed since it was read: read it again).
-# A tenant at its limit goes to the back of the rotation with its jobs still in line.
+# -> {id, tenant, held} of the claimed job, or {'', '', held} when none can be claimed (held: 1
+# when a tenant at its limit was passed over); 'stale' when the rotation holds a tenant whose
+# keys were not passed (it changed since it was read: read it again). A tenant at its limit goes
+# to the back of the rotation with its jobs still in line. ARGV[4..] lists the rotation as read.
 _CLAIM = """
 local given = {}
 for i = 4, #ARGV do given[ARGV[i]] = i - 3 end
-local n = redis.call('LLEN', KEYS[1])
-for _ = 1, n do
-  local tenant = redis.call('LINDEX', KEYS[1], 0)
-  if not tenant then return nil end
+local held = 0
+for _ = 4, #ARGV do
+  local tenant = redis.call('LPOP', KEYS[1])
+  if not tenant then break end
   local k = given[tenant]
-  if not k then return 'stale' end
+  if not k then
+    redis.call('LPUSH', KEYS[1], tenant)
+    return 'stale'
+  end
   local line, running = KEYS[1 + 2 * k], KEYS[2 + 2 * k]
-  redis.call('LPOP', KEYS[1])
   if redis.call('SCARD', running) >= tonumber(ARGV[3]) then
     redis.call('RPUSH', KEYS[1], tenant)
+    held = 1
   else
     local aid = redis.call('LPOP', line)
-    if redis.call('LLEN', line) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
     if aid then
+      if redis.call('LLEN', line) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
       redis.call('HSET', KEYS[2], aid, cjson.encode({worker = ARGV[1], tenant = tenant, beat = tonumber(ARGV[2])}))
       redis.call('SADD', running, aid)
-      return {aid, tenant}
+      return {aid, tenant, held}
     end
   end
 end
-return nil
+return {'', '', held}
 """
 
 # KEYS: the tenant's line, the rotation, inflight, the tenant's running set.
@@ -83,18 +87,19 @@ class Scheduler:
         k = [keys.pending(tenant), keys.ROTATION, keys.INFLIGHT, keys.running(tenant)]
         self._enqueue(keys=k, args=[aid, tenant, "1" if front else "0"])
 
-    def claim(self, worker: str, max_running: int) -> tuple[str, str] | None:
-        """-> (id, tenant) of the next job in the rotation whose tenant runs fewer than
-        `max_running` jobs, now in flight; None when there is none."""
+    def claim(self, worker: str, max_running: int) -> tuple[str, str, bool]:
+        """-> (id, tenant, held) of the next job in the rotation whose tenant runs fewer than
+        `max_running` jobs, now in flight; id "" when there is none. held: a tenant at its limit
+        was passed over (its job will want a ticket once one of its jobs ends)."""
         for _ in range(5):
             tenants = list(dict.fromkeys(t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)))
             if not tenants:
-                return None
+                return "", "", False
             k = [keys.ROTATION, keys.INFLIGHT] + [x for t in tenants for x in (keys.pending(t), keys.running(t))]
             got = self._claim(keys=k, args=[worker, time.time(), max_running, *tenants])
             if got != b"stale":
-                return None if got is None else (got[0].decode(), got[1].decode())
-        return None  # the rotation changed under each of five reads: another ticket will come
+                return got[0].decode(), got[1].decode(), bool(got[2])
+        return "", "", False  # the rotation changed under each of five reads: another ticket will come
 
     def beat(self, aid: str, worker: str, tenant: str) -> None:
         self.r.hset(keys.INFLIGHT, aid, json.dumps({"worker": worker, "tenant": tenant, "beat": time.time()}))

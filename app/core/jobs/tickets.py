@@ -35,6 +35,7 @@ def make_celery(settings: Settings, name: str = "rapid_adapt") -> Celery:
             "unacked_restore_throttle": 1,
             "socket_timeout": t,
             "socket_connect_timeout": t,
+            **({"master_name": settings.broker_master_name} if settings.broker_url.startswith("sentinel") else {}),
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=t,

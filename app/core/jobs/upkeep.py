@@ -29,6 +29,7 @@ class Upkeep:
         self._failing: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._migrated = False
 
     def start(self) -> None:
         self._run("heartbeat", lambda: heartbeats.beat(self.jobs.store.r, self.worker))
@@ -46,6 +47,8 @@ class Upkeep:
         """One round: beat, reap, top up, sweep, each on its own. Only the worker whose turn it is
         to reap tops up, so N workers do not count the backlog N times a beat."""
         self._run("heartbeat", lambda: heartbeats.beat(self.jobs.store.r, self.worker))
+        if not self._migrated:  # until it has once worked: an upgraded store's keys in this version's layout
+            self._migrated = self._run("migrate", self.jobs.store.migrate) is not None
         if self._run("reaper", lambda: self.jobs.reap(self.lock_name)) is not None:
             self._run("top_up", self.jobs.top_up)
         self._run("sweeper", lambda: self.jobs.sweep(self.lock_name))

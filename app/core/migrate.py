@@ -1,0 +1,97 @@
+"""Moves a store written by an earlier version to this version's key layout (keys.py),
+so that an upgrade loses nothing stored: `python -m app.core.migrate` by hand, and on its
+own when the API starts and at a worker's first upkeep turn. Idempotent, one process at a
+time (a lock), and a no-op (one GET) once `ra:schema` says the layout is current.
+
+Layout 1 (before 0.9) named keys without hash tags: ra:a:{id}, ra:s:{id}, ra:e:{id},
+ra:t:{T}, ra:x:{T}, ra:b:{T}, ra:j:{T}, ra:idem:{T}:{h}, ra:p:{T}, ra:run:{T}, ra:rr,
+ra:inflight. It only ever ran on one Redis server, where RENAME moves a key with its TTL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import redis
+
+from . import keys
+
+log = logging.getLogger("rapid_adapt.migrate")
+LOCK = "ra:migrating"
+
+
+def current(r: redis.Redis) -> bool:
+    return int(r.get(keys.SCHEMA_KEY) or 1) >= keys.SCHEMA
+
+
+def migrate(r: redis.Redis, cluster: bool = False) -> int:
+    """Bring the store to the current layout. -> keys moved (0 when it already was, or when
+    another process moved them meanwhile)."""
+    if current(r):
+        return 0
+    if cluster:  # layout 1 never ran on a cluster: a new cluster starts current
+        r.set(keys.SCHEMA_KEY, keys.SCHEMA)
+        return 0
+    if not r.set(LOCK, 1, nx=True, ex=600):
+        deadline = time.monotonic() + 60
+        while not current(r) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return 0
+    try:
+        moved = _move(r)
+        r.set(keys.SCHEMA_KEY, keys.SCHEMA)
+    finally:
+        r.delete(LOCK)
+    if moved:
+        log.warning("store moved to the current key layout", extra={"keys": moved, "schema": keys.SCHEMA})
+    return moved
+
+
+def _rename(r: redis.Redis, old: str, new: str) -> int:
+    try:
+        r.rename(old, new)
+        return 1
+    except redis.ResponseError:  # no such key
+        return 0
+
+
+def _move(r: redis.Redis) -> int:
+    moved = 0
+    for raw in r.scan_iter(match="ra:a:*", count=1000):
+        old, aid = raw.decode(), raw.decode().removeprefix("ra:a:")
+        tenant = json.loads(r.hget(old, "tenant") or "null")
+        if tenant is None:
+            continue
+        idem = json.loads(r.hget(old, "idempotency_key") or "null")
+        if idem and idem.startswith("ra:idem:"):
+            new_idem = keys.idempotency_digest(tenant, idem.rsplit(":", 1)[1])
+            moved += _rename(r, idem, new_idem)
+            r.hset(old, "idempotency_key", json.dumps(new_idem))
+        for prefix, name in (("ra:s:", keys.support), ("ra:e:", keys.events), ("ra:a:", keys.record)):
+            moved += _rename(r, prefix + aid, name(tenant, aid))
+    per_tenant = {
+        "ra:t:": keys.tenant_index,
+        "ra:x:": keys.expiries,
+        "ra:b:": keys.usage,
+        "ra:j:": keys.jobs,
+        "ra:p:": keys.pending,
+        "ra:run:": keys.running,
+    }
+    for prefix, name in per_tenant.items():
+        for raw in r.scan_iter(match=prefix + "*", count=1000):
+            old = raw.decode()
+            tenant = old.removeprefix(prefix)
+            if "{" not in old and keys.TENANT.fullmatch(tenant):
+                moved += _rename(r, old, name(tenant))
+    moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", keys.INFLIGHT)
+    return moved
+
+
+if __name__ == "__main__":
+    from .config import get_settings
+    from .store import connect
+
+    s = get_settings()
+    print(f"moved {migrate(connect(s.redis_url, s), s.redis_cluster == 'on')} keys", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""An upgrade loses nothing: a store in the key layout of earlier versions (no hash tags) is
+moved to this one's when the API starts, and serves as before."""
+
+from __future__ import annotations
+
+import redis
+
+from app.api.factory import create_app
+from app.core import keys
+from app.demo import sinusoid_task
+
+from .conftest import InProcess, run_next_job
+
+
+def as_layout_1(r: redis.Redis, tenant: str, ids: list[str]) -> None:
+    """The keys as versions before 0.9 named them (written out here, not derived from keys.py)."""
+    for aid in ids:
+        r.rename(keys.record(tenant, aid), f"ra:a:{aid}")
+        r.rename(keys.support(tenant, aid), f"ra:s:{aid}")
+        r.rename(keys.events(tenant, aid), f"ra:e:{aid}")
+    for new, old in (
+        (keys.tenant_index(tenant), f"ra:t:{tenant}"),
+        (keys.expiries(tenant), f"ra:x:{tenant}"),
+        (keys.usage(tenant), f"ra:b:{tenant}"),
+        (keys.jobs(tenant), f"ra:j:{tenant}"),
+        (keys.pending(tenant), f"ra:p:{tenant}"),
+        (keys.ROTATION, "ra:rr"),
+    ):
+        r.rename(new, old)
+    r.delete(keys.SCHEMA_KEY)
+
+
+def test_a_store_of_the_old_layout_is_moved_and_serves_as_before(settings):
+    support, queries, _ = sinusoid_task(3)
+    body = {"model": "sinusoid-mlp", "support": support}
+    with InProcess(create_app(settings)) as api:
+        done = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+        run_next_job(settings)
+        before = api.request("POST", f"/v1/adaptations/{done}/predictions", json={"inputs": queries[:3]}).json()
+        waiting = api.request("POST", "/v1/adaptations", json=body, headers={"Idempotency-Key": "k1"}).json()["id"]
+        r = api.app.state.store.r
+        r.delete(keys.weights(done))
+        as_layout_1(r, "acme", [done, waiting])
+        assert api.request("GET", f"/v1/adaptations/{done}").status_code == 404  # this version cannot see them
+    with InProcess(create_app(settings)) as api:  # the next start moves them
+        assert not r.keys("ra:a:*") and not r.keys("ra:t:*") and int(r.get(keys.SCHEMA_KEY)) == keys.SCHEMA
+        listed = [a["id"] for a in api.request("GET", "/v1/adaptations").json()["data"]]
+        assert listed == [waiting, done]
+        again = api.request("POST", f"/v1/adaptations/{done}/predictions", json={"inputs": queries[:3]}).json()
+        assert again["predictions"] == before["predictions"]  # rebuilt from the moved support set
+        retry = api.request("POST", "/v1/adaptations", json=body, headers={"Idempotency-Key": "k1"})
+        assert retry.json()["id"] == waiting  # the idempotency key moved with its record
+        assert run_next_job(settings) == "succeeded"  # the job in line is still in line
+        assert api.request("GET", f"/v1/adaptations/{waiting}").json()["status"] == "succeeded"
+        assert api.app.state.store.migrate() == 0  # once moved, a start costs one GET
