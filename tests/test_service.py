@@ -117,6 +117,7 @@ def test_the_duration_histogram_costs_one_bucket_a_job_and_reads_cumulative(api)
     for seconds in (0.003, 0.03, 0.7, 45.0):
         stats.record_outcome(r, "succeeded", seconds)
     assert sum(1 for k in r.hkeys("ra:stats") if k.startswith(b"b:")) == 4  # 45 s: past the last, in +Inf
+    assert len(r.hkeys("ra:stats")) == 5  # the buckets and the sum: the status is the buckets' sum
     values = metric_values(
         api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     )

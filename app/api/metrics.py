@@ -49,7 +49,7 @@ class StoreCollector:
             "rapid_adapt_adaptations_finished", "adaptation jobs by final status", labels=["status"]
         )
         for status in TERMINAL:
-            finished.add_metric([status], counts.get(f"status:{status}", 0.0))
+            finished.add_metric([status], stats.finished(counts, status))
         yield finished
         buckets = stats.cumulative(counts)
         yield HistogramMetricFamily(

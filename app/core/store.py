@@ -52,27 +52,36 @@ if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
 return status
 """
 
-# Prune the tenant's expired ids (at most 1000 a call), check its quotas, then write a new
-# adaptation, all in one slot and at once (two creates cannot both pass the last quota).
+# Check the tenant's quotas (over one, first prune its expired ids, at most 1000, and check
+# again), then write a new adaptation, all in one slot and at once (two creates cannot both
+# pass the last quota).
 # KEYS: record, support, events, index, expiries, usage, jobs.
 # ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
 #       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
 # -> {the limit that refused it, or '' when written; ids pruned}
 _CREATE = """
-local pruned = 0
-local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-if #dead > 0 then
-  pruned = redis.call('ZREM', KEYS[4], unpack(dead))
-  redis.call('ZREM', KEYS[5], unpack(dead))
-  redis.call('ZREM', KEYS[6], unpack(dead))
-  redis.call('SREM', KEYS[7], unpack(dead))
+local function over()
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
+  if ARGV[7] == '1' and redis.call('SCARD', KEYS[7]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
+  local total = tonumber(ARGV[6])
+  local scores = redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES')
+  for i = 2, #scores, 2 do total = total + tonumber(scores[i]) end
+  if total > tonumber(ARGV[10]) then return 'tenant_max_bytes' end
+  return nil
 end
-if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return {'tenant_max_adaptations', pruned} end
-if ARGV[7] == '1' and redis.call('SCARD', KEYS[7]) >= tonumber(ARGV[9]) then return {'tenant_max_jobs', pruned} end
-local total = tonumber(ARGV[6])
-local scores = redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES')
-for i = 2, #scores, 2 do total = total + tonumber(scores[i]) end
-if total > tonumber(ARGV[10]) then return {'tenant_max_bytes', pruned} end
+local pruned = 0
+local refused = over()
+if refused then
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+  if #dead > 0 then
+    pruned = redis.call('ZREM', KEYS[4], unpack(dead))
+    redis.call('ZREM', KEYS[5], unpack(dead))
+    redis.call('ZREM', KEYS[6], unpack(dead))
+    redis.call('SREM', KEYS[7], unpack(dead))
+    refused = over()
+  end
+  if refused then return {refused, pruned} end
+end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], ttl)

@@ -56,6 +56,7 @@ class Job:
     record: dict = field(default_factory=dict)
     started: float = 0.0  # perf_counter at start
     held: bool = False  # a job of a tenant at its running limit may lack a ticket: top up after this one
+    more: bool = False  # its tenant had more jobs in line when it was claimed
     unsent: list = field(default_factory=list)  # step events not yet in Redis
     flushed: float = 0.0  # perf_counter of the last flush
 
@@ -109,8 +110,8 @@ class Jobs:
         if time.monotonic() - read > s.worker_heartbeat_seconds:
             alive = len(heartbeats.alive(self.store.r, s.heartbeat_window))
             self._alive = (time.monotonic(), alive)
-        aid, tenant, held = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
-        return Job(aid, tenant, worker, held=held) if aid else None
+        aid, tenant, held, more = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
+        return Job(aid, tenant, worker, held=held, more=more) if aid else None
 
     def start(self, job: Job) -> dict | None:
         """queued -> running, one more attempt. -> its support set, or None when the job is not to
@@ -132,8 +133,7 @@ class Jobs:
             self.scheduler.finish(job.aid, job.tenant)
             return None
         job.record, job.started = record | fields | {"status": RUNNING}, time.perf_counter()
-        job.flushed, job.unsent = job.started, []
-        self.store.add_events(job.tenant, job.aid, event("started", attempt=attempts))
+        job.flushed, job.unsent = job.started, [event("started", attempt=attempts)]  # sent with the first steps
         return support
 
     def step(self, job: Job, k: int, loss: float) -> bool:
@@ -147,8 +147,8 @@ class Jobs:
         return self.store.step(job.tenant, job.aid, sent) not in (None, CANCELLED)
 
     def background(self, job: Job) -> bool:
-        """Whether the job's tenant has more jobs waiting: then it can wait for others' (priority.py)."""
-        return self.scheduler.waiting(job.tenant) > 0
+        """Whether the job's tenant had more jobs waiting: then it can wait for others' (priority.py)."""
+        return job.more
 
     @contextlib.contextmanager
     def beating(self, job: Job) -> Iterator[None]:
@@ -240,7 +240,8 @@ class Jobs:
             return self.fail(job or Job(aid, tenant, by), "too_many_attempts", message, by)
         if self.move(tenant, aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
             self.scheduler.enqueue(aid, tenant, front=True)
-            self.store.add_events(tenant, aid, event("requeued", reason=reason[:200]))
+            unsent = job.unsent if job else []
+            self.store.add_events(tenant, aid, *unsent, event("requeued", reason=reason[:200]))
             self.tickets.send()
             return QUEUED
         self.scheduler.finish(aid, tenant)

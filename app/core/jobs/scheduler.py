@@ -26,10 +26,11 @@ from .. import keys
 
 # KEYS: rotation, inflight, then (line, running) of each tenant named in ARGV[4..], in the
 # order read from the rotation. ARGV: worker, now, the most jobs one tenant may run at once.
-# -> {id, tenant, held} of the claimed job, or {'', '', held} when none can be claimed (held: 1
-# when a tenant at its limit was passed over); 'stale' when the rotation holds a tenant whose
-# keys were not passed (it changed since it was read: read it again). A tenant at its limit goes
-# to the back of the rotation with its jobs still in line. ARGV[4..] lists the rotation as read.
+# -> {id, tenant, held, more} of the claimed job, or {'', '', held, 0} when none can be claimed
+# (held: 1 when a tenant at its limit was passed over; more: 1 when the tenant has more jobs in
+# line); 'stale' when the rotation holds a tenant whose keys were not passed (it changed since it
+# was read: read it again). A tenant at its limit goes to the back of the rotation with its jobs
+# still in line. ARGV[4..] lists the rotation as read.
 _CLAIM = """
 local given = {}
 for i = 4, #ARGV do given[ARGV[i]] = i - 3 end
@@ -49,23 +50,32 @@ for _ = 4, #ARGV do
   else
     local aid = redis.call('LPOP', line)
     if aid then
-      if redis.call('LLEN', line) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
+      local more = 0
+      if redis.call('LLEN', line) > 0 then
+        redis.call('RPUSH', KEYS[1], tenant)
+        more = 1
+      end
       redis.call('HSET', KEYS[2], aid, cjson.encode({worker = ARGV[1], tenant = tenant, beat = tonumber(ARGV[2])}))
       redis.call('SADD', running, aid)
-      return {aid, tenant, held}
+      return {aid, tenant, held, more}
     end
   end
 end
-return {'', '', held}
+return {'', '', held, 0}
 """
 
 # KEYS: the tenant's line, the rotation, inflight, the tenant's running set.
-# ARGV: id, tenant, front (1 or 0). Puts a job in line; the tenant joins the rotation if it is not in it.
+# ARGV: id, tenant, front (1: a job put back, out of flight; 0: a new one). Puts a job in line; the
+# tenant joins the rotation if it is not in it.
 _ENQUEUE = """
-if ARGV[3] == '1' then redis.call('LPUSH', KEYS[1], ARGV[1]) else redis.call('RPUSH', KEYS[1], ARGV[1]) end
+if ARGV[3] == '1' then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('SREM', KEYS[4], ARGV[1])
+else
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
 if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -87,19 +97,20 @@ class Scheduler:
         k = [keys.pending(tenant), keys.ROTATION, keys.INFLIGHT, keys.running(tenant)]
         self._enqueue(keys=k, args=[aid, tenant, "1" if front else "0"])
 
-    def claim(self, worker: str, max_running: int) -> tuple[str, str, bool]:
-        """-> (id, tenant, held) of the next job in the rotation whose tenant runs fewer than
+    def claim(self, worker: str, max_running: int) -> tuple[str, str, bool, bool]:
+        """-> (id, tenant, held, more) of the next job in the rotation whose tenant runs fewer than
         `max_running` jobs, now in flight; id "" when there is none. held: a tenant at its limit
-        was passed over (its job will want a ticket once one of its jobs ends)."""
+        was passed over (its job will want a ticket once one of its jobs ends); more: the tenant
+        has more jobs in line."""
         for _ in range(5):
             tenants = list(dict.fromkeys(t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)))
             if not tenants:
-                return "", "", False
+                return "", "", False, False
             k = [keys.ROTATION, keys.INFLIGHT] + [x for t in tenants for x in (keys.pending(t), keys.running(t))]
             got = self._claim(keys=k, args=[worker, time.time(), max_running, *tenants])
             if got != b"stale":
-                return got[0].decode(), got[1].decode(), bool(got[2])
-        return "", "", False  # the rotation changed under each of five reads: another ticket will come
+                return got[0].decode(), got[1].decode(), bool(got[2]), bool(got[3])
+        return "", "", False, False  # the rotation changed under each of five reads: another ticket will come
 
     def beat(self, aid: str, worker: str, tenant: str) -> None:
         self.r.hset(keys.INFLIGHT, aid, json.dumps({"worker": worker, "tenant": tenant, "beat": time.time()}))
