@@ -88,9 +88,10 @@ def _claim_and_start(jobs, settings):
     assert jobs.start(job) is not None
     record = jobs.store.get("acme", aid)
     assert record["status"] == RUNNING and record["attempts"] == 1 and in_flight(jobs, aid)
-    assert events(jobs, aid) == ["queued"]  # "started" goes with the first steps' flush
+    assert events(jobs, aid) == ["queued", "started"]
+    assert jobs.step(job, 0, 0.5) and events(jobs, aid) == ["queued", "started"]  # steps go every FLUSH_SECONDS
     time.sleep(FLUSH_SECONDS)
-    assert jobs.step(job, 0, 0.5) and events(jobs, aid) == ["queued", "started", "step"]
+    assert jobs.step(job, 1, 0.4) and events(jobs, aid) == ["queued", "started", "step", "step"]
 
 
 @walks(RUNNING, SUCCEEDED, "worker")
@@ -312,3 +313,13 @@ def test_only_the_worker_whose_turn_it_is_to_reap_tops_up_tickets(settings):
     jobs.reap = lambda _name: []  # this one's turn
     upkeep.turn()
     assert topped == [1] and upkeep.errors == {}
+
+
+def test_a_claim_finds_a_tenant_that_joined_the_rotation_after_it_was_last_read(settings):
+    """The scheduler keeps the rotation it read last: a new tenant behind one at its limit is
+    still found (the script reads one tenant past those it was given)."""
+    jobs = lifecycle(settings)
+    acme = [submit(jobs, "acme") for _ in range(2)]
+    assert jobs.scheduler.claim("w", max_running=1)[0] == acme[0]  # reads the rotation: [acme]
+    globex = submit(jobs, "globex")
+    assert jobs.scheduler.claim("w", max_running=1)[:3] == (globex, "globex", True)

@@ -16,6 +16,7 @@ from ..core.config import Settings
 from ..core.jobs import Jobs
 from ..core.store import Store
 from .errors import ApiError
+from .notices import Notices
 from .predictor import Predictor
 
 
@@ -37,6 +38,10 @@ async def get_registry(request: Request) -> Registry:
 
 async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
+
+
+async def get_notices(request: Request) -> Notices:
+    return request.app.state.notices
 
 
 bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer KEY`")
@@ -72,4 +77,5 @@ StoreDep = Annotated[Store, Depends(get_store)]
 JobsDep = Annotated[Jobs, Depends(get_jobs)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+NoticesDep = Annotated[Notices, Depends(get_notices)]
 TenantDep = Annotated[str, Depends(get_tenant)]

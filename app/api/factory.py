@@ -26,6 +26,7 @@ from .drain import Drain
 from .errors import install_error_handlers
 from .fairness import TenantGate
 from .middleware import Observe
+from .notices import Notices
 from .predictor import Predictor
 
 log = logging.getLogger("rapid_adapt.api")
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.predictor = Predictor(settings, app.state.store, registry)
         app.state.predictor.start()
+        app.state.notices = Notices(app.state.store.r)
+        app.state.notices.start()
         try:
             app.state.store.migrate()
         except redis.RedisError as exc:  # readiness says so; a worker's upkeep migrates once Redis is back
@@ -76,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.predictor.stop()
-            del app.state.predictor, app.state.registry
+            app.state.notices.stop()
+            del app.state.predictor, app.state.registry, app.state.notices
 
     app = FastAPI(
         title="Rapid Adapt",
@@ -92,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = Store(settings)
     app.state.jobs = Jobs(app.state.store, Tickets(make_celery(settings, "rapid_adapt_api")), settings)
     from_redis = CollectorRegistry()
-    from_redis.register(metrics.StoreCollector(app.state.jobs, settings.heartbeat_window))
+    tenant_names = ["public"] if settings.auth == "off" else sorted(set(tenants.values()))
+    from_redis.register(metrics.StoreCollector(app.state.jobs, settings.heartbeat_window, tenant_names))
     app.state.metrics_registries = [metrics.process_registry(), from_redis]
     routes.include(app)
     pages.include(app)

@@ -31,15 +31,15 @@ class StoreCollector:
     their duration (written by the workers), the backlog, adaptations stored, workers alive,
     the workers' upkeep errors."""
 
-    def __init__(self, jobs, heartbeat_window: float):
-        self.jobs, self.store, self.window = jobs, jobs.store, heartbeat_window
+    def __init__(self, jobs, heartbeat_window: float, tenants: list[str]):
+        self.jobs, self.store, self.window, self.tenants = jobs, jobs.store, heartbeat_window, tenants
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         try:
             counts = stats.read(self.store.r)
-            stored = self.store.count_adaptations()
+            stored = self.store.count_adaptations(self.tenants)
             workers = len(heartbeats.alive(self.store.r, self.window))
             depth = self.jobs.scheduler.backlog()
             running = self.jobs.scheduler.in_flight()

@@ -8,6 +8,7 @@ import base64
 import binascii
 import math
 import re
+import threading
 import time
 from datetime import datetime
 
@@ -66,12 +67,13 @@ def decode_cursor(text: str, field: str) -> Position | int:
     return pos
 
 
-def wait_for(store: Store, aid: str, seconds: float, record: dict) -> dict:
-    """Poll the record until the job ends or the time runs out."""
-    tenant = record["tenant"]
-    deadline, pause = time.monotonic() + seconds, 0.002
-    while record["status"] not in DONE and time.monotonic() < deadline:
-        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 1.5, 0.05)
+def wait_for(store: Store, aid: str, seconds: float, record: dict, ended: threading.Event) -> dict:
+    """The record once the job ends, or as it is when the time runs out. `ended` (notices.py,
+    registered before `record` was read) is set when the job's end is published; the record is
+    also read once a second, as a notice can be missed."""
+    tenant, deadline = record["tenant"], time.monotonic() + seconds
+    while record["status"] not in DONE and (left := deadline - time.monotonic()) > 0:
+        if ended.wait(min(left, 1.0)):
+            ended.clear()
         record = store.get(tenant, aid) or record
     return record

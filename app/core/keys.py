@@ -29,8 +29,6 @@ Single keys:
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
   ra:stats                hash: finished jobs by status, a duration histogram, upkeep errors by task
-  ra:count                adaptations stored: +1 on create, -1 for each id a delete or a prune takes out of
-                          its tenant's index (so /metrics reads one key, whatever the number stored)
   ra:schema               the key layout's version (app/core/migrate.py moves older layouts to this one)
 Weights cache (settings.weights_url, may evict):
   ra:w:{id}               the adapted tensors as safetensors bytes
@@ -43,9 +41,9 @@ import re
 
 SCHEMA = 2
 SCHEMA_KEY = "ra:schema"
+DONE = "ra:done"  # a pub/sub channel, not a key: the ids of jobs that just ended (app/api/notices.py)
 WORKERS = "ra:workers"
 STATS = "ra:stats"
-COUNT = "ra:count"
 REAPER = "ra:reaper"
 SWEEPER = "ra:sweeper"
 ROTATION = "ra:{q}:rr"

@@ -86,6 +86,7 @@ def _move(r: redis.Redis) -> int:
             if "{" not in old and keys.TENANT.fullmatch(tenant):
                 moved += _rename(r, old, name(tenant))
     moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", keys.INFLIGHT)
+    r.delete("ra:count")  # layout 1's count of adaptations: now each tenant's index is counted
     return moved
 
 

@@ -28,17 +28,19 @@ end
 return 0
 """
 
-# KEYS[1] record, KEYS[2] events; ARGV[1] allowed current statuses (JSON list), ARGV[2] n, then n
-# events, then field, value pairs. -> the status it had (JSON), or nil when the record is gone; the
-# fields are set and the events appended only when allowed.
+# KEYS[1] record, KEYS[2] events; ARGV[1] allowed current statuses (JSON list), ARGV[2] a channel
+# to publish the id ARGV[3] on ('' for none), ARGV[4] n, then n events, then field, value pairs.
+# -> the status it had (JSON), or nil when the record is gone; the fields are set, the events
+# appended and the notice published only when allowed.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
-local n = tonumber(ARGV[2])
+local n = tonumber(ARGV[4])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 3 + n))
-    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 3, 2 + n)) end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 5 + n))
+    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 5, 4 + n)) end
+    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
     return status
   end
 end
@@ -58,7 +60,7 @@ return status
 # KEYS: record, support, events, index, expiries, usage, jobs.
 # ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
 #       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
-# -> {the limit that refused it, or '' when written; ids pruned}
+# -> the limit that refused it, or '' when written
 _CREATE = """
 local function over()
   if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
@@ -69,18 +71,17 @@ local function over()
   if total > tonumber(ARGV[10]) then return 'tenant_max_bytes' end
   return nil
 end
-local pruned = 0
 local refused = over()
 if refused then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
   if #dead > 0 then
-    pruned = redis.call('ZREM', KEYS[4], unpack(dead))
+    redis.call('ZREM', KEYS[4], unpack(dead))
     redis.call('ZREM', KEYS[5], unpack(dead))
     redis.call('ZREM', KEYS[6], unpack(dead))
     redis.call('SREM', KEYS[7], unpack(dead))
     refused = over()
   end
-  if refused then return {refused, pruned} end
+  if refused then return refused end
 end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 13))
@@ -92,19 +93,18 @@ redis.call('ZADD', KEYS[4], ARGV[4], aid)
 redis.call('ZADD', KEYS[5], ARGV[5], aid)
 redis.call('ZADD', KEYS[6], ARGV[6], aid)
 if ARGV[7] == '1' then redis.call('SADD', KEYS[7], aid) end
-return {'', pruned}
+return ''
 """
 
-# KEYS: index, expiries, usage, jobs; ARGV: now. Drops expired ids (1000 at most).
-# -> {how many left the index, how many expired ids were found}
+# KEYS: index, expiries, usage, jobs; ARGV: now. Drops expired ids (1000 at most). -> how many.
 _PRUNE = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-if #dead == 0 then return {0, 0} end
-local n = redis.call('ZREM', KEYS[1], unpack(dead))
+if #dead == 0 then return 0 end
+redis.call('ZREM', KEYS[1], unpack(dead))
 redis.call('ZREM', KEYS[2], unpack(dead))
 redis.call('ZREM', KEYS[3], unpack(dead))
 redis.call('SREM', KEYS[4], unpack(dead))
-return {n, #dead}
+return #dead
 """
 
 LIMITS = {
@@ -194,7 +194,7 @@ class Store:
                 raise StorageFull("the store is nearly full; retry later")
             s, now = self.settings, time.time()
             fields = [x for k, v in record.items() for x in (k, json.dumps(v))]
-            refused, pruned = self._create(
+            refused = self._create(
                 keys=[
                     keys.record(tenant, aid),
                     keys.support(tenant, aid),
@@ -210,13 +210,11 @@ class Store:
             )
             if refused:
                 self._refused[tenant] = time.monotonic()
-                self._count(-pruned)
                 raise self._exceeded(refused.decode())
         except (QuotaExceeded, StorageFull):
             if idempotency:
                 self.r.delete(ikey)  # the key did not make an adaptation: a retry may
             raise
-        self._count(1 - pruned)
         return aid, True
 
     def _exceeded(self, limit: str) -> QuotaExceeded:
@@ -269,14 +267,24 @@ class Store:
         return bool(self._set_if_exists(keys=[keys.record(tenant, aid)], args=args))
 
     def transition(
-        self, tenant: str, aid: str, allowed: tuple[str, ...], events: list[dict] = (), replicas: int = 0, **fields
+        self,
+        tenant: str,
+        aid: str,
+        allowed: tuple[str, ...],
+        events: list[dict] = (),
+        replicas: int = 0,
+        notice: bool = False,
+        **fields,
     ) -> str | None:
         """Set fields (a new status among them) and append `events` only if the status is one of
-        `allowed`; -> the status the record had, or None when it is gone. With `replicas`, the call
+        `allowed`, and with `notice` publish the id on keys.DONE (a final status: requests waiting
+        for it are told, app/api/notices.py); -> the status the record had, or None when it is
+        gone. With `replicas`, the call
         returns once that many replicas hold this write and every one before it on its primary
         (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
         ks = [keys.record(tenant, aid), keys.events(tenant, aid)]
-        args = [json.dumps(list(allowed)), len(events), *(json.dumps(e) for e in events)]
+        args = [json.dumps(list(allowed)), keys.DONE if notice else "", aid, len(events)]
+        args += [json.dumps(e) for e in events]
         args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
         if not replicas:
             had = self._transition(keys=ks, args=args)
@@ -320,10 +328,8 @@ class Store:
     def prune(self, tenant: str) -> None:
         """Drop expired adaptations from the tenant's indexes: they hold no dead ids."""
         ks = [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.jobs(tenant)]
-        found = 1000
-        while found == 1000:
-            removed, found = self._prune(keys=ks, args=[time.time()])
-            self._count(-removed)
+        while self._prune(keys=ks, args=[time.time()]) == 1000:
+            pass
 
     def prune_all(self) -> int:
         """Prune every tenant's index (the workers' sweep). -> how many tenants were looked at."""
@@ -377,22 +383,21 @@ class Store:
         p.zrem(keys.usage(tenant), aid)
         if record.get("idempotency_key"):
             p.delete(record["idempotency_key"])
-        self._count(-p.execute()[0])
+        p.execute()
         self.cache.delete(keys.weights(aid))
 
     def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:
         data = self.r.get(keys.support(tenant, aid))
         return codecs.bytes_to_support(data) if data else None
 
-    def _count(self, change: int) -> None:
-        """Keep ra:count: +1 a create, -1 each id taken out of a tenant's index (a delete and a prune
-        of the same id cannot both remove it, so each stored adaptation is counted out once)."""
-        if change:
-            self.r.incrby(keys.COUNT, change)
-
-    def count_adaptations(self) -> int:
-        """Adaptations stored: one key, kept on write (expired ones leave at the next prune or sweep)."""
-        return max(0, int(self.r.get(keys.COUNT) or 0))
+    def count_adaptations(self, tenants: list[str]) -> int:
+        """Adaptations stored by these tenants: one ZCARD of each index, whatever the number stored
+        (expired ones leave at the next prune or sweep). No global counter: on a cluster one key
+        written by every create would be one shard's hot spot."""
+        p = self.r.pipeline(transaction=False)
+        for tenant in tenants:
+            p.zcard(keys.tenant_index(tenant))
+        return sum(p.execute())
 
     # ---- events ------------------------------------------------------------
     def add_events(self, tenant: str, aid: str, *items: dict) -> None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 
 from .. import metrics
 from ..bases import spec_of
-from ..deps import JobsDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
+from ..deps import JobsDep, NoticesDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
 from ..inputs import Limits, support_tensors
@@ -57,6 +57,7 @@ def create_adaptation(
     store: StoreDep,
     jobs: JobsDep,
     registry: RegistryDep,
+    notices: NoticesDep,
     wait: float | None = WAIT,
     idempotency_key: str | None = Header(None, max_length=200),
 ):
@@ -100,18 +101,19 @@ def create_adaptation(
     idem = None
     if idempotency_key:
         idem = (idempotency_key, hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest())
-    try:
-        aid, created = jobs.submit(record, tensors, ttl, idem)
-    except ValueError as exc:
-        raise ApiError(409, "idempotency_conflict", str(exc), ["headers", "idempotency-key"]) from None
-    if created:
-        metrics.ADAPTATIONS.labels(body.model).inc()
-    response.headers["X-Adaptation-ID"] = aid
-    if not created:  # an idempotent retry: answer with the stored adaptation
-        record = store.get(tenant, aid) or record
-    if wait:
-        done_reading(request)
-        record = wait_for(store, aid, wait, record)
+    with notices.watch(record["id"]) as ended:  # before its job can end
+        try:
+            aid, created = jobs.submit(record, tensors, ttl, idem)
+        except ValueError as exc:
+            raise ApiError(409, "idempotency_conflict", str(exc), ["headers", "idempotency-key"]) from None
+        if created:
+            metrics.ADAPTATIONS.labels(body.model).inc()
+        response.headers["X-Adaptation-ID"] = aid
+        if not created:  # an idempotent retry: the stored adaptation (its wait looks once a second)
+            record = store.get(tenant, aid) or record
+        if wait:
+            done_reading(request)
+            record = wait_for(store, aid, wait, record, ended)
     if record["status"] in DONE:
         response.status_code = 200
     return public(record)
@@ -162,10 +164,13 @@ def metadata_filters(request: Request) -> dict[str, str]:
 
 
 @router.get("/adaptations/{aid}", response_model=Adaptation, summary="Status, timestamps, metrics")
-def get_adaptation(aid: str, tenant: TenantDep, settings: SettingsDep, store: StoreDep, wait: float | None = WAIT):
+def get_adaptation(
+    aid: str, tenant: TenantDep, settings: SettingsDep, store: StoreDep, notices: NoticesDep, wait: float | None = WAIT
+):
     wait = wait_param(settings, wait)
-    record = owned(store, aid, tenant)
-    return public(wait_for(store, aid, wait, record) if wait else record)
+    with notices.watch(aid) as ended:
+        record = owned(store, aid, tenant)
+        return public(wait_for(store, aid, wait, record, ended) if wait else record)
 
 
 @router.delete("/adaptations/{aid}", status_code=204, response_class=Response, summary="Delete all of it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import PredictorDep, SettingsDep, StoreDep, TenantDep
+from ..deps import NoticesDep, PredictorDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
 from ..records import DONE, wait_for, wait_param
@@ -29,6 +29,7 @@ async def predict(
     settings: SettingsDep,
     store: StoreDep,
     predictor: PredictorDep,
+    notices: NoticesDep,
     wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
 ):
     """async: a predictor lane's thread reads the record, decodes and predicts; the event loop
@@ -38,11 +39,12 @@ async def predict(
         raise invalid("empty_inputs", "inputs is empty", "inputs")
     if len(body.inputs) > settings.max_query:
         raise invalid("too_many_inputs", f"at most {settings.max_query} inputs per request", "inputs")
-    got = await predictor.predict(aid, tenant, body.inputs)
-    if got.outputs is None and wait and got.record["status"] not in DONE:
-        done_reading(request)  # the inputs are decoded (got.x): the wait costs nothing
-        await run_in_threadpool(wait_for, store, aid, wait, got.record)
-        got = await predictor.predict(aid, tenant, got.x)
+    with notices.watch(aid) as ended:
+        got = await predictor.predict(aid, tenant, body.inputs)
+        if got.outputs is None and wait and got.record["status"] not in DONE:
+            done_reading(request)  # the inputs are decoded (got.x): the wait costs nothing
+            await run_in_threadpool(wait_for, store, aid, wait, got.record, ended)
+            got = await predictor.predict(aid, tenant, got.x)
     record = got.record
     if got.outputs is None:
         code = {"failed": "adaptation_failed", "cancelled": "adaptation_cancelled"}.get(record["status"], "not_ready")

@@ -71,7 +71,8 @@ class Jobs:
         """Set the status to `target` (and `fields`) if the table lets `by` move it from the status
         it has. -> the status it had (the move happened iff that is one of the table's sources),
         None when the adaptation is gone."""
-        return self.store.transition(tenant, aid, sources(target, by), status=target, **fields)
+        final = target in TERMINAL
+        return self.store.transition(tenant, aid, sources(target, by), notice=final, status=target, **fields)
 
     # ---- the API's -----------------------------------------------------------
     def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
@@ -133,7 +134,8 @@ class Jobs:
             self.scheduler.finish(job.aid, job.tenant)
             return None
         job.record, job.started = record | fields | {"status": RUNNING}, time.perf_counter()
-        job.flushed, job.unsent = job.started, [event("started", attempt=attempts)]  # sent with the first steps
+        job.flushed, job.unsent = job.started, []
+        self.store.add_events(job.tenant, job.aid, event("started", attempt=attempts))  # even if the worker dies
         return support
 
     def step(self, job: Job, k: int, loss: float) -> bool:
@@ -182,6 +184,7 @@ class Jobs:
             sources(SUCCEEDED, "worker"),
             events=ended,
             replicas=self.settings.store_replicas,
+            notice=True,
             status=SUCCEEDED,
             **done,
         )
@@ -240,7 +243,7 @@ class Jobs:
             return self.fail(job or Job(aid, tenant, by), "too_many_attempts", message, by)
         if self.move(tenant, aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
             self.scheduler.enqueue(aid, tenant, front=True)
-            unsent = job.unsent if job else []
+            unsent = job.unsent if job else []  # the steps of a job that raised, as far as it got
             self.store.add_events(tenant, aid, *unsent, event("requeued", reason=reason[:200]))
             self.tickets.send()
             return QUEUED

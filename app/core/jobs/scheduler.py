@@ -30,12 +30,12 @@ from .. import keys
 # (held: 1 when a tenant at its limit was passed over; more: 1 when the tenant has more jobs in
 # line); 'stale' when the rotation holds a tenant whose keys were not passed (it changed since it
 # was read: read it again). A tenant at its limit goes to the back of the rotation with its jobs
-# still in line. ARGV[4..] lists the rotation as read.
+# still in line. ARGV[4..] lists the rotation as last read (the rotation holds each tenant once).
 _CLAIM = """
 local given = {}
 for i = 4, #ARGV do given[ARGV[i]] = i - 3 end
 local held = 0
-for _ = 4, #ARGV do
+for _ = 3, #ARGV do  -- one more turn than tenants given: a tenant that joined since shows as stale
   local tenant = redis.call('LPOP', KEYS[1])
   if not tenant then break end
   local k = given[tenant]
@@ -90,6 +90,7 @@ class Scheduler:
     def __init__(self, r: redis.Redis):
         self.r = r
         self._claim = r.register_script(_CLAIM)
+        self._rotation: list[str] = []  # the tenants last read from the rotation: the claim's keys until it goes stale
         self._enqueue = r.register_script(_ENQUEUE)
 
     def enqueue(self, aid: str, tenant: str, front: bool = False) -> None:
@@ -102,15 +103,18 @@ class Scheduler:
         `max_running` jobs, now in flight; id "" when there is none. held: a tenant at its limit
         was passed over (its job will want a ticket once one of its jobs ends); more: the tenant
         has more jobs in line."""
+        tenants, held = self._rotation, False
         for _ in range(5):
-            tenants = list(dict.fromkeys(t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)))
+            if tenants:
+                k = [keys.ROTATION, keys.INFLIGHT] + [x for t in tenants for x in (keys.pending(t), keys.running(t))]
+                got = self._claim(keys=k, args=[worker, time.time(), max_running, *tenants])
+                if got != b"stale":  # every tenant in the rotation was among those given
+                    return got[0].decode(), got[1].decode(), held or bool(got[2]), bool(got[3])
+                held = True  # a stale turn may have passed over a tenant at its limit
+            tenants = self._rotation = list(dict.fromkeys(t.decode() for t in self.r.lrange(keys.ROTATION, 0, -1)))
             if not tenants:
-                return "", "", False, False
-            k = [keys.ROTATION, keys.INFLIGHT] + [x for t in tenants for x in (keys.pending(t), keys.running(t))]
-            got = self._claim(keys=k, args=[worker, time.time(), max_running, *tenants])
-            if got != b"stale":
-                return got[0].decode(), got[1].decode(), bool(got[2]), bool(got[3])
-        return "", "", False, False  # the rotation changed under each of five reads: another ticket will come
+                return "", "", held, False
+        return "", "", held, False  # the rotation changed under each of five reads: another ticket will come
 
     def beat(self, aid: str, worker: str, tenant: str) -> None:
         self.r.hset(keys.INFLIGHT, aid, json.dumps({"worker": worker, "tenant": tenant, "beat": time.time()}))
