@@ -295,7 +295,7 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
         r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
         store.create(r, support, 3600, schedule=False)
         store.update(r["tenant"], r["id"], status="succeeded")
-        store.put_weights(r, fast, charge=False)
+        store.put_weights(r, fast)
         ids.append(r["id"])
     return ids
 

@@ -131,3 +131,11 @@ def test_a_draining_api_process_finishes_what_it_holds_and_refuses_the_rest_with
         t.join(20)
         assert held["status"] == "succeeded"  # the request in flight was answered in full
         assert s.api.wait(15) in (0, -signal.SIGTERM)  # exited by itself (uvicorn re-raises the signal it handled)
+
+
+def test_drill_d_a_rolling_update_behind_haproxy_answers_no_error_and_loses_no_job(tmp_path):
+    """One host updated (SIGTERM, started again) under load: no answer is a 5xx but a draining
+    process's 503, and every job accepted ends succeeded."""
+    got = drill.rolling(seconds=6, tmp=tmp_path, beat=0.5, replace=1)
+    assert got["accepted"] >= 10 and got["lost"] == 0, got
+    assert got["5xx_other_than_draining"] == 0 and got["failed"] == sum(got["not_2xx"].values()), got

@@ -27,7 +27,7 @@ def as_layout_1(r: redis.Redis, tenant: str, ids: list[str]) -> None:
         (keys.ROTATION, "ra:rr"),
     ):
         r.rename(new, old)
-    r.delete(keys.SCHEMA_KEY)
+    r.delete(keys.SCHEMA_KEY, keys.usage_total(tenant))
 
 
 def test_a_store_of_the_old_layout_is_moved_and_serves_as_before(settings):
@@ -44,6 +44,9 @@ def test_a_store_of_the_old_layout_is_moved_and_serves_as_before(settings):
         assert api.request("GET", f"/v1/adaptations/{done}").status_code == 404  # this version cannot see them
     with InProcess(create_app(settings)) as api:  # the next start moves them
         assert not r.keys("ra:a:*") and not r.keys("ra:t:*") and int(r.get(keys.SCHEMA_KEY)) == keys.SCHEMA
+        assert int(r.get(keys.usage_total("acme"))) == sum(
+            b for _, b in r.zrange(keys.usage("acme"), 0, -1, withscores=True)
+        )
         listed = [a["id"] for a in api.request("GET", "/v1/adaptations").json()["data"]]
         assert listed == [waiting, done]
         again = api.request("POST", f"/v1/adaptations/{done}/predictions", json={"inputs": queries[:3]}).json()

@@ -145,3 +145,33 @@ def test_a_wait_is_told_of_its_job_s_end_and_reads_the_record_about_once_a_secon
         # the worker's two (workers alive, the record), the wait's at 1 s, then at the notice (or at 2 s)
         assert reads <= 4, reads
     api.app.state.notices.start()
+
+
+def test_a_tenant_s_byte_total_is_the_sum_of_its_adaptations_through_runs_deletes_and_expiry(api, settings):
+    """The byte quota reads one kept total (O(1) per create): it must always equal the sum of the
+    per-adaptation bytes it stands for."""
+    from app.core.jobs import Jobs, Tickets, make_celery
+    from bench.stack import wait_until
+
+    store = api.app.state.store
+    r = store.r
+
+    def consistent() -> bool:
+        usage = r.zrange(keys.usage("acme"), 0, -1, withscores=True)
+        return int(r.get(keys.usage_total("acme")) or 0) == sum(b for _, b in usage)
+
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(7)[0]}
+    ids = [api.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(3)]
+    short = api.request("POST", "/v1/adaptations", json=body | {"ttl_seconds": 1}).json()["id"]
+    for _ in range(4):
+        run_next_job(settings)
+    assert consistent() and int(r.zscore(keys.usage("acme"), ids[0])) > len(codecs_bytes(store, ids[0]))
+    assert api.request("DELETE", f"/v1/adaptations/{ids[0]}").status_code == 204 and consistent()
+    wait_until(lambda: store.get("acme", short) is None, 10, "the short TTL")
+    Jobs(store, Tickets(make_celery(settings)), settings).sweep("sweeper")
+    assert consistent() and r.zcard(keys.usage("acme")) == 2
+
+
+def codecs_bytes(store, aid: str) -> bytes:
+    """The stored support set's bytes: the usage of a succeeded adaptation adds its weights to them."""
+    return store.r.get(keys.support("acme", aid))

@@ -264,7 +264,7 @@ class Predictor:
             if support is None:
                 raise ApiError(404, "not_found", "adaptation not found")
             fast, _ = run_adaptation(self.registry, record, support)
-            self.store.put_weights(record, fast, charge=False)
+            self.store.put_weights(record, fast)
             self.keep(record, fast)
             return fast
         finally:

@@ -18,6 +18,7 @@ Per tenant T (no TTL: Redis drops an index once its last member is pruned):
   ra:{T}:t                sorted set of the tenant's ids by creation time (the listing's index)
   ra:{T}:x                sorted set of the same ids by expiry time (pruning the index)
   ra:{T}:b                sorted set: id -> bytes of its support set and weights (the tenant's quota)
+  ra:{T}:bt               their sum, kept on write (a create checks the byte quota in O(1))
   ra:{T}:j                set: the tenant's queued and running jobs (its quota of jobs)
   ra:{T}:r:{second}       prediction images of the tenant in that second (2 s TTL)
 The scheduler (app/core/jobs/scheduler.py), one slot:
@@ -86,6 +87,10 @@ def expiries(tenant: str) -> str:
 
 def usage(tenant: str) -> str:
     return f"{_t(tenant)}:b"
+
+
+def usage_total(tenant: str) -> str:
+    return f"{_t(tenant)}:bt"
 
 
 def jobs(tenant: str) -> str:

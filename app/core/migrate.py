@@ -85,6 +85,10 @@ def _move(r: redis.Redis) -> int:
             tenant = old.removeprefix(prefix)
             if "{" not in old and keys.TENANT.fullmatch(tenant):
                 moved += _rename(r, old, name(tenant))
+                if prefix == "ra:b:":  # layout 1 summed the bytes at each create; now the sum is kept
+                    r.set(
+                        keys.usage_total(tenant), int(sum(b for _, b in r.zrange(name(tenant), 0, -1, withscores=True)))
+                    )
     moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", keys.INFLIGHT)
     r.delete("ra:count")  # layout 1's count of adaptations: now each tenant's index is counted
     return moved

@@ -28,18 +28,22 @@ end
 return 0
 """
 
-# KEYS[1] record, KEYS[2] events; ARGV[1] allowed current statuses (JSON list), ARGV[2] a channel
-# to publish the id ARGV[3] on ('' for none), ARGV[4] n, then n events, then field, value pairs.
+# KEYS: record, events, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON
+# list), ARGV[2] a channel to publish the id ARGV[3] on ('' for none), ARGV[4] bytes to charge
+# the tenant for (its weights), ARGV[5] n, then n events, then field, value pairs.
 # -> the status it had (JSON), or nil when the record is gone; the fields are set, the events
-# appended and the notice published only when allowed.
+# appended, the bytes charged and the notice published only when allowed.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 5 + n))
-    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 5, 4 + n)) end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n))
+    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 6, 5 + n)) end
+    if ARGV[4] ~= '0' and redis.call('ZADD', KEYS[3], 'XX', 'INCR', ARGV[4], ARGV[3]) then
+      redis.call('INCRBY', KEYS[4], ARGV[4])
+    end
     if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
     return status
   end
@@ -57,28 +61,30 @@ return status
 # Check the tenant's quotas (over one, first prune its expired ids, at most 1000, and check
 # again), then write a new adaptation, all in one slot and at once (two creates cannot both
 # pass the last quota).
-# KEYS: record, support, events, index, expiries, usage, jobs.
+# KEYS: record, support, events, index, expiries, usage, usage total, jobs.
 # ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
 #       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
 # -> the limit that refused it, or '' when written
 _CREATE = """
 local function over()
   if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
-  if ARGV[7] == '1' and redis.call('SCARD', KEYS[7]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
-  local total = tonumber(ARGV[6])
-  local scores = redis.call('ZRANGE', KEYS[6], 0, -1, 'WITHSCORES')
-  for i = 2, #scores, 2 do total = total + tonumber(scores[i]) end
-  if total > tonumber(ARGV[10]) then return 'tenant_max_bytes' end
+  if ARGV[7] == '1' and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
+  if tonumber(redis.call('GET', KEYS[7]) or '0') + tonumber(ARGV[6]) > tonumber(ARGV[10]) then
+    return 'tenant_max_bytes'
+  end
   return nil
 end
 local refused = over()
 if refused then
   local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
   if #dead > 0 then
+    local freed = 0
+    for _, b in ipairs(redis.call('ZMSCORE', KEYS[6], unpack(dead))) do freed = freed + (tonumber(b) or 0) end
     redis.call('ZREM', KEYS[4], unpack(dead))
     redis.call('ZREM', KEYS[5], unpack(dead))
     redis.call('ZREM', KEYS[6], unpack(dead))
-    redis.call('SREM', KEYS[7], unpack(dead))
+    if redis.call('DECRBY', KEYS[7], freed) <= 0 then redis.call('DEL', KEYS[7]) end
+    redis.call('SREM', KEYS[8], unpack(dead))
     refused = over()
   end
   if refused then return refused end
@@ -92,19 +98,37 @@ redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('ZADD', KEYS[4], ARGV[4], aid)
 redis.call('ZADD', KEYS[5], ARGV[5], aid)
 redis.call('ZADD', KEYS[6], ARGV[6], aid)
-if ARGV[7] == '1' then redis.call('SADD', KEYS[7], aid) end
+redis.call('INCRBY', KEYS[7], ARGV[6])
+if ARGV[7] == '1' then redis.call('SADD', KEYS[8], aid) end
 return ''
 """
 
-# KEYS: index, expiries, usage, jobs; ARGV: now. Drops expired ids (1000 at most). -> how many.
+# KEYS: index, expiries, usage, usage total, jobs; ARGV: now. Drops expired ids (1000 at most).
+# -> how many.
 _PRUNE = """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 if #dead == 0 then return 0 end
+local freed = 0
+for _, b in ipairs(redis.call('ZMSCORE', KEYS[3], unpack(dead))) do freed = freed + (tonumber(b) or 0) end
 redis.call('ZREM', KEYS[1], unpack(dead))
 redis.call('ZREM', KEYS[2], unpack(dead))
 redis.call('ZREM', KEYS[3], unpack(dead))
-redis.call('SREM', KEYS[4], unpack(dead))
+if redis.call('DECRBY', KEYS[4], freed) <= 0 then redis.call('DEL', KEYS[4]) end
+redis.call('SREM', KEYS[5], unpack(dead))
 return #dead
+"""
+
+# KEYS: record, support, events, index, expiries, usage, usage total, and the idempotency key
+# (or the record again); ARGV: id. Everything of one adaptation gone, its bytes given back.
+_DELETE = """
+local freed = tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1]) or '0')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+if redis.call('ZREM', KEYS[6], ARGV[1]) == 1 and redis.call('DECRBY', KEYS[7], freed) <= 0 then
+  redis.call('DEL', KEYS[7])
+end
+return 1
 """
 
 LIMITS = {
@@ -156,6 +180,7 @@ class Store:
         self._transition = self.r.register_script(_TRANSITION)
         self._create = self.r.register_script(_CREATE)
         self._prune = self.r.register_script(_PRUNE)
+        self._delete = self.r.register_script(_DELETE)
         self._step = self.r.register_script(_STEP)
         self.settings = settings
         self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
@@ -202,6 +227,7 @@ class Store:
                     keys.tenant_index(tenant),
                     keys.expiries(tenant),
                     keys.usage(tenant),
+                    keys.usage_total(tenant),
                     keys.jobs(tenant),
                 ],
                 args=[now, aid, ttl, record["created_ts"], now + ttl, len(data), int(schedule)]
@@ -233,12 +259,12 @@ class Store:
         p = self.r.pipeline(transaction=False)
         p.zcard(keys.tenant_index(tenant))
         p.scard(keys.jobs(tenant))
-        p.zrange(keys.usage(tenant), 0, -1, withscores=True)
+        p.get(keys.usage_total(tenant))
         stored, jobs, usage = p.execute()
         for limit, used in (
             ("tenant_max_adaptations", stored),
             ("tenant_max_jobs", jobs),
-            ("tenant_max_bytes", sum(b for _, b in usage)),
+            ("tenant_max_bytes", int(usage or 0)),
         ):
             if used >= getattr(s, limit):
                 raise self._exceeded(limit)
@@ -274,16 +300,18 @@ class Store:
         events: list[dict] = (),
         replicas: int = 0,
         notice: bool = False,
+        charge: int = 0,
         **fields,
     ) -> str | None:
         """Set fields (a new status among them) and append `events` only if the status is one of
         `allowed`, and with `notice` publish the id on keys.DONE (a final status: requests waiting
         for it are told, app/api/notices.py); -> the status the record had, or None when it is
-        gone. With `replicas`, the call
+        gone; `charge`: bytes (its weights) added to the tenant's usage with the move. With
+        `replicas`, the call
         returns once that many replicas hold this write and every one before it on its primary
         (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
-        ks = [keys.record(tenant, aid), keys.events(tenant, aid)]
-        args = [json.dumps(list(allowed)), keys.DONE if notice else "", aid, len(events)]
+        ks = [keys.record(tenant, aid), keys.events(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
+        args = [json.dumps(list(allowed)), keys.DONE if notice else "", aid, charge, len(events)]
         args += [json.dumps(e) for e in events]
         args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
         if not replicas:
@@ -327,7 +355,8 @@ class Store:
 
     def prune(self, tenant: str) -> None:
         """Drop expired adaptations from the tenant's indexes: they hold no dead ids."""
-        ks = [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.jobs(tenant)]
+        ks = [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
+        ks.append(keys.jobs(tenant))
         while self._prune(keys=ks, args=[time.time()]) == 1000:
             pass
 
@@ -376,14 +405,9 @@ class Store:
 
     def delete(self, record: dict) -> None:
         aid, tenant = record["id"], record["tenant"]
-        p = self.r.pipeline(transaction=True)
-        p.zrem(keys.tenant_index(tenant), aid)
-        p.delete(keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid))
-        p.zrem(keys.expiries(tenant), aid)
-        p.zrem(keys.usage(tenant), aid)
-        if record.get("idempotency_key"):
-            p.delete(record["idempotency_key"])
-        p.execute()
+        ks = [keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid)]
+        ks += [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
+        self._delete(keys=[*ks, record.get("idempotency_key") or ks[0]], args=[aid])
         self.cache.delete(keys.weights(aid))
 
     def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:
@@ -417,14 +441,12 @@ class Store:
         return items[:limit], len(items) > limit
 
     # ---- weights cache -----------------------------------------------------
-    def put_weights(self, record: dict, fast: dict[str, torch.Tensor], charge: bool = True) -> int:
-        """Write the weights until the adaptation expires; `charge`: count their bytes against its
-        tenant's quota (a rebuild's are counted already)."""
+    def put_weights(self, record: dict, fast: dict[str, torch.Tensor]) -> int:
+        """Write the weights until the adaptation expires. -> their bytes (the job's end charges
+        them to the tenant: `transition(charge=...)`)."""
         data = codecs.tensors_to_bytes(fast)
         ttl = max(1, int(record["created_ts"] + record["ttl_seconds"] - time.time()))
         self.cache.set(keys.weights(record["id"]), data, ex=ttl)
-        if charge:
-            self.r.zadd(keys.usage(record["tenant"]), {record["id"]: len(data)}, xx=True, incr=True)
         return len(data)
 
     def weights(self, aid: str) -> dict[str, torch.Tensor] | None:

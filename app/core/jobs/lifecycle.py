@@ -185,6 +185,7 @@ class Jobs:
             events=ended,
             replicas=self.settings.store_replicas,
             notice=True,
+            charge=metrics["weights_bytes"],
             status=SUCCEEDED,
             **done,
         )
