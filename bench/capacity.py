@@ -35,7 +35,7 @@ from bench.stack import KEYS, Stack, wait_until
 from models.research import omniglot
 
 from .load import run_wrk
-from .report import save
+from .report import RESULTS, pyplot, save, save_figure
 from .run import png_b64
 
 AUTH = [{"Authorization": f"Bearer {KEYS[t]}"} for t in ("acme", "globex")]
@@ -129,7 +129,8 @@ def predictions(seconds: float) -> dict:
     body = {"model": "omniglot-conv4", "support": [{"input": png_b64(ds, i), "label": y} for i, _, y in support]}
     q20 = json.dumps({"inputs": [png_b64(ds, i) for i, _, _ in query]})
     for n in (1, 2):
-        s = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-capacity-p-")), worker_heartbeat_seconds=2.0)
+        tmp = Path(tempfile.mkdtemp(prefix="rapid-adapt-capacity-p-"))
+        s = Stack(tmp, worker_heartbeat_seconds=2.0, tenant_predict_images_per_second=10**7)  # no rate limit
         s.env["WEB_CONCURRENCY"] = str(n)
         try:
             s.start()
@@ -146,8 +147,10 @@ def predictions(seconds: float) -> dict:
     return out
 
 
-def claims(per_tenant: int = 2000) -> dict:
-    """Redis CPU per claim with T tenants in the rotation."""
+def claims(total: int = 2000) -> dict:
+    """Redis CPU per claim with T tenants in the rotation: `total` jobs spread over them round
+    robin (with 1,000 tenants, 2 each), claimed one by one. Two measures: the claim script's
+    own time (commandstats), and the Redis process's CPU (used_cpu, with the network)."""
     out = {}
     s = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-capacity-c-")))
     try:
@@ -157,7 +160,6 @@ def claims(per_tenant: int = 2000) -> dict:
             r.flushdb()
             sched = Scheduler(r)
             names = [f"t{i}" for i in range(tenants)]
-            total = max(per_tenant, 20 * tenants)
             p = r.pipeline(transaction=False)
             for i in range(total):
                 t = names[i % tenants]
@@ -165,11 +167,13 @@ def claims(per_tenant: int = 2000) -> dict:
             p.rpush(keys.ROTATION, *names)
             p.execute()
             cpu = lambda: sum(float(v) for k, v in r.info("cpu").items() if k in ("used_cpu_user", "used_cpu_sys"))  # noqa: E731
+            r.config_resetstat()
             n, before, wall = 0, cpu(), time.perf_counter()
             while n < total and sched.claim("w", max_running=10**9)[0]:
                 n += 1
             cpu_s, wall = cpu() - before, time.perf_counter() - wall
-            out[str(tenants)] = {"claims": n, "redis_cpu_us_per_claim": 1e6 * cpu_s / n}
+            script = r.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
+            out[str(tenants)] = {"claims": n, "redis_cpu_us_per_claim": 1e6 * cpu_s / n, "script_us": script}
             out[str(tenants)]["client_claims_per_s"] = n / wall
     finally:
         s.stop()
@@ -180,21 +184,22 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=40)
     p.add_argument("--seconds", type=float, default=10)
+    parts = {"claims": claims, "workers": workers, "predictions": predictions, "creates": creates}
+    p.add_argument("--only", nargs="*", choices=sorted(parts), default=sorted(parts), help="the rest from the last run")
     args = p.parse_args(argv)
-    print("scheduler claims on one Redis core", flush=True)
-    c = claims()
-    print("adaptations per worker process", flush=True)
-    w = workers(args.jobs)
-    print("prediction images per API process", flush=True)
-    pr = predictions(args.seconds)
-    print("creates per API process", flush=True)
-    cr = creates(args.seconds)
+    last = RESULTS / "capacity.json"
+    got = json.loads(last.read_text()) if last.exists() else {}
+    for name in args.only:
+        print(f"{name}", flush=True)
+        got[name] = parts[name](args.jobs if name == "workers" else args.seconds) if name != "claims" else claims()
+    c, w, pr, cr = got["claims"], got["workers"], got["predictions"], got["creates"]
     kinds = ("sinusoid", "omniglot-20w1s", "omniglot-10w5s-fine-tune")
     one, two = {k: w[k + "/1"] for k in kinds}, {k: w[k + "/2"] for k in kinds}
     rows_w = "\n".join(f"| {k} | {one[k]:.1f} | {two[k]:.1f} | {two[k] / one[k]:.2f} |" for k in kinds)
     us = {t: v["redis_cpu_us_per_claim"] for t, v in c.items()}
     rows_c = "\n".join(
-        f"| {t} | {us[t]:.1f} | {1e6 / us[t]:,.0f} | {v['client_claims_per_s']:,.0f} |" for t, v in c.items()
+        f"| {t} | {v.get('script_us', 0):.1f} | {us[t]:.1f} | {1e6 / us[t]:,.0f} | {v['client_claims_per_s']:,.0f} |"
+        for t, v in c.items()
     )
     api = {n: pr[f"api/{n}"] for n in (1, 2)}
     text = (
@@ -210,11 +215,29 @@ def main(argv=None) -> None:
         "| job | creates/s |\n| --- | --- |\n"
         + "\n".join(f"| {k} | {v:.0f} |" for k, v in cr.items())
         + "\n\n## The scheduler's claim on one Redis core\n\n"
-        "| tenants in the rotation | Redis CPU per claim (µs) | claims per Redis core-second "
-        "| claims/s of one Python client |\n"
-        "| --- | --- | --- | --- |\n" + rows_c + "\n"
+        "| tenants in the rotation | the claim script (µs) | Redis process CPU per claim (µs) "
+        "| claims per Redis core-second | claims/s of one Python client |\n"
+        "| --- | --- | --- | --- | --- |\n" + rows_c + "\n"
     )
-    save("capacity", text, {"workers": w, "predictions": pr, "creates": cr, "claims": c})
+    save("capacity", text + "\n![1 and 2 processes](capacity.png)\n", got)
+    plot(one, two, api)
+
+
+def plot(one: dict, two: dict, api: dict) -> None:
+    """The scaling this machine shows: 1 and 2 worker processes by job, 1 and 2 API processes."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    names = list(one)
+    x = range(len(names))
+    axes[0].bar([i - 0.2 for i in x], [one[k] for k in names], 0.4, label="1 worker")
+    axes[0].bar([i + 0.2 for i in x], [two[k] for k in names], 0.4, label="2 workers")
+    axes[0].set_xticks(list(x), names, fontsize=8)
+    axes[0].set_ylabel("adaptations/s")
+    axes[0].legend()
+    axes[1].bar(["1 API process", "2 API processes"], [api[1]["images_per_s"], api[2]["images_per_s"]])
+    axes[1].set_ylabel("prediction images/s")
+    fig.suptitle("python -m bench.capacity, 2 cores")
+    save_figure(fig, RESULTS / "capacity.png")
 
 
 if __name__ == "__main__":
