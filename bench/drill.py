@@ -103,6 +103,11 @@ class Load:
                     self.sent.append(Sent(t0, time.monotonic(), 0))
                     time.sleep(0.2)
 
+    def answering_again(self, timeout: float) -> None:
+        """Wait until a create sent from now on is accepted (the service answers again)."""
+        since = time.monotonic()
+        wait_until(lambda: any(x.aid and x.t0 >= since for x in list(self.sent)), timeout, "answers again")
+
     def accepted(self) -> list[Sent]:
         return [s for s in self.sent if s.aid]
 
@@ -166,6 +171,7 @@ def store_primary(seconds: float, clients: int = 2, tmp: Path | None = None, bea
                 .port
             )
             wait_until(lambda: port() != primary, 60, "the store's failover")
+            load.answering_again(60)
             time.sleep(seconds / 3)  # the load goes on after the failover
 
         load = Load(s.url, clients, 600)
@@ -199,6 +205,7 @@ def broker_primary(seconds: float, clients: int = 2, tmp: Path | None = None, be
             os.killpg(s.broker_primary.pid, signal.SIGKILL)
             promoted = lambda: int(sentinel.sentinel_get_master_addr_by_name("broker")[1]) == ports["replica"]  # noqa: E731
             wait_until(promoted, 60, "the broker's failover")
+            load.answering_again(60)
             time.sleep(seconds / 3)  # the load goes on after the failover
 
         load = Load(s.url, clients, 600)

@@ -89,15 +89,15 @@ def test_drill_a_a_killed_store_primary_loses_no_adaptation_answered_succeeded(t
     """With STORE_REPLICAS=1 the cluster promotes the replica, and every adaptation answered
     `succeeded` before the kill still answers and predicts after it."""
     got = drill.store_primary(seconds=9, tmp=tmp_path, beat=0.5)
-    assert got["acked_succeeded_before_kill"] >= 3 and got["lost_after_kill"] == 0
-    assert got["accepted_after_kill"] >= 1 and got["accepted_after_kill_succeeded"] == got["accepted_after_kill"]
+    assert got["acked_succeeded_before_kill"] >= 3 and got["lost_after_kill"] == 0, got
+    assert got["accepted_after_kill"] >= 1 and got["accepted_after_kill_succeeded"] == got["accepted_after_kill"], got
 
 
 def test_drill_b_jobs_keep_flowing_across_a_sentinel_broker_failover(tmp_path):
     """Every job the API accepted while the broker's primary died and Sentinel promoted the
     replica ends succeeded."""
     got = drill.broker_primary(seconds=9, tmp=tmp_path, beat=0.5)
-    assert got["accepted"] >= 10 and got["lost"] == 0 and got["answering_again_s"] is not None
+    assert got["accepted"] >= 10 and got["lost"] == 0 and got["answering_again_s"] is not None, got
 
 
 def test_drill_c_a_killed_host_behind_haproxy_loses_no_job(tmp_path):

@@ -53,8 +53,9 @@ def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_setti
         ids = [c.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(20)]
         r = redis.Redis(port=s.redis_port, db=1)
         held = lambda: [a.decode() for a, v in r.hgetall(keys.INFLIGHT).items() if victim_name(s) in v.decode()]
-        wait_until(lambda: held(), 30, "a job on the victim")
-        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job
+        started = lambda: [a for a in held() if c.adaptation(a)["status"] == "running"]  # claimed, and started
+        wait_until(started, 30, "a job running on the victim")
+        os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job (in its 1 s sleep)
         (orphan,) = held()
         status = wait_all(c, ids, 90)
         assert list(status.values()) == ["succeeded"] * 20, s.logs()  # 0 of 20 lost

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import redis
 
 from app.api.factory import create_app
 from app.core import keys
@@ -175,3 +176,25 @@ def test_a_tenant_s_byte_total_is_the_sum_of_its_adaptations_through_runs_delete
 def codecs_bytes(store, aid: str) -> bytes:
     """The stored support set's bytes: the usage of a succeeded adaptation adds its weights to them."""
     return store.r.get(keys.support("acme", aid))
+
+
+def test_a_create_over_a_quota_first_drops_the_tenant_s_expired_adaptations(redis_server):
+    """The create script prunes only when a quota would refuse: expired adaptations free their
+    place and their bytes, and a create that is still over is refused with nothing written."""
+    from .conftest import make_settings
+
+    settings = make_settings(redis_server, tenant_max_adaptations=2)
+    redis.Redis(port=redis_server.redis_port).flushall()
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(8)[0]}
+    with InProcess(create_app(settings)) as app:
+        for _ in range(2):
+            assert app.request("POST", "/v1/adaptations", json=body | {"ttl_seconds": 1}).status_code == 202
+        r = app.app.state.store.r
+        r.zadd(keys.expiries("acme"), dict.fromkeys(r.zrange(keys.expiries("acme"), 0, -1), 0))  # their time came
+        assert app.request("POST", "/v1/adaptations", json=body).status_code == 202
+        assert app.request("POST", "/v1/adaptations", json=body).status_code == 202
+        refused = app.request("POST", "/v1/adaptations", json=body)
+        assert refused.status_code == 429 and refused.json()["error"]["details"] == ["tenant_max_adaptations", 2]
+        usage = r.zrange(keys.usage("acme"), 0, -1, withscores=True)
+        assert r.zcard(keys.tenant_index("acme")) == 2 == len(usage)
+        assert int(r.get(keys.usage_total("acme"))) == sum(b for _, b in usage)

@@ -58,14 +58,32 @@ if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
 return status
 """
 
-# Check the tenant's quotas (over one, first prune its expired ids, at most 1000, and check
-# again), then write a new adaptation, all in one slot and at once (two creates cannot both
-# pass the last quota).
+# A Lua function for the scripts below: drop the tenant's expired ids (1000 at most) from its
+# indexes and give their bytes back. -> how many it dropped.
+_PRUNE_FUNCTION = """
+local function prune(index, expiries, usage, total, jobs, now)
+  local dead = redis.call('ZRANGEBYSCORE', expiries, '-inf', now, 'LIMIT', 0, 1000)
+  if #dead == 0 then return 0 end
+  local freed = 0
+  for _, b in ipairs(redis.call('ZMSCORE', usage, unpack(dead))) do freed = freed + (tonumber(b) or 0) end
+  redis.call('ZREM', index, unpack(dead))
+  redis.call('ZREM', expiries, unpack(dead))
+  redis.call('ZREM', usage, unpack(dead))
+  if redis.call('DECRBY', total, freed) <= 0 then redis.call('DEL', total) end
+  redis.call('SREM', jobs, unpack(dead))
+  return #dead
+end
+"""
+
+# Check the tenant's quotas (over one, first prune its expired ids and check again), then write
+# a new adaptation, all in one slot and at once (two creates cannot both pass the last quota).
 # KEYS: record, support, events, index, expiries, usage, usage total, jobs.
 # ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
 #       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
 # -> the limit that refused it, or '' when written
-_CREATE = """
+_CREATE = (
+    _PRUNE_FUNCTION
+    + """
 local function over()
   if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
   if ARGV[7] == '1' and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
@@ -75,20 +93,8 @@ local function over()
   return nil
 end
 local refused = over()
-if refused then
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-  if #dead > 0 then
-    local freed = 0
-    for _, b in ipairs(redis.call('ZMSCORE', KEYS[6], unpack(dead))) do freed = freed + (tonumber(b) or 0) end
-    redis.call('ZREM', KEYS[4], unpack(dead))
-    redis.call('ZREM', KEYS[5], unpack(dead))
-    redis.call('ZREM', KEYS[6], unpack(dead))
-    if redis.call('DECRBY', KEYS[7], freed) <= 0 then redis.call('DEL', KEYS[7]) end
-    redis.call('SREM', KEYS[8], unpack(dead))
-    refused = over()
-  end
-  if refused then return refused end
-end
+if refused and prune(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[1]) > 0 then refused = over() end
+if refused then return refused end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -102,21 +108,10 @@ redis.call('INCRBY', KEYS[7], ARGV[6])
 if ARGV[7] == '1' then redis.call('SADD', KEYS[8], aid) end
 return ''
 """
+)
 
-# KEYS: index, expiries, usage, usage total, jobs; ARGV: now. Drops expired ids (1000 at most).
-# -> how many.
-_PRUNE = """
-local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-if #dead == 0 then return 0 end
-local freed = 0
-for _, b in ipairs(redis.call('ZMSCORE', KEYS[3], unpack(dead))) do freed = freed + (tonumber(b) or 0) end
-redis.call('ZREM', KEYS[1], unpack(dead))
-redis.call('ZREM', KEYS[2], unpack(dead))
-redis.call('ZREM', KEYS[3], unpack(dead))
-if redis.call('DECRBY', KEYS[4], freed) <= 0 then redis.call('DEL', KEYS[4]) end
-redis.call('SREM', KEYS[5], unpack(dead))
-return #dead
-"""
+# KEYS: index, expiries, usage, usage total, jobs; ARGV: now. -> how many expired ids it dropped.
+_PRUNE = _PRUNE_FUNCTION + "return prune(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1])"
 
 # KEYS: record, support, events, index, expiries, usage, usage total, and the idempotency key
 # (or the record again); ARGV: id. Everything of one adaptation gone, its bytes given back.
