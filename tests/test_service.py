@@ -3,6 +3,8 @@ stops what it holds, and a job runs through the worker's own task code in proces
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 
 import pytest
@@ -198,3 +200,42 @@ def test_a_create_over_a_quota_first_drops_the_tenant_s_expired_adaptations(redi
         usage = r.zrange(keys.usage("acme"), 0, -1, withscores=True)
         assert r.zcard(keys.tenant_index("acme")) == 2 == len(usage)
         assert int(r.get(keys.usage_total("acme"))) == sum(b for _, b in usage)
+
+
+def test_a_request_without_a_known_key_is_refused_from_its_headers_without_reading_the_body(api):
+    """401 before a byte of the body is read (FastAPI would parse it all before the route's
+    dependencies check the key): the app is called at the ASGI level with a body that would
+    take forever to arrive."""
+    sent, reads = [], []
+
+    async def receive():
+        reads.append(1)
+        await asyncio.sleep(3600)  # a body that never comes
+
+    async def send(message):
+        sent.append(message)
+
+    for authorization in (b"", b"Bearer not-a-key", b"Basic abc"):
+        sent.clear()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"8000000")]
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/adaptations",
+            "raw_path": b"/v1/adaptations",
+            "query_string": b"",
+            "headers": headers + ([(b"authorization", authorization)] if authorization else []),
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("test", 80),
+            "client": ("127.0.0.1", 1),
+            "root_path": "",
+            "state": {},
+        }
+        api._run(asyncio.wait_for(api.app(scope, receive, send), 5))
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        assert start["status"] == 401 and body["error"]["details"] == ["headers", "authorization"]
+        assert (b"connection", b"close") in start["headers"]
+    assert reads == []
+    assert api.request("GET", "/v1/adaptations").status_code == 200  # a known key goes on as before

@@ -54,9 +54,6 @@ async def get_tenant(
     if request.app.state.settings.auth == "off":
         request.state.tenant = "public"
         return "public"
-    unauthorized = lambda message: ApiError(  # noqa: E731
-        401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"}
-    )
     if credentials is None or not credentials.credentials:
         raise unauthorized("send Authorization: Bearer KEY")
     name = tenant_of_key(credentials.credentials, request.app.state.tenants)
@@ -64,6 +61,10 @@ async def get_tenant(
         raise unauthorized("unknown API key")
     request.state.tenant = name  # for the request log
     return name
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"})
 
 
 def tenant_of_key(key: str, tenants: dict[str, str]) -> str | None:

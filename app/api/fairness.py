@@ -1,4 +1,7 @@
-"""Per-tenant admission of request bodies, before a byte of them is read.
+"""Authentication and per-tenant admission of request bodies, before a byte of them is read.
+
+A request to /v1/ without a known key is answered 401 here, from its headers: FastAPI
+would read and parse the whole body before a route's dependencies check the key.
 
 Parsing and decoding a body is most of the API's own work, so each API process lets a
 tenant have at most `tenant_inflight_bytes` of request bodies (by Content-Length, an
@@ -16,7 +19,7 @@ from collections import deque
 
 from fastapi import Request
 
-from .deps import tenant_of_key
+from .deps import tenant_of_key, unauthorized
 from .errors import ApiError
 
 
@@ -41,14 +44,22 @@ class TenantGate:
         self.shares: dict[str, Share] = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or self.budget <= 0:
+        if scope["type"] != "http":
             return await self.inner(scope, receive, send)
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         tenant = "public" if self.tenants is None else tenant_of(authorization, self.tenants)
+        if tenant is None and scope["path"].startswith("/v1/"):
+            scheme, _, key = authorization.partition(" ")
+            bearer = scheme.lower() == "bearer" and key.strip()
+            refused = unauthorized("unknown API key" if bearer else "send Authorization: Bearer KEY")
+            refused.headers = refused.headers | {"Connection": "close"}  # the body, if any, is never read
+            return await refused.response()(scope, receive, send)
+        if scope["method"] != "POST" or self.budget <= 0:
+            return await self.inner(scope, receive, send)
         length = headers.get(b"content-length", b"")
         weight = min(int(length) if length.isdigit() else self.body_limit, self.budget)
-        if tenant is None or weight == 0:  # unknown key: the route answers 401 unread; no body: no work
+        if tenant is None or weight == 0:  # outside /v1/ (no key needed) or no body: no work to admit
             return await self.inner(scope, receive, send)
         state = scope.setdefault("state", {})
         state["tenant"] = tenant  # for the request log, also when refused here
