@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import redis
+import torch
 
 from app.api.factory import create_app
 from app.core import keys
@@ -239,3 +240,37 @@ def test_a_request_without_a_known_key_is_refused_from_its_headers_without_readi
         assert (b"connection", b"close") in start["headers"]
     assert reads == []
     assert api.request("GET", "/v1/adaptations").status_code == 200  # a known key goes on as before
+
+
+def test_a_filtered_listing_reads_at_most_list_max_scan_records_and_goes_on_by_cursor(redis_server):
+    """A filter that matches nothing in a large index does not read it all in one request: each
+    page reads at most LIST_MAX_SCAN records and hands a cursor on; following the cursors
+    finds the one match, and the unfiltered pages are unchanged."""
+    from .conftest import make_settings
+
+    redis.Redis(port=redis_server.redis_port).flushall()
+    settings = make_settings(redis_server, list_max_scan=101)
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(9)[0]}
+    with InProcess(create_app(settings)) as app:
+        store = app.app.state.store
+        template = store.get(
+            "acme", app.request("POST", "/v1/adaptations", json=body | {"metadata": {"k": "x"}}).json()["id"]
+        )
+        for i in range(250):  # newer than the one match, written straight into the store
+            record = template | {"id": f"ad_{i:032x}", "created_ts": template["created_ts"] + 1 + i, "metadata": {}}
+            store.create(record, {"x": torch.zeros(1, 1), "y": torch.zeros(1, 1)}, 600, schedule=False)
+        r, reads, pages, after = store.r, [], [], None
+        while True:
+            before = r.info("commandstats")["cmdstat_hgetall"]["calls"]
+            page = app.request(
+                "GET", "/v1/adaptations", params={"metadata[k]": "x", **({"after": after} if after else {})}
+            )
+            reads.append(r.info("commandstats")["cmdstat_hgetall"]["calls"] - before)
+            pages.append(page.json())
+            if not page.json()["has_more"]:
+                break
+            after = page.json()["next_cursor"]
+        assert max(reads) <= 101 and len(pages) == 3
+        assert [a["id"] for p in pages for a in p["data"]] == [template["id"]]
+        listed = app.request("GET", "/v1/adaptations", params={"limit": 100}).json()
+        assert len(listed["data"]) == 100 and listed["has_more"]

@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     # load balancer takes it out), then finishes those in flight and exits (app/api/drain.py)
     drain_seconds: float = Field(0.0, ge=0)
     list_page_size: int = 20
+    list_max_scan: int = Field(1000, ge=101)  # adaptations one listing request reads at most (filters end short)
 
     # per tenant, each over its limit a 429 naming it
     tenant_max_adaptations: int = 10_000  # adaptations stored

@@ -363,16 +363,20 @@ class Store:
         return len(found)
 
     def page(
-        self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True
-    ) -> tuple[list[dict], bool]:
+        self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True, max_scan: int = 1000
+    ) -> tuple[list[dict], Position | None]:
         """A page of the tenant's adaptations, newest first, starting after `after`; records
-        for which `match` is false are skipped. -> (records, whether more follow). Exact under
-        concurrent inserts, deletes and expiry: it walks the index by (created_ts, id), never
-        by position, and fetches on until the page is full or the index is exhausted."""
+        for which `match` is false are skipped. -> (records, where the next page starts: None at
+        the end). Exact under concurrent inserts, deletes and expiry: it walks the index by
+        (created_ts, id), never by position, and fetches on until the page is full, the index is
+        exhausted, or `max_scan` records were read: a filter that matches few then ends a short
+        page with a position to go on from, so no request reads a tenant's whole store."""
         self.prune(tenant)
-        index, found, bound = keys.tenant_index(tenant), [], after
+        index, found, bound, scanned = keys.tenant_index(tenant), [], after, 0
         chunk = limit + 1
         while len(found) <= limit:
+            if scanned >= max_scan:
+                return found, bound
             top = "+inf" if bound is None else repr(bound.score)
             fetched = self.r.zrevrangebyscore(index, top, "-inf", start=0, num=chunk, withscores=True)
             rows = [(m.decode(), s) for m, s in fetched]
@@ -383,17 +387,18 @@ class Store:
                     break
                 chunk *= 4  # a run of ties on the bound's score longer than the chunk: fetch past it
                 continue
+            rows = rows[: max_scan - scanned]
             p = self.r.pipeline(transaction=False)
             for aid, _ in rows:
                 p.hgetall(keys.record(tenant, aid))
             for (aid, score), raw in zip(rows, p.execute()):
-                bound = Position(score, aid)
+                bound, scanned = Position(score, aid), scanned + 1
                 if raw and match(record := decode_record(raw)):
                     found.append(record)
                     if len(found) > limit:
                         break
             chunk = min(chunk * 2, 1000)
-        return found[:limit], len(found) > limit
+        return found[:limit], (self.position(found[limit - 1]) if len(found) > limit else None)
 
     def position(self, record: dict) -> Position:
         return Position(float(record["created_ts"]), record["id"])

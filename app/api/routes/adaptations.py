@@ -124,7 +124,9 @@ def create_adaptation(
     response_model=AdaptationList,
     summary="The caller's adaptations, newest first",
     description="Keyset pagination: pass next_cursor as ?after= for the next page (?cursor= as in v1 works "
-    "too). Filter with ?metadata[KEY]=VALUE, repeated for several keys.",
+    "too). Filter with ?metadata[KEY]=VALUE, repeated for several keys. A request reads at most "
+    "LIST_MAX_SCAN adaptations: a filter that matches few can answer a short page (even an empty one) with "
+    "has_more and a next_cursor to go on from.",
 )
 def list_adaptations(
     request: Request,
@@ -140,15 +142,16 @@ def list_adaptations(
     limit = limit or settings.list_page_size
     wanted = metadata_filters(request)
     match = lambda r: all(r.get("metadata", {}).get(k) == v for k, v in wanted.items())
+    scan = settings.list_max_scan
     if isinstance(start, int):  # v1's numeric cursor: an offset
-        records, more = store.page(tenant, start + limit, None, match)
+        records, following = store.page(tenant, start + limit, None, match, scan)
         records = records[start:]
     else:
-        records, more = store.page(tenant, limit, start, match)
+        records, following = store.page(tenant, limit, start, match, scan)
     return {
         "data": [public(r) for r in records],
-        "has_more": more,
-        "next_cursor": encode_cursor(store.position(records[-1])) if more and records else None,
+        "has_more": following is not None,
+        "next_cursor": encode_cursor(following) if following is not None else None,
     }
 
 
