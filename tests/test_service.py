@@ -274,3 +274,12 @@ def test_a_filtered_listing_reads_at_most_list_max_scan_records_and_goes_on_by_c
         assert [a["id"] for p in pages for a in p["data"]] == [template["id"]]
         listed = app.request("GET", "/v1/adaptations", params={"limit": 100}).json()
         assert len(listed["data"]) == 100 and listed["has_more"]
+
+
+def test_the_page_and_the_docs_carry_a_content_security_policy_and_are_never_framed(api):
+    for path in ("/", "/docs", "/redoc"):
+        got = api.request("GET", path, key=None)
+        csp = got.headers["content-security-policy"]
+        assert got.status_code == 200 and "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert got.headers["x-content-type-options"] == "nosniff" and got.headers["x-frame-options"] == "DENY"
+    assert "'unsafe-inline'" not in api.request("GET", "/", key=None).headers["content-security-policy"]
