@@ -26,12 +26,6 @@ def active() -> bool:
     return _since is not None
 
 
-def reset() -> None:
-    """For tests that drain an app in process and start another."""
-    global _since
-    _since = None
-
-
 class Drain:
     """ASGI middleware, outermost: while draining, new requests get 503 `draining`."""
 

@@ -23,12 +23,6 @@ from .deps import tenant_of_key, unauthorized
 from .errors import ApiError
 
 
-def tenant_of(authorization: str, tenants: dict[str, str]) -> str | None:
-    """The tenant of an `Authorization: Bearer KEY` value, else None."""
-    scheme, _, key = authorization.partition(" ")
-    return tenant_of_key(key, tenants) if scheme.lower() == "bearer" and key.strip() else None
-
-
 class Share:
     """One tenant's bytes in processing and its line of waiting requests (first come, first in)."""
 
@@ -47,11 +41,10 @@ class TenantGate:
         if scope["type"] != "http":
             return await self.inner(scope, receive, send)
         headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization", b"").decode("latin-1")
-        tenant = "public" if self.tenants is None else tenant_of(authorization, self.tenants)
+        scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        bearer = scheme.lower() == "bearer" and key.strip()
+        tenant = "public" if self.tenants is None else tenant_of_key(key, self.tenants) if bearer else None
         if tenant is None and scope["path"].startswith("/v1/"):
-            scheme, _, key = authorization.partition(" ")
-            bearer = scheme.lower() == "bearer" and key.strip()
             refused = unauthorized("unknown API key" if bearer else "send Authorization: Bearer KEY")
             refused.headers = refused.headers | {"Connection": "close"}  # the body, if any, is never read
             return await refused.response()(scope, receive, send)

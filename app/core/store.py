@@ -300,9 +300,8 @@ class Store:
     ) -> str | None:
         """Set fields (a new status among them) and append `events` only if the status is one of
         `allowed`, and with `notice` publish the id on keys.DONE (a final status: requests waiting
-        for it are told, app/api/notices.py); -> the status the record had, or None when it is
-        gone; `charge`: bytes (its weights) added to the tenant's usage with the move. With
-        `replicas`, the call
+        for it are told, app/api/notices.py), and add `charge` bytes (its weights) to the tenant's
+        usage. -> the status the record had, or None when it is gone. With `replicas`, the call
         returns once that many replicas hold this write and every one before it on its primary
         (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
         ks = [keys.record(tenant, aid), keys.events(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]

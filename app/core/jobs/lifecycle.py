@@ -67,12 +67,33 @@ class Jobs:
         self.scheduler = Scheduler(store.r)
         self._alive = (0.0, 0)  # (read at, workers alive): read at most once a heartbeat
 
-    def move(self, tenant: str, aid: str, target: str, by: str, **fields) -> str | None:
-        """Set the status to `target` (and `fields`) if the table lets `by` move it from the status
-        it has. -> the status it had (the move happened iff that is one of the table's sources),
-        None when the adaptation is gone."""
-        final = target in TERMINAL
-        return self.store.transition(tenant, aid, sources(target, by), notice=final, status=target, **fields)
+    def move(
+        self,
+        tenant: str,
+        aid: str,
+        target: str,
+        by: str,
+        events: list = (),
+        replicas: int = 0,
+        charge: int = 0,
+        **fields,
+    ) -> str | None:
+        """Set the status to `target` (and `fields`), append `events` and charge the tenant
+        `charge` bytes, if the table lets `by` move it from the status it has; a final status is
+        published to the requests waiting for it, after `replicas` (store.transition). -> the
+        status it had (the move happened iff that is one of the table's sources), None when the
+        adaptation is gone."""
+        return self.store.transition(
+            tenant,
+            aid,
+            sources(target, by),
+            events=events,
+            replicas=replicas,
+            notice=target in TERMINAL,
+            charge=charge,
+            status=target,
+            **fields,
+        )
 
     # ---- the API's -----------------------------------------------------------
     def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
@@ -91,10 +112,9 @@ class Jobs:
 
     def cancel(self, aid: str, tenant: str) -> str | None:
         """queued or running -> cancelled. -> the status it had."""
-        had = self.move(tenant, aid, CANCELLED, "client", finished_at=now_iso())
+        had = self.move(tenant, aid, CANCELLED, "client", events=[event("cancelled")], finished_at=now_iso())
         if had in (QUEUED, RUNNING):
             self.scheduler.finish(aid, tenant)
-            self.store.add_events(tenant, aid, event("cancelled"))
             stats.record_outcome(self.store.r, CANCELLED, None)
         return had
 
@@ -178,17 +198,8 @@ class Jobs:
         metrics["weights_bytes"] = self.store.put_weights(job.record, fast)
         done = {"finished_at": now_iso(), "metrics": metrics, "steps": metrics["steps"]}
         ended = [*job.unsent, event("succeeded", mode=metrics["mode"], steps=metrics["steps"])]
-        had = self.store.transition(
-            job.tenant,
-            job.aid,
-            sources(SUCCEEDED, "worker"),
-            events=ended,
-            replicas=self.settings.store_replicas,
-            notice=True,
-            charge=metrics["weights_bytes"],
-            status=SUCCEEDED,
-            **done,
-        )
+        replicas, charge = self.settings.store_replicas, metrics["weights_bytes"]
+        had = self.move(job.tenant, job.aid, SUCCEEDED, "worker", ended, replicas, charge, **done)
         self.scheduler.finish(job.aid, job.tenant)
         if had != RUNNING:
             if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
@@ -210,8 +221,8 @@ class Jobs:
         """running -> failed with the reason. A Redis error leaves the job to the reaper."""
         fields = {"finished_at": now_iso(), "error": {"code": code, "message": message}}
         try:
-            if self.move(job.tenant, job.aid, FAILED, by, **fields) == RUNNING:
-                self.store.add_events(job.tenant, job.aid, *job.unsent, event("failed", code=code))
+            ended = [*job.unsent, event("failed", code=code)]
+            if self.move(job.tenant, job.aid, FAILED, by, events=ended, **fields) == RUNNING:
                 seconds = time.perf_counter() - job.started if job.started else None
                 stats.record_outcome(self.store.r, FAILED, seconds)
             self.scheduler.finish(job.aid, job.tenant)
