@@ -27,11 +27,12 @@ def free_port() -> int:
 
 
 def wait_until(check, timeout: float, what: str):
+    """Poll `check` until it answers something truthy, and return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if check():
-                return
+            if found := check():
+                return found
         except Exception:
             pass
         time.sleep(0.1)
