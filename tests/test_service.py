@@ -15,7 +15,7 @@ from app.api.factory import create_app
 from app.core import keys
 from app.demo import sinusoid_task
 
-from .conftest import InProcess, metric_values, run_next_job
+from .conftest import KEYS, InProcess, metric_values, run_next_job
 
 
 def lane_threads() -> list[str]:
@@ -149,6 +149,44 @@ def test_a_wait_is_told_of_its_job_s_end_and_reads_the_record_about_once_a_secon
         # the worker's two (workers alive, the record), the wait's at 1 s, then at the notice (or at 2 s)
         assert reads <= 4, reads
     api.app.state.notices.start()
+
+
+def test_waits_hold_no_thread_and_a_tenant_holds_at_most_max_waits_at_once(redis_server):
+    """Requests waiting on a queued job hold no thread of the pool the other routes share
+    (they await an asyncio event); one tenant's wait beyond max_waits_per_tenant is answered 429
+    naming the limit, another tenant's still waits; the job's end answers them all."""
+    import anyio.to_thread
+
+    from .conftest import make_settings
+
+    redis.Redis(port=redis_server.redis_port).flushall()
+    settings = make_settings(redis_server, max_waits_per_tenant=3)
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(5)[0]}
+    with InProcess(create_app(settings)) as app:
+        aid = app.request("POST", "/v1/adaptations", json=body).json()["id"]
+        theirs = app.request("POST", "/v1/adaptations", json=body, key="globex").json()["id"]
+        auth = lambda key: {"Authorization": f"Bearer {KEYS[key]}"}  # noqa: E731
+
+        async def waits():
+            get = lambda a, key: app.client.get(f"/v1/adaptations/{a}?wait=20", headers=auth(key))  # noqa: E731
+            held = [asyncio.ensure_future(get(aid, "acme")) for _ in range(3)]
+            await asyncio.sleep(0.5)
+            borrowed = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+            refused = await get(aid, "acme")
+            other = asyncio.ensure_future(get(theirs, "globex"))
+            await asyncio.sleep(0.3)
+            pending = sum(not t.done() for t in [*held, other])
+            await asyncio.get_running_loop().run_in_executor(None, run_next_job, settings)
+            await asyncio.get_running_loop().run_in_executor(None, run_next_job, settings)
+            return borrowed, refused, pending, await asyncio.gather(*held, other)
+
+        borrowed, refused, pending, answers = app._run(waits())
+        assert borrowed == 0  # three requests waiting, no thread held
+        assert refused.status_code == 429 and refused.json()["error"]["details"] == ["max_waits_per_tenant", 3]
+        assert refused.headers["retry-after"] == "1"
+        assert pending == 4  # the three of acme and globex's, all still waiting
+        assert [a.json()["status"] for a in answers] == ["succeeded"] * 4
+        assert app.app.state.notices.waiting("acme") == 0  # counted out as they ended
 
 
 def test_a_tenant_s_byte_total_is_the_sum_of_its_adaptations_through_runs_deletes_and_expiry(api, settings):

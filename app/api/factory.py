@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.predictor = Predictor(settings, app.state.store, registry)
         app.state.predictor.start()
-        app.state.notices = Notices(app.state.store.r)
+        app.state.notices = Notices(app.state.store.r, settings.max_waits_per_tenant)
         app.state.notices.start()
         try:
             app.state.store.migrate()

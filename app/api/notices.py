@@ -3,26 +3,34 @@ with `?wait=` that their job ended, instead of each polling the record.
 
 Whoever moves a job to a final status publishes its id on `keys.DONE` in the same script
 (store.transition). Pub/sub keeps nothing for a subscriber that was away, so a waiter also
-looks at the record once a second; a notice only makes the answer come sooner and cheaper."""
+looks at the record once a second; a notice only makes the answer come sooner and cheaper.
+
+A waiter is an asyncio event on the event loop, not a thread: a thousand waiting requests
+hold no thread of the pool the other routes run in. A tenant may hold at most
+`max_waits_per_tenant` of them per process; one more is answered 429 at once."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 
 import redis
 
 from ..core import keys
+from ..core.store import QuotaExceeded
 
 log = logging.getLogger("rapid_adapt.api")
 
 
 class Notices:
-    def __init__(self, r: redis.Redis):
-        self.r = r
-        self._waiting: dict[str, set[threading.Event]] = {}
+    def __init__(self, r: redis.Redis, max_waits_per_tenant: int = 200):
+        self.r, self.max_waits = r, max_waits_per_tenant
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._per_tenant: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,20 +46,29 @@ class Notices:
         if self._thread is not None:
             self._thread.join()
 
+    def waiting(self, tenant: str) -> int:
+        return self._per_tenant[tenant]
+
     @contextlib.contextmanager
-    def watch(self, aid: str) -> Iterator[threading.Event]:
-        """An event set when a notice of `aid`'s end arrives; register before reading the record,
-        so that an end between the read and the wait is not missed."""
-        ended = threading.Event()
+    def watch(self, aid: str, tenant: str) -> Iterator[asyncio.Event]:
+        """An event set when a notice of `aid`'s end arrives; enter it before reading the record,
+        so that an end between the read and the wait is not missed. Called on the event loop."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
-            self._waiting.setdefault(aid, set()).add(ended)
+            if self._per_tenant[tenant] >= self.max_waits:
+                raise QuotaExceeded("max_waits_per_tenant", self.max_waits, "requests waiting at once", 1)
+            self._per_tenant[tenant] += 1
+            self._waiting.setdefault(aid, set()).add(waiter)
         try:
-            yield ended
+            yield waiter[1]
         finally:
             with self._lock:
-                events = self._waiting.get(aid, set())
-                events.discard(ended)
-                if not events:
+                self._per_tenant[tenant] -= 1
+                if not self._per_tenant[tenant]:
+                    del self._per_tenant[tenant]
+                waiters = self._waiting.get(aid, set())
+                waiters.discard(waiter)
+                if not waiters:
                     self._waiting.pop(aid, None)
 
     def _listen(self) -> None:
@@ -64,10 +81,11 @@ class Notices:
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
                         with self._lock:
-                            waiting = self._waiting.get(message["data"].decode(), ())
+                            waiting = list(self._waiting.get(message["data"].decode(), ()))
                             self.received += bool(waiting)
-                            for ended in waiting:
-                                ended.set()
+                        for loop, ended in waiting:
+                            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                                loop.call_soon_threadsafe(ended.set)
             except (redis.RedisError, OSError) as exc:  # Redis away: waiters look at their records meanwhile
                 log.warning("job notices unavailable", extra={"error": str(exc)})
                 self._stop.wait(1.0)

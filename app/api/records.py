@@ -4,13 +4,16 @@ public form, and waiting for a job to end."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import math
 import re
-import threading
 import time
 from datetime import datetime
+
+from starlette.concurrency import run_in_threadpool
 
 from ..core.config import Settings
 from ..core.jobs.states import TERMINAL
@@ -67,13 +70,16 @@ def decode_cursor(text: str, field: str) -> Position | int:
     return pos
 
 
-def wait_for(store: Store, aid: str, seconds: float, record: dict, ended: threading.Event) -> dict:
+async def wait_for(store: Store, aid: str, seconds: float, record: dict, ended: asyncio.Event | None) -> dict:
     """The record once the job ends, or as it is when the time runs out. `ended` (notices.py,
-    registered before `record` was read) is set when the job's end is published; the record is
-    also read once a second, as a notice can be missed."""
+    entered before `record` was read) is set when the job's end is published; the record is
+    also read once a second, as a notice can be missed. Awaits on the event loop: the wait holds
+    no thread, only each read does, briefly."""
     tenant, deadline = record["tenant"], time.monotonic() + seconds
+    ended = ended or asyncio.Event()
     while record["status"] not in DONE and (left := deadline - time.monotonic()) > 0:
-        if ended.wait(min(left, 1.0)):
-            ended.clear()
-        record = store.get(tenant, aid) or record
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), min(left, 1.0))
+        ended.clear()
+        record = await run_in_threadpool(store.get, tenant, aid) or record
     return record

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
     max_wait_seconds: float = 30.0
+    # requests of one tenant waiting (?wait=) at once, per API process: one more is answered 429.
+    # A wait holds no thread (app/api/notices.py), only a socket and an asyncio event
+    max_waits_per_tenant: int = Field(200, ge=1)
     # after SIGTERM an API process answers new requests 503 `draining` this long (its readiness fails, a
     # load balancer takes it out), then finishes those in flight and exits (app/api/drain.py)
     drain_seconds: float = Field(0.0, ge=0)

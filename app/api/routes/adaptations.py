@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from models.registry import Registry
+
+from ...core.config import Settings
+from ...core.jobs import Jobs
+from ...core.store import Store
 from .. import metrics
 from ..bases import spec_of
 from ..deps import JobsDep, NoticesDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
@@ -48,7 +55,7 @@ WAIT = Query(None, description="hold the answer until the job ends, at most 30 s
         507: {"model": ErrorBody, "description": "storage_full; Retry-After"},
     },
 )
-def create_adaptation(
+async def create_adaptation(
     body: AdaptationCreate,
     request: Request,
     response: Response,
@@ -61,7 +68,34 @@ def create_adaptation(
     wait: float | None = WAIT,
     idempotency_key: str | None = Header(None, max_length=200),
 ):
+    """Checks, decodes and queues in one hop to the thread pool; a ?wait= then awaits the job's
+    end on the event loop, holding no thread."""
     wait = wait_param(settings, wait)
+    aid = f"ad_{uuid.uuid4().hex}"
+    with notices.watch(aid, tenant) if wait else contextlib.nullcontext() as ended:  # before its job can end
+        args = (aid, body, tenant, settings, store, jobs, registry, idempotency_key)
+        record = await run_in_threadpool(create, *args)
+        response.headers["X-Adaptation-ID"] = record["id"]
+        if wait:  # an idempotent retry's adaptation has another id: its wait looks once a second
+            done_reading(request)
+            record = await wait_for(store, record["id"], wait, record, ended if record["id"] == aid else None)
+    if record["status"] in DONE:
+        response.status_code = 200
+    return public(record)
+
+
+def create(
+    aid: str,
+    body: AdaptationCreate,
+    tenant: str,
+    settings: Settings,
+    store: Store,
+    jobs: Jobs,
+    registry: Registry,
+    idempotency_key: str | None,
+) -> dict:
+    """The request's adaptation record, queued as `aid`; or, for an idempotent retry, the one
+    stored before."""
     spec = spec_of(registry, body.model, ["model"])
     if not body.support:
         raise invalid("empty_support", "the support set is empty", "support")
@@ -80,7 +114,7 @@ def create_adaptation(
     tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
     now = datetime.now(timezone.utc)
     record = {
-        "id": f"ad_{uuid.uuid4().hex}",
+        "id": aid,
         "tenant": tenant,
         "model": body.model,
         "model_version": spec["version"],
@@ -101,22 +135,14 @@ def create_adaptation(
     idem = None
     if idempotency_key:
         idem = (idempotency_key, hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest())
-    with notices.watch(record["id"]) as ended:  # before its job can end
-        try:
-            aid, created = jobs.submit(record, tensors, ttl, idem)
-        except ValueError as exc:
-            raise ApiError(409, "idempotency_conflict", str(exc), ["headers", "idempotency-key"]) from None
-        if created:
-            metrics.ADAPTATIONS.labels(body.model).inc()
-        response.headers["X-Adaptation-ID"] = aid
-        if not created:  # an idempotent retry: the stored adaptation (its wait looks once a second)
-            record = store.get(tenant, aid) or record
-        if wait:
-            done_reading(request)
-            record = wait_for(store, aid, wait, record, ended)
-    if record["status"] in DONE:
-        response.status_code = 200
-    return public(record)
+    try:
+        stored, created = jobs.submit(record, tensors, ttl, idem)
+    except ValueError as exc:
+        raise ApiError(409, "idempotency_conflict", str(exc), ["headers", "idempotency-key"]) from None
+    if created:
+        metrics.ADAPTATIONS.labels(body.model).inc()
+        return record
+    return store.get(tenant, stored) or {**record, "id": stored}
 
 
 @router.get(
@@ -167,13 +193,13 @@ def metadata_filters(request: Request) -> dict[str, str]:
 
 
 @router.get("/adaptations/{aid}", response_model=Adaptation, summary="Status, timestamps, metrics")
-def get_adaptation(
+async def get_adaptation(
     aid: str, tenant: TenantDep, settings: SettingsDep, store: StoreDep, notices: NoticesDep, wait: float | None = WAIT
 ):
     wait = wait_param(settings, wait)
-    with notices.watch(aid) as ended:
-        record = owned(store, aid, tenant)
-        return public(wait_for(store, aid, wait, record, ended) if wait else record)
+    with notices.watch(aid, tenant) if wait else contextlib.nullcontext() as ended:
+        record = await run_in_threadpool(owned, store, aid, tenant)
+        return public(await wait_for(store, aid, wait, record, ended) if wait else record)
 
 
 @router.delete("/adaptations/{aid}", status_code=204, response_class=Response, summary="Delete all of it")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from ..deps import NoticesDep, PredictorDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
@@ -33,17 +34,17 @@ async def predict(
     wait: float | None = Query(None, description="wait for the adaptation to finish, at most 30 s"),
 ):
     """async: a predictor lane's thread reads the record, decodes and predicts; the event loop
-    only builds the response from plain lists (and waits for a running job in the thread pool)."""
+    only builds the response from plain lists (and awaits a running job's end)."""
     wait = wait_param(settings, wait)
     if not body.inputs:
         raise invalid("empty_inputs", "inputs is empty", "inputs")
     if len(body.inputs) > settings.max_query:
         raise invalid("too_many_inputs", f"at most {settings.max_query} inputs per request", "inputs")
-    with notices.watch(aid) as ended:
+    with notices.watch(aid, tenant) if wait else contextlib.nullcontext() as ended:
         got = await predictor.predict(aid, tenant, body.inputs)
         if got.outputs is None and wait and got.record["status"] not in DONE:
             done_reading(request)  # the inputs are decoded (got.x): the wait costs nothing
-            await run_in_threadpool(wait_for, store, aid, wait, got.record, ended)
+            await wait_for(store, aid, wait, got.record, ended)
             got = await predictor.predict(aid, tenant, got.x)
     record = got.record
     if got.outputs is None:
