@@ -4,6 +4,7 @@ starving the others, quotas, image memory amplification, malformed HTTP."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -246,19 +247,33 @@ def raw_http(port: int, data: bytes, wait: float = 10.0) -> bytes:
 
 
 def test_chunked_over_limit_is_413_and_a_short_body_408_within_seconds(new_stack):
-    s = new_stack(max_body_bytes=10_000, body_timeout_seconds=2)
+    s = new_stack(max_body_bytes=100_000, body_timeout_seconds=2, body_deadline_seconds=4)
     s.start_redis()
     s.start_api()
     head = (
         b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
         b"Content-Type: application/json\r\n"
     )
-    chunk = b"x" * 4000
+    chunk = b"x" * 40_000
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
     out = raw_http(s.api_port, head + b"Transfer-Encoding: chunked\r\n\r\n" + body)
     assert out.startswith(b"HTTP/1.1 413") and b"body_too_large" in out
     out = raw_http(s.api_port, head + b'Content-Length: 500\r\n\r\n{"model": ')  # 490 bytes never come
     assert out.startswith(b"HTTP/1.1 408") and b"body_timeout" in out  # answered, before the client's 10 s
+    # a route that takes no data refuses a body past 64 KiB, though it is under MAX_BODY_BYTES
+    cancel = head.replace(b"/v1/adaptations", b"/v1/adaptations/ad_%s/cancel" % (b"0" * 32))
+    out = raw_http(s.api_port, cancel + b"Content-Length: 70000\r\n\r\n" + b" " * 70_000)
+    assert out.startswith(b"HTTP/1.1 413") and b"65536 bytes" in out
+    # a body that never stalls 2 s but trickles on is cut off at the overall deadline
+    with socket.create_connection(("127.0.0.1", s.api_port), timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: 500\r\n\r\n")
+        began, out = time.monotonic(), b""
+        while not out and time.monotonic() - began < 8:
+            sock.sendall(b" ")
+            sock.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                out = sock.recv(65536)
+    assert out.startswith(b"HTTP/1.1 408") and b"not whole within 4 s" in out
 
 
 def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(new_stack):

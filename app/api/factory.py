@@ -109,6 +109,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_limit=settings.max_body_bytes,
         timeout=settings.body_timeout_seconds,
     )
-    app.add_middleware(Observe, limit=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
+    app.add_middleware(
+        Observe,
+        limit=settings.max_body_bytes,
+        body_timeout=settings.body_timeout_seconds,
+        body_deadline=settings.body_deadline_seconds,
+    )
     app.add_middleware(Drain)  # outermost: a draining process refuses before any work
     return app

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_image_side: int = 8192  # pixels on either side of an image
     max_request_pixels: int = 64_000_000  # decoded pixels of all the images of one request
     body_timeout_seconds: float = 5.0  # a request body that stalls longer is answered 408
+    body_deadline_seconds: float = Field(60.0, gt=0)  # a request body not whole this long after it began: 408
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
     max_wait_seconds: float = 30.0
