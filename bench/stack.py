@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"acme": "key-acme", "globex": "key-globex"}
-METRICS_KEY = "key-metrics"
+KEYS = {"acme": "key-acme-0123456789abcdef", "globex": "key-globex-0123456789abcdef"}
+METRICS_KEY = "key-metrics-0123456789abcdef"
 
 
 def free_port() -> int:

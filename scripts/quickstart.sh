@@ -13,7 +13,9 @@ PY=.venv/bin/python
 PORT="${RAPID_ADAPT_PORT:-8000}"
 BROKER_PORT="${RAPID_ADAPT_BROKER_PORT:-6379}"
 STORE_PORT="${RAPID_ADAPT_STORE_PORT:-6380}"
-export RAPID_ADAPT_API_KEYS="${RAPID_ADAPT_API_KEYS:-demo:demo-key}"
+if [ -z "${RAPID_ADAPT_API_KEYS:-}" ]; then  # the README's published key: accepted here only, and logged
+  export RAPID_ADAPT_API_KEYS="demo:demo-key" RAPID_ADAPT_ALLOW_DEMO_KEY=on
+fi
 export RAPID_ADAPT_BROKER_URL="redis://127.0.0.1:$BROKER_PORT/0"
 export RAPID_ADAPT_REDIS_URL="redis://127.0.0.1:$STORE_PORT/0"
 KEY="${RAPID_ADAPT_API_KEYS#*:}"; KEY="${KEY%%,*}"

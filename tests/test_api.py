@@ -177,7 +177,7 @@ def test_health_ready_metrics_openapi(stack):
     with Client(stack.url, api_key=KEYS["acme"]) as c:
         c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
     assert httpx.get(stack.url + "/metrics").status_code == 401  # not open: behind its own key
-    assert httpx.get(stack.url + "/metrics", headers={"Authorization": "Bearer key-acme"}).status_code == 401
+    assert httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {KEYS['acme']}"}).status_code == 401
     text = httpx.get(stack.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     values = metric_values(text)
     assert values['rapid_adapt_adaptations_finished_total{status="succeeded"}'] >= 1
@@ -216,7 +216,7 @@ def test_health_ready_metrics_openapi(stack):
 # ---- errors ---------------------------------------------------------------
 
 
-def raw(stack, method, path, key="key-acme", **kw):
+def raw(stack, method, path, key=KEYS["acme"], **kw):
     return httpx.request(
         method, stack.url + path, headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})}, timeout=30, **kw
     )
@@ -464,7 +464,7 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
         r = httpx.post(
             s.url + "/v1/adaptations",
             json={"model": "sinusoid-mlp", "support": sin_support()},
-            headers={"Authorization": "Bearer key-acme"},
+            headers={"Authorization": f"Bearer {KEYS['acme']}"},
             timeout=10,
         )
         assert r.headers["retry-after"] == "1"
@@ -483,7 +483,7 @@ def test_redis_down_is_503_fast_and_recovers(new_stack):
 
 
 def test_auth_is_off_only_when_a_setting_says_so(new_stack, monkeypatch):
-    monkeypatch.setenv("RAPID_ADAPT_API_KEYS", "t:k")  # for the module-level app that the import builds
+    monkeypatch.setenv("RAPID_ADAPT_API_KEYS", "t:" + "k" * 24)  # for the module-level app that the import builds
     from app.api.factory import create_app
     from app.core.config import Settings
 

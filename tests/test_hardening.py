@@ -217,7 +217,7 @@ def test_strips_and_oversized_images_never_inflate(stack):
             "support": [{"input": {"image": image}, "label": "a"}, {"input": {"image": png(105, 105)}, "label": "b"}],
         }
         return httpx.post(
-            stack.url + "/v1/adaptations", json=body, headers={"Authorization": "Bearer key-acme"}, timeout=30
+            stack.url + "/v1/adaptations", json=body, headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=30
         )
 
     r = post(png(1, 40_000))
@@ -251,8 +251,8 @@ def test_chunked_over_limit_is_413_and_a_short_body_408_within_seconds(new_stack
     s.start_redis()
     s.start_api()
     head = (
-        b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
-        b"Content-Type: application/json\r\n"
+        b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\n" % KEYS["acme"].encode()
     )
     chunk = b"x" * 40_000
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
@@ -285,8 +285,8 @@ def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(ne
     body = json.dumps({"model": "sinusoid-mlp", "support": sin_support(0)}).encode()
     padded = body + b" " * (3000 - len(body))  # JSON allows the trailing spaces
     head = (
-        b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(padded)
+        b"POST /v1/adaptations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (KEYS["acme"].encode(), len(padded))
     )
     holder: dict = {}
 
@@ -316,7 +316,7 @@ def test_a_tenants_bodies_in_processing_are_bounded_and_another_tenant_passes(ne
 
 
 def test_405_names_the_allowed_methods(stack):
-    r = httpx.put(stack.url + "/v1/models", headers={"Authorization": "Bearer key-acme"})
+    r = httpx.put(stack.url + "/v1/models", headers={"Authorization": f"Bearer {KEYS['acme']}"})
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert "GET" in r.headers["allow"]
 

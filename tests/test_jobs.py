@@ -50,7 +50,9 @@ def test_paging_is_stable_under_inserts_and_deletes(new_stack):
         everything = new[::-1] + seen
         assert [a["id"] for a in c.iter_adaptations(limit=3)] == everything
         # v1's numeric cursor still works as an offset
-        legacy = httpx.get(s.url + "/v1/adaptations?limit=2&cursor=2", headers={"Authorization": "Bearer key-globex"})
+        legacy = httpx.get(
+            s.url + "/v1/adaptations?limit=2&cursor=2", headers={"Authorization": f"Bearer {KEYS['globex']}"}
+        )
         assert [a["id"] for a in legacy.json()["data"]] == everything[2:4]
 
 

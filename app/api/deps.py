@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from models.registry import Registry
 
-from ..core.config import Settings
+from ..core.config import Settings, key_digest
 from ..core.jobs import Jobs
 from ..core.store import Store
 from .errors import ApiError
@@ -67,10 +67,15 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, ["headers", "authorization"], {"WWW-Authenticate": "Bearer"})
 
 
-def tenant_of_key(key: str, tenants: dict[str, str]) -> str | None:
-    """The tenant of an API key (compared in constant time), else None."""
-    given = key.strip().encode()
-    return next((name for k, name in tenants.items() if hmac.compare_digest(given, k.encode())), None)
+def tenant_of_key(key: str, tenants: dict[bytes, str]) -> str | None:
+    """The tenant of an API key, else None: its digest compared with every known key's digest,
+    each in constant time (settings.tenants_by_key keeps digests, not keys)."""
+    given = key_digest(key.strip())
+    found = None
+    for digest, name in tenants.items():
+        if hmac.compare_digest(given, digest):
+            found = name
+    return found
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

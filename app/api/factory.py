@@ -18,7 +18,7 @@ from models.registry import Registry
 
 from ..core import logs
 from ..core.adaptation import warm_up
-from ..core.config import Settings, get_settings
+from ..core.config import DEMO_KEY, Settings, get_settings, key_digest
 from ..core.jobs import Jobs, Tickets, make_celery
 from ..core.store import Store
 from . import metrics, pages, routes
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tenants = settings.tenants_by_key()
     if settings.auth == "on" and not tenants:
         raise RuntimeError("RAPID_ADAPT_API_KEYS is empty: set tenant:key pairs, or RAPID_ADAPT_AUTH=off explicitly")
+    if key_digest(DEMO_KEY) in tenants:
+        log.warning("the README's demo key is accepted (RAPID_ADAPT_ALLOW_DEMO_KEY=on): a quick start, not a service")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -3,11 +3,12 @@ RAPID_ADAPT_ (pydantic-settings), e.g. RAPID_ADAPT_API_KEYS=acme:s3cret."""
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.checkpoint import CHECKPOINT_DIR
@@ -32,7 +33,8 @@ class Settings(BaseSettings):
     store_replica_wait_ms: int = Field(1000, ge=1)
 
     auth: Literal["on", "off"] = "on"
-    api_keys: str = ""  # "tenant:key,tenant2:key2"
+    api_keys: str = ""  # "tenant:key,tenant2:key2", keys of at least 24 characters; a tenant may have several
+    allow_demo_key: bool = False  # accept the README's `demo-key` (scripts/quickstart.sh sets it, nothing else)
     metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
 
     models_dir: str = ""  # directories of bases to serve, ":"-separated, "shipped" = the committed ones (default)
@@ -88,6 +90,13 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
     sweep_seconds: float = 30.0  # how often one worker drops expired adaptations' ids from the indexes
 
+    @field_validator("metrics_key")
+    @classmethod
+    def _long_enough(cls, key: str) -> str:
+        if key and len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"a key needs at least {MIN_KEY_LENGTH} characters, this one has {len(key)}")
+        return key
+
     def models_dirs(self) -> list[Path]:
         dirs = [CHECKPOINT_DIR if d == "shipped" else Path(d) for d in self.models_dir.split(":") if d]
         return dirs or [CHECKPOINT_DIR]
@@ -101,10 +110,15 @@ class Settings(BaseSettings):
     def weights_url(self) -> str:
         return self.cache_url or self.redis_url
 
-    def tenants_by_key(self) -> dict[str, str]:
-        pairs = [p.strip() for p in self.api_keys.split(",") if p.strip()]
-        out = {}
-        for pair in pairs:
+    def tenants_by_key(self) -> dict[bytes, str]:
+        """The SHA-256 digest of each API key -> its tenant: the keys themselves are not kept.
+        A tenant may have several keys (rotation: add the new, move callers, drop the old). Refused
+        at start-up, each naming the tenant and never the key: a key under MIN_KEY_LENGTH characters,
+        one key given twice, the example key, and the quick start's demo key unless allow_demo_key."""
+        out: dict[bytes, str] = {}
+        for pair in (p.strip() for p in self.api_keys.split(",")):
+            if not pair:
+                continue
             tenant, sep, key = pair.partition(":")
             if not sep or not tenant or not key:
                 raise ValueError("RAPID_ADAPT_API_KEYS must be tenant:key pairs separated by commas")
@@ -112,11 +126,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAPID_ADAPT_API_KEYS: tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ . -")
             if key in EXAMPLE_KEYS:
                 raise ValueError(f"RAPID_ADAPT_API_KEYS holds {key!r}, the example key of .env.example: set your own")
-            out[key] = tenant
+            if key == DEMO_KEY and not self.allow_demo_key:
+                raise ValueError(
+                    f"RAPID_ADAPT_API_KEYS gives {tenant!r} the quick start's published key {DEMO_KEY!r}: set your own"
+                )
+            if len(key) < MIN_KEY_LENGTH and key != DEMO_KEY:
+                raise ValueError(
+                    f"RAPID_ADAPT_API_KEYS: {tenant!r}'s key has {len(key)} characters, at least {MIN_KEY_LENGTH} "
+                    "are needed (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+            digest = key_digest(key)
+            if digest in out:
+                raise ValueError(f"RAPID_ADAPT_API_KEYS gives one key to {out[digest]!r} and {tenant!r}")
+            out[digest] = tenant
         return out
 
 
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
 EXAMPLE_KEYS = ("change-me",)  # published in .env.example: refused, so a copied example never goes live
+DEMO_KEY = "demo-key"  # the quick start's, published in the README: accepted only with ALLOW_DEMO_KEY=on
+MIN_KEY_LENGTH = 24
 
 
 @lru_cache
