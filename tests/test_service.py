@@ -214,6 +214,37 @@ def test_a_tenant_s_byte_total_is_the_sum_of_its_adaptations_through_runs_delete
     assert consistent() and r.zcard(keys.usage("acme")) == 2
 
 
+def test_a_tenant_is_charged_what_its_adaptations_hold_in_redis(api, settings):
+    """Every stored byte counts toward the byte quota: records (metadata in UTF-8 included),
+    events, support sets, idempotency keys, weights and index entries. What the tenant is
+    charged is compared with Redis's own MEMORY USAGE of everything its creates and jobs wrote."""
+    r = api.app.state.store.r
+    mem = lambda *names: sum(r.memory_usage(n, samples=0) or 0 for n in names)  # noqa: E731
+    sets = [keys.tenant_index("acme"), keys.expiries("acme"), keys.usage("acme")]
+    before = mem(*sets)
+    ids = []
+    for i in range(12):
+        metadata = {f"note{j}": "\N{GRINNING FACE}" * 100 + str(i) for j in range(10)}  # 4 bytes a character
+        headers = {"Idempotency-Key": f"k{i}"} if i % 2 else {}
+        body = {"model": "sinusoid-mlp", "support": sinusoid_task(i)[0], "metadata": metadata}
+        created = api.request("POST", "/v1/adaptations", json=body, headers=headers)
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    for _ in range(8):  # 8 succeed (events, metrics, weights), 4 stay queued
+        assert run_next_job(settings) == "succeeded"
+    written = mem(*sets) - before
+    for aid in ids:
+        record = api.app.state.store.get("acme", aid)
+        written += mem(keys.record("acme", aid), keys.support("acme", aid), keys.events("acme", aid))
+        written += mem(keys.weights(aid), *([record["idempotency_key"]] if "idempotency_key" in record else []))
+    charged = int(r.get(keys.usage_total("acme")))
+    assert abs(charged - written) <= 0.1 * written, (charged, written)
+    too_much = {f"n{j}": "\N{GRINNING FACE}" * 120 for j in range(10)}  # 4,820 bytes of UTF-8
+    refused = api.request("POST", "/v1/adaptations", json=body | {"metadata": too_much})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "metadata_too_large"
+    assert refused.json()["error"]["details"] == ["metadata"]
+
+
 def codecs_bytes(store, aid: str) -> bytes:
     """The stored support set's bytes: the usage of a succeeded adaptation adds its weights to them."""
     return store.r.get(keys.support("acme", aid))

@@ -18,7 +18,10 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[
     dict[MetadataKey, MetadataValue],
-    Field(max_length=16, description="up to 16 string pairs (keys 1-64 characters, values up to 512)"),
+    Field(
+        max_length=16,
+        description="up to 16 string pairs (keys 1-64 characters, values up to 512), 4 KiB of UTF-8 in all",
+    ),
 ]
 
 
@@ -107,6 +110,7 @@ ERROR_CODES = (
     "image_too_large", "too_many_pixels", "missing_label", "missing_target", "unexpected_label", "unexpected_target",
     "invalid_target", "ambiguous_labels", "too_few_classes", "too_many_classes", "too_many_examples", "empty_support",
     "empty_inputs", "too_many_inputs", "invalid_steps", "invalid_ttl", "invalid_wait", "invalid_cursor",
+    "metadata_too_large",
     "invalid_filter",
     # 429, 503, 507
     "quota_exceeded", "rate_limited", "unavailable", "timeout", "storage_full", "http_error",

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     body_deadline_seconds: float = Field(60.0, gt=0)  # a request body not whole this long after it began: 408
     default_ttl_seconds: int = 3600
     max_ttl_seconds: int = 7 * 24 * 3600
+    max_metadata_bytes: int = Field(4096, ge=0)  # an adaptation's metadata keys and values, UTF-8, in all
     max_wait_seconds: float = 30.0
     # requests of one tenant waiting (?wait=) at once, per API process: one more is answered 429.
     # A wait holds no thread (app/api/notices.py), only a socket and an asyncio event

@@ -28,35 +28,59 @@ end
 return 0
 """
 
+# A Lua function for the scripts below: what these keys hold in Redis's memory (MEMORY USAGE, a
+# record's every field counted; a missing key 0). Charging what Redis reports, not what was sent,
+# counts an encoding's overhead too: the byte quota is what a tenant costs the store.
+_BYTES_FUNCTION = """
+local function bytes(...)
+  local n = 0
+  for _, key in ipairs({...}) do n = n + (redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') or 0) end
+  return n
+end
+local function charge(usage, total, aid, n)
+  if n ~= 0 and redis.call('ZADD', usage, 'XX', 'INCR', n, aid) then redis.call('INCRBY', total, n) end
+end
+"""
+
 # KEYS: record, events, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON
 # list), ARGV[2] a channel to publish the id ARGV[3] on ('' for none), ARGV[4] bytes to charge
-# the tenant for (its weights), ARGV[5] n, then n events, then field, value pairs.
-# -> the status it had (JSON), or nil when the record is gone; the fields are set, the events
-# appended, the bytes charged and the notice published only when allowed.
-_TRANSITION = """
+# the tenant for besides (its weights, in the cache), ARGV[5] n, then n events, then field, value
+# pairs. -> the status it had (JSON), or nil when the record is gone; the fields are set, the
+# events appended, what they grew by and the bytes charged, and the notice published only when allowed.
+_TRANSITION = (
+    _BYTES_FUNCTION
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return nil end
 local n = tonumber(ARGV[5])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
+    local before = bytes(KEYS[1], KEYS[2])
     redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n))
     if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 6, 5 + n)) end
-    if ARGV[4] ~= '0' and redis.call('ZADD', KEYS[3], 'XX', 'INCR', ARGV[4], ARGV[3]) then
-      redis.call('INCRBY', KEYS[4], ARGV[4])
-    end
+    charge(KEYS[3], KEYS[4], ARGV[3], bytes(KEYS[1], KEYS[2]) - before + tonumber(ARGV[4]))
     if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
     return status
   end
 end
 return status
 """
+)
 
-# KEYS[1] record, KEYS[2] events; ARGV: events. Appends them only while the job runs.
-_STEP = """
+# KEYS: record, events, usage, usage total; ARGV: id, then events. Appends them (and charges
+# what the list grew by) only while the job runs.
+_STEP = (
+    _BYTES_FUNCTION
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
+if status == '"running"' then
+  local before = bytes(KEYS[2])
+  redis.call('RPUSHX', KEYS[2], unpack(ARGV, 2))
+  charge(KEYS[3], KEYS[4], ARGV[1], bytes(KEYS[2]) - before)
+end
 return status
 """
+)
 
 # A Lua function for the scripts below: drop the tenant's expired ids (1000 at most) from its
 # indexes and give their bytes back. -> how many it dropped.
@@ -76,13 +100,17 @@ end
 """
 
 # Check the tenant's quotas (over one, first prune its expired ids and check again), then write
-# a new adaptation, all in one slot and at once (two creates cannot both pass the last quota).
-# KEYS: record, support, events, index, expiries, usage, usage total, jobs.
-# ARGV: now, id, ttl, created_ts, expires (unix), bytes, schedule (1/0), max adaptations,
-#       max jobs, max bytes, the first event, the support bytes, then the record's field, value pairs.
+# a new adaptation, all in one slot and at once (two creates cannot both pass the last quota),
+# and charge what it holds: its keys' MEMORY USAGE and its entries in the indexes.
+# KEYS: record, support, events, index, expiries, usage, usage total, jobs, the idempotency key
+#       (or the record again).
+# ARGV: now, id, ttl, created_ts, expires (unix), bytes it will take (about), schedule (1/0), max
+#       adaptations, max jobs, max bytes, the first event, the support bytes, bytes of its index
+#       entries, then the record's field, value pairs.
 # -> the limit that refused it, or '' when written
 _CREATE = (
     _PRUNE_FUNCTION
+    + _BYTES_FUNCTION
     + """
 local function over()
   if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
@@ -96,15 +124,17 @@ local refused = over()
 if refused and prune(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[1]) > 0 then refused = over() end
 if refused then return refused end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('SET', KEYS[2], ARGV[12], 'EX', ttl)
 redis.call('RPUSH', KEYS[3], ARGV[11])
 redis.call('EXPIRE', KEYS[3], ttl)
+local held = bytes(KEYS[1], KEYS[2], KEYS[3]) + tonumber(ARGV[13])
+if KEYS[9] ~= KEYS[1] then held = held + bytes(KEYS[9]) end
 redis.call('ZADD', KEYS[4], ARGV[4], aid)
 redis.call('ZADD', KEYS[5], ARGV[5], aid)
-redis.call('ZADD', KEYS[6], ARGV[6], aid)
-redis.call('INCRBY', KEYS[7], ARGV[6])
+redis.call('ZADD', KEYS[6], held, aid)
+redis.call('INCRBY', KEYS[7], held)
 if ARGV[7] == '1' then redis.call('SADD', KEYS[8], aid) end
 return ''
 """
@@ -126,10 +156,14 @@ end
 return 1
 """
 
+# what one adaptation's id costs in its tenant's three sorted sets (index, expiries, usage): the
+# id, its score and the set's own bookkeeping, about 100 bytes each once a set is past 128 members
+INDEX_BYTES = 300
+
 LIMITS = {
     "tenant_max_adaptations": ("adaptations stored", 60),
     "tenant_max_jobs": ("jobs queued or running", 5),
-    "tenant_max_bytes": ("bytes of support sets and weights", 60),
+    "tenant_max_bytes": ("bytes stored (records, events, support sets, weights)", 60),
 }
 
 
@@ -213,7 +247,8 @@ class Store:
             if self.fill() >= self.settings.store_max_fill:
                 raise StorageFull("the store is nearly full; retry later")
             s, now = self.settings, time.time()
-            fields = [x for k, v in record.items() for x in (k, json.dumps(v))]
+            fields = [x for k, v in record.items() for x in (k, json.dumps(v, ensure_ascii=False))]
+            about = len(data) + sum(len(f.encode()) for f in fields) + INDEX_BYTES
             refused = self._create(
                 keys=[
                     keys.record(tenant, aid),
@@ -224,10 +259,11 @@ class Store:
                     keys.usage(tenant),
                     keys.usage_total(tenant),
                     keys.jobs(tenant),
+                    ikey if idempotency else keys.record(tenant, aid),
                 ],
-                args=[now, aid, ttl, record["created_ts"], now + ttl, len(data), int(schedule)]
+                args=[now, aid, ttl, record["created_ts"], now + ttl, about, int(schedule)]
                 + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
-                + [json.dumps(event("queued")), data, *fields],
+                + [json.dumps(event("queued")), data, INDEX_BYTES, *fields],
             )
             if refused:
                 self._refused[tenant] = time.monotonic()
@@ -431,7 +467,8 @@ class Store:
     def step(self, tenant: str, aid: str, items: list[dict]) -> str | None:
         """A running job's steps: append their events while the job still runs, and read the status
         (a cancel shows here) in one round trip. -> the status, None when the adaptation is gone."""
-        raw = self._step(keys=[keys.record(tenant, aid), keys.events(tenant, aid)], args=[json.dumps(e) for e in items])
+        ks = [keys.record(tenant, aid), keys.events(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
+        raw = self._step(keys=ks, args=[aid, *(json.dumps(e) for e in items)])
         return None if raw is None else json.loads(raw)
 
     def events(self, tenant: str, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
@@ -441,12 +478,15 @@ class Store:
 
     # ---- weights cache -----------------------------------------------------
     def put_weights(self, record: dict, fast: dict[str, torch.Tensor]) -> int:
-        """Write the weights until the adaptation expires. -> their bytes (the job's end charges
-        them to the tenant: `transition(charge=...)`)."""
+        """Write the weights until the adaptation expires. -> what they take in the cache's memory
+        (the job's end charges it to the tenant: `transition(charge=...)`)."""
         data = codecs.tensors_to_bytes(fast)
         ttl = max(1, int(record["created_ts"] + record["ttl_seconds"] - time.time()))
-        self.cache.set(keys.weights(record["id"]), data, ex=ttl)
-        return len(data)
+        name = keys.weights(record["id"])
+        p = self.cache.pipeline(transaction=False)
+        p.set(name, data, ex=ttl)
+        p.memory_usage(name, samples=0)
+        return int(p.execute()[1] or len(data))
 
     def weights(self, aid: str) -> dict[str, torch.Tensor] | None:
         data = self.cache.get(keys.weights(aid))

@@ -97,6 +97,10 @@ def create(
     """The request's adaptation record, queued as `aid`; or, for an idempotent retry, the one
     stored before."""
     spec = spec_of(registry, body.model, ["model"])
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in (body.metadata or {}).items())
+    if size > settings.max_metadata_bytes:
+        message = f"metadata holds {size} bytes of UTF-8, at most {settings.max_metadata_bytes}"
+        raise invalid("metadata_too_large", message, "metadata")
     if not body.support:
         raise invalid("empty_support", "the support set is empty", "support")
     if len(body.support) > settings.max_support:
