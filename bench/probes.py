@@ -3,6 +3,8 @@
 - keyless: 6 parallel 8 MB JSON bodies (nested empty lists) without an API key, each sent
   whole from its own socket; the time to each 401, and `/healthz` latency meanwhile against
   idle (bars: each 401 under 100 ms, /healthz p50 within 2x of idle).
+- rebuild: one tenant's 500-drawing fine-tune, its weights evicted, rebuilt when it asks for a
+  prediction; another tenant's prediction latency meanwhile against idle (bar: p50 within 2x).
 - waits: 105 concurrent `GET /v1/adaptations/{id}?wait=30` of one tenant on a job that stays
   queued (no worker runs); another tenant's `GET /v1/adaptations` latency meanwhile against
   idle (bar: p50 within 2x).
@@ -131,6 +133,57 @@ def probe_waits(stack: Stack, waiters: int = 105) -> dict:
     }
 
 
+def client(stack: Stack, tenant: str) -> httpx.Client:
+    return httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEYS[tenant]}"}, timeout=120)
+
+
+def probe_rebuild(stack: Stack) -> dict:
+    """acme's 500-drawing fine-tune, its weights evicted (from Redis, and from the API's memory
+    by a restart); globex's 20-drawing predictions idle, then while acme's next prediction
+    waits for the weights to be rebuilt."""
+    import redis
+
+    from .flood import bodies
+
+    adapt_body, queries, big_job, _ = bodies()
+    with client(stack, "acme") as acme, client(stack, "globex") as globex:
+        big = acme.post("/v1/adaptations", json=big_job).json()["id"]
+        while acme.get(f"/v1/adaptations/{big}?wait=30").json()["status"] != "succeeded":
+            pass
+        mine = globex.post("/v1/adaptations?wait=30", json=adapt_body).json()["id"]
+    redis.Redis(port=stack.redis_port, db=1).delete(f"ra:w:{big}")  # evicted from the cache
+    stack.restart_api()  # and from the API process's memory
+    with client(stack, "acme") as acme, client(stack, "globex") as globex:
+
+        def predict() -> float:
+            t = time.perf_counter()
+            r = globex.post(f"/v1/adaptations/{mine}/predictions", json=queries)
+            assert r.status_code == 200, r.text[:200]
+            return (time.perf_counter() - t) * 1000
+
+        idle = [predict() for _ in range(40)]
+        answer: dict = {}
+        owner = threading.Thread(target=lambda: answer.update(owner_predicts(acme, big, queries)))
+        owner.start()
+        during = []
+        while owner.is_alive():
+            during.append(predict())
+        owner.join()
+    return {
+        "first_answer": answer,
+        "predictions_during": len(during),
+        "idle_p50_ms": statistics.median(idle),
+        "rebuild_p50_ms": statistics.median(during),
+        "ratio": statistics.median(during) / statistics.median(idle),
+    }
+
+
+def owner_predicts(acme: httpx.Client, aid: str, queries: dict) -> dict:
+    t = time.perf_counter()
+    r = acme.post(f"/v1/adaptations/{aid}/predictions", json={"inputs": queries["inputs"][:1]})
+    return {"status": r.status_code, "ms": (time.perf_counter() - t) * 1000}
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-probes-")))
@@ -141,9 +194,13 @@ def main() -> None:
         keyless = probe_keyless(stack)
         print("probe: 105 waits", flush=True)
         waits = probe_waits(stack)
+        print("probe: an evicted 500-drawing fine-tune rebuilt", flush=True)
+        stack.start_worker()
+        stack.wait_ready()
+        rebuild = probe_rebuild(stack)
     finally:
         stack.stop()
-    k, w = keyless, waits
+    k, w, b = keyless, waits, rebuild
     text = "\n".join(
         [
             "# Probes (issue 28)",
@@ -159,10 +216,14 @@ def main() -> None:
             f"| {w['waiters']} concurrent ?wait= of acme: globex's list | p50 within 2x "
             f"| {w['list_idle_p50_ms']:.2f} | {w['list_loaded_p50_ms']:.2f} | {w['ratio']:.2f} "
             f"| the waits answered {w['statuses']} |",
+            f"| acme's evicted 500-drawing fine-tune rebuilt: globex's 20-drawing predictions | p50 within 2x "
+            f"| {b['idle_p50_ms']:.2f} | {b['rebuild_p50_ms']:.2f} | {b['ratio']:.2f} "
+            f"| {b['predictions_during']} predictions meanwhile; acme's first answer {b['first_answer']['status']} "
+            f"in {b['first_answer']['ms']:.0f} ms |",
             "",
         ]
     )
-    save("probes", text, {"keyless": keyless, "waits": waits})
+    save("probes", text, {"keyless": keyless, "waits": waits, "rebuild": rebuild})
 
 
 if __name__ == "__main__":
