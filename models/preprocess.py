@@ -192,14 +192,26 @@ def resized(img: Image.Image, size: int, channels: int) -> bytes:
 def prepare(imgs: list[Image.Image], prep: dict, shape: list[int]) -> torch.Tensor:
     """Decoded images -> the base's input [B, *shape], by the preprocessing its JSON names: the
     one function for a base's training images and the images it is sent."""
+    return assemble([shrink(im, prep, shape) for im in imgs], prep, shape)
+
+
+def shrink(img: Image.Image, prep: dict, shape: list[int]):
+    """One decoded image -> its small form (a CANVAS-square gray drawing, or the base's levels):
+    done to each image as soon as it is decoded, a request holds one image at full size at a time."""
     if prep["kind"] == PREPROCESSING:
-        return levels_to_tensor(frame_ink([square_gray(im) for im in imgs]))
+        return square_gray(img)
     if prep["kind"] == RESIZED:
-        channels, size = shape[0], shape[-1]
-        levels = np.frombuffer(b"".join(resized(im, size, channels) for im in imgs), np.uint8)
-        # pixel value v as from_levels(255 - v): v / 255 in [0, 1], stored losslessly as levels like ink
-        return from_levels(torch.from_numpy(255 - levels)).view(len(imgs), *shape)
+        return resized(img, shape[-1], shape[0])
     raise ValueError(f"unknown preprocessing {prep['kind']!r}; this code knows {PREPROCESSING} and {RESIZED}")
+
+
+def assemble(small: list, prep: dict, shape: list[int]) -> torch.Tensor:
+    """`shrink`'s small forms -> the base's input [B, *shape]."""
+    if prep["kind"] == PREPROCESSING:
+        return levels_to_tensor(frame_ink(small))
+    levels = np.frombuffer(b"".join(small), np.uint8)
+    # pixel value v as from_levels(255 - v): v / 255 in [0, 1], stored losslessly as levels like ink
+    return from_levels(torch.from_numpy(255 - levels)).view(len(small), *shape)
 
 
 KINDS = (PREPROCESSING, RESIZED)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.preprocess import ImageError, open_image, prepare
+from models.preprocess import ImageError, assemble, open_image, prepare, shrink
 
 from .errors import invalid
 from .schemas import Example, ImageInput
@@ -29,8 +29,9 @@ class Limits:
 
 
 def batch(values: list, spec: dict, limits: Limits, fields: list[list]) -> torch.Tensor:
-    """Inputs -> [B, *shape], fields[i] naming values[i] in errors. Images are framed
-    together (`frame_ink` finds all their windows in one pass)."""
+    """Inputs -> [B, *shape], fields[i] naming values[i] in errors. Each image is brought to its
+    small form right after it is decoded (16 RGBA 2000x2000 PNGs never sit in memory at once at
+    64 MB each); then they are framed together (`frame_ink` finds all their windows in one pass)."""
     used = 0
 
     def budget(field):
@@ -47,9 +48,10 @@ def batch(values: list, spec: dict, limits: Limits, fields: list[list]) -> torch
 
         return take
 
-    if all(isinstance(v, ImageInput) for v in values):
-        images = [image_of(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)]
-        return prepare(images, {"kind": spec["input"]["preprocessing_kind"]}, spec["input"]["shape"])
+    if all(isinstance(v, ImageInput) for v in values):  # each shrunk as soon as it is decoded
+        prep, shape = {"kind": spec["input"]["preprocessing_kind"]}, spec["input"]["shape"]
+        small = [shrink(image_of(v, spec, limits, f, budget(f)), prep, shape) for v, f in zip(values, fields)]
+        return assemble(small, prep, shape)
     return torch.stack([to_tensor(v, spec, limits, f, budget(f)) for v, f in zip(values, fields)])
 
 
