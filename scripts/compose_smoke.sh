@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
 # Compose smoke test: build the image, start the stack with docker-compose.smoke.yml (host network,
-# ports 18000 and 16379-16381, all on 127.0.0.1, a generated key and Redis password), run the Python client's round trip, take it down.
+# ports 18000, 18443 and 16379-16381, all on 127.0.0.1, a generated key, Redis password and certificate),
+# run the Python client's round trip over TLS through the `tls` proxy, take it down.
 # No registry is reachable here, so the base image is built with debootstrap and imported, and the
 # local CPU torch wheel goes into the build. Stops everything it started (the engine too, if it did).
 # Prints one "SKIPPED: reason" line and exits 0 when no container engine can be had.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export COMPOSE_PROJECT_NAME=rapid-adapt-smoke API_PORT=18000 BROKER_PORT=16379 STORE_PORT=16380 CACHE_PORT=16381
-export BROKER_HOST=127.0.0.1 STORE_HOST=127.0.0.1 CACHE_HOST=127.0.0.1
-export RAPID_ADAPT_IMAGE=rapid-adapt:smoke SMOKE_BASE_IMAGE=rapid-adapt-base:bookworm
+export BROKER_HOST=127.0.0.1 STORE_HOST=127.0.0.1 CACHE_HOST=127.0.0.1 TLS_PORT=18443 API_ADDR=127.0.0.1:18000
+export RAPID_ADAPT_IMAGE=rapid-adapt:smoke SMOKE_BASE_IMAGE=rapid-adapt-base:bookworm-haproxy
 # a deployment's own secrets, as a .env would hold them (the example's are refused)
 SMOKE_KEY="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 export REDIS_PASSWORD="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export RAPID_ADAPT_ENV_FILE=/tmp/rapid-adapt-smoke.env
 printf 'RAPID_ADAPT_API_KEYS=smoke:%s\nRAPID_ADAPT_METRICS_KEY=%s-metrics\n' "$SMOKE_KEY" "$SMOKE_KEY" >"$RAPID_ADAPT_ENV_FILE"
+# a certificate for 127.0.0.1 that the client is told to trust: the round trip goes over TLS through the proxy
+TLS_DIR=$(mktemp -d /tmp/rapid-adapt-smoke-tls.XXXXXX)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+  -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" 2>/dev/null
+cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/server.pem"; chmod 644 "$TLS_DIR/server.pem"
+export TLS_PEM="$TLS_DIR/server.pem"
 BASE_DIR=/var/cache/rapid-adapt/bookworm
 MERGED=/tmp/rapid-adapt-smoke-compose.yml
 COMPOSE="docker-compose -f $MERGED"
@@ -23,7 +30,7 @@ log() { echo "compose-smoke: $*"; }
 
 cleanup() {
   $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
-  rm -f "$RAPID_ADAPT_ENV_FILE"
+  rm -f "$RAPID_ADAPT_ENV_FILE"; rm -rf "$TLS_DIR"
   if [ -n "$started_engine" ]; then
     log "stopping the docker engine it started (pid $started_engine)"
     kill "$started_engine" 2>/dev/null; wait "$started_engine" 2>/dev/null || true
@@ -50,7 +57,7 @@ if ! docker image inspect "$SMOKE_BASE_IMAGE" >/dev/null 2>&1; then
   [ -n "$mirror" ] || skip "no Debian mirror configured for debootstrap"
   log "building $SMOKE_BASE_IMAGE with debootstrap (once per machine)"
   rm -rf "$BASE_DIR"; mkdir -p "$BASE_DIR"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,redis-server,redis-tools \
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,redis-server,redis-tools,haproxy \
     bookworm "$BASE_DIR" "$mirror" >/tmp/rapid-adapt-debootstrap.log 2>&1 \
     || skip "debootstrap failed (see /tmp/rapid-adapt-debootstrap.log)"
   tar -C "$BASE_DIR" -c . | docker import - "$SMOKE_BASE_IMAGE" >/dev/null || skip "docker import failed"
@@ -69,20 +76,21 @@ rm -f wheels/*.whl wheels/ca.crt
 
 # The override puts every service on the host network; Docker refuses published ports there and
 # Compose 1.x cannot delete a list in an override, so drop them from the merged configuration.
-docker-compose -f docker-compose.yml -f docker-compose.smoke.yml config \
+docker-compose -f docker-compose.yml -f docker-compose.smoke.yml --profile tls config \
   | /usr/bin/python3 -c 'import sys, yaml; d = yaml.safe_load(sys.stdin); [s.pop("ports", None) for s in d["services"].values()]; yaml.safe_dump(d, sys.stdout)' \
   >"$MERGED" || { echo "compose-smoke: FAILED: compose config"; exit 1; }
 log "starting the stack"
-$COMPOSE up -d --no-build redis-broker redis-store redis-cache api worker || { $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: up"; exit 1; }
+$COMPOSE --profile tls up -d --no-build redis-broker redis-store redis-cache api worker tls || { $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: up"; exit 1; }
+URL="https://127.0.0.1:$TLS_PORT"
 for _ in $(seq 120); do
-  curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null && break; sleep 1
+  curl -fs --cacert "$TLS_DIR/cert.pem" "$URL/readyz" >/dev/null && break; sleep 1
 done
-if ! curl -fsS "http://127.0.0.1:$API_PORT/readyz"; then
-  $COMPOSE ps; $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: /readyz never turned green"; exit 1
+if ! curl -fsS --cacert "$TLS_DIR/cert.pem" "$URL/readyz"; then
+  $COMPOSE ps; $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: /readyz over TLS never turned green"; exit 1
 fi
 echo
-log "round trip through the API and worker containers"
-if ! .venv/bin/python -m app.demo --url "http://127.0.0.1:$API_PORT" --key "$SMOKE_KEY"; then
+log "round trip over TLS, through the proxy to the API and worker containers"
+if ! SSL_CERT_FILE="$TLS_DIR/cert.pem" .venv/bin/python -m app.demo --url "$URL" --key "$SMOKE_KEY"; then
   $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: round trip"; exit 1
 fi
 $COMPOSE ps
