@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compose smoke test: build the image, start the stack with docker-compose.smoke.yml (host network,
-# ports 18000, 18443 and 16379-16381, all on 127.0.0.1, a generated key, Redis password and certificate),
+# ports 18000, 18443 and 16379-16381, all on 127.0.0.1, a generated key, Redis passwords and certificate),
 # run the Python client's round trip over TLS through the `tls` proxy, take it down.
 # No registry is reachable here, so the base image is built with debootstrap and imported, and the
 # local CPU torch wheel goes into the build. Stops everything it started (the engine too, if it did).
@@ -12,7 +12,9 @@ export BROKER_HOST=127.0.0.1 STORE_HOST=127.0.0.1 CACHE_HOST=127.0.0.1 TLS_PORT=
 export RAPID_ADAPT_IMAGE=rapid-adapt:smoke SMOKE_BASE_IMAGE=rapid-adapt-base:bookworm-haproxy
 # a deployment's own secrets, as a .env would hold them (the example's are refused)
 SMOKE_KEY="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-export REDIS_PASSWORD="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export SECRETS_DIR=$(mktemp -d /tmp/rapid-adapt-smoke-secrets.XXXXXX)  # a password per Redis, as files
+for role in broker store cache; do od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$SECRETS_DIR/${role}_password"; done
+chmod 644 "$SECRETS_DIR"/*  # the containers' users read them; the directory stays the host user's
 export RAPID_ADAPT_ENV_FILE=/tmp/rapid-adapt-smoke.env
 printf 'RAPID_ADAPT_API_KEYS=smoke:%s\nRAPID_ADAPT_METRICS_KEY=%s-metrics\n' "$SMOKE_KEY" "$SMOKE_KEY" >"$RAPID_ADAPT_ENV_FILE"
 # a certificate for 127.0.0.1 that the client is told to trust: the round trip goes over TLS through the proxy
@@ -30,7 +32,7 @@ log() { echo "compose-smoke: $*"; }
 
 cleanup() {
   $COMPOSE down -v --remove-orphans >/dev/null 2>&1 || true
-  rm -f "$RAPID_ADAPT_ENV_FILE"; rm -rf "$TLS_DIR"
+  rm -f "$RAPID_ADAPT_ENV_FILE"; rm -rf "$TLS_DIR" "$SECRETS_DIR"
   if [ -n "$started_engine" ]; then
     log "stopping the docker engine it started (pid $started_engine)"
     kill "$started_engine" 2>/dev/null; wait "$started_engine" 2>/dev/null || true
@@ -93,5 +95,11 @@ log "round trip over TLS, through the proxy to the API and worker containers"
 if ! SSL_CERT_FILE="$TLS_DIR/cert.pem" .venv/bin/python -m app.demo --url "$URL" --key "$SMOKE_KEY"; then
   $COMPOSE logs --tail 50; echo "compose-smoke: FAILED: round trip"; exit 1
 fi
+ps -eo args >/tmp/rapid-adapt-smoke-ps.txt  # the passwords, read from their files, are on no command line
+for role in broker store cache; do
+  if grep -qFf "$SECRETS_DIR/${role}_password" /tmp/rapid-adapt-smoke-ps.txt; then
+    echo "compose-smoke: FAILED: the $role password is on a command line"; exit 1
+  fi
+done
 $COMPOSE ps
 log "PASSED"

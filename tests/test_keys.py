@@ -57,3 +57,34 @@ def test_a_rotated_key_reaches_the_same_adaptations_and_a_dropped_one_is_401(red
     with InProcess(create_app(make_settings(redis_server, api_keys=f"acme:{NEW}"))) as app:
         assert app.request("GET", f"/v1/adaptations/{aid}", key=None, headers=auth(OLD)).status_code == 401
         assert app.request("GET", f"/v1/adaptations/{aid}", key=None, headers=auth(NEW)).status_code == 200
+
+
+def test_each_redis_password_comes_from_a_file_and_never_from_a_command_line(tmp_path):
+    """A Redis started as Compose starts it (its password from a config file, not argv), reached
+    with the password read from the file RAPID_ADAPT_REDIS_PASSWORD_FILE names."""
+    import shutil
+    import subprocess
+
+    from app.core.store import Store
+    from bench.stack import free_port, wait_until
+
+    password = "p@ss/word:" + "x" * 20
+    (tmp_path / "store_password").write_text(password + "\n")
+    (tmp_path / "redis.conf").write_text(f"requirepass {password}\n")
+    port = free_port()
+    args = [shutil.which("redis-server"), str(tmp_path / "redis.conf"), "--port", str(port), "--save", ""]
+    server = subprocess.Popen([*args, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        assert not any(password in a for a in server.args)
+        url = f"redis://127.0.0.1:{port}/1"
+        wait_until(lambda: redis.Redis(port=port, password=password).ping(), 10, "redis")
+        store = Store(Settings(_env_file=None, redis_url=url, redis_password_file=str(tmp_path / "store_password")))
+        store.ping()
+        assert store.r.set("k", "v")
+        with pytest.raises(redis.AuthenticationError):
+            Store(Settings(_env_file=None, redis_url=url)).r.set("k", "v")
+        with pytest.raises(ValidationError, match="redis_password_file: cannot read"):
+            Settings(_env_file=None, redis_url=url, redis_password_file=str(tmp_path / "missing"))
+    finally:
+        server.terminate()
+        server.wait(10)

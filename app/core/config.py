@@ -7,8 +7,9 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.checkpoint import CHECKPOINT_DIR
@@ -23,6 +24,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/1"  # adaptations, support sets, idempotency keys, tenant index
     cache_url: str | None = None  # adapted weights, may evict (allkeys-lru); default: redis_url
     redis_timeout_seconds: float = 1.0  # connect/read timeout: Redis down answers 503 quickly
+    # files holding each Redis's password (Compose's secrets, /run/secrets/...): read at start and put into
+    # the URL above, so that no password is in an environment variable or on a command line
+    broker_password_file: str | None = None
+    redis_password_file: str | None = None
+    cache_password_file: str | None = None
     # on: redis_url (and cache_url) name a node of a Redis Cluster (keys are hash-tagged, app/core/keys.py)
     redis_cluster: Literal["on", "off"] = "off"
     # with a sentinel:// broker_url (Celery's form, ";"-separated sentinels): the master's name
@@ -91,6 +97,22 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = 2.0  # also how often a worker looks for jobs a dead worker held
     sweep_seconds: float = 30.0  # how often one worker drops expired adaptations' ids from the indexes
 
+    @model_validator(mode="after")
+    def _passwords_from_files(self) -> Settings:
+        for url, file in (("broker_url", "broker_password_file"), ("redis_url", "redis_password_file")) + (
+            (("cache_url", "cache_password_file"),) if self.cache_url else ()
+        ):
+            path = getattr(self, file)
+            if path:
+                try:
+                    password = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ValueError(f"{file}: cannot read {path}: {exc.strerror}") from None
+                if not password:
+                    raise ValueError(f"{file}: {path} is empty")
+                setattr(self, url, with_password(getattr(self, url), password))
+        return self
+
     @field_validator("metrics_key")
     @classmethod
     def _long_enough(cls, key: str) -> str:
@@ -141,6 +163,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAPID_ADAPT_API_KEYS gives one key to {out[digest]!r} and {tenant!r}")
             out[digest] = tenant
         return out
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` (each of Celery's ;-separated sentinel URLs) with `password`, percent-encoded."""
+    out = []
+    for one in url.split(";"):
+        parts = urlsplit(one)
+        host = parts.netloc.rpartition("@")[2]
+        out.append(urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{host}")))
+    return ";".join(out)
 
 
 def key_digest(key: str) -> bytes:
