@@ -103,6 +103,13 @@ def test_pods_run_as_non_root_on_a_read_only_root_and_only_the_service_reaches_r
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, d["metadata"]["name"]
             assert "memory" in c["resources"]["limits"] and c["resources"]["requests"], d["metadata"]["name"]
             assert "--requirepass" not in " ".join(c.get("command", [])), d["metadata"]["name"]  # never in ps
+            assert not any("PASSWORD" in e["name"] for e in c.get("env", [])), d["metadata"]["name"]  # nor in env
+        secrets = [v["secret"] for v in pod.get("volumes", []) if "secret" in v]
+        if d["metadata"]["name"].startswith("redis-"):  # each Redis mounts its own password, no other
+            (secret,) = secrets
+            assert [i["key"] for i in secret["items"]] == [d["metadata"]["name"].removeprefix("redis-")]
+        else:
+            assert [s["secretName"] for s in secrets] == ["rapid-adapt-redis"]
     (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].startswith("redis")]
     allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
     assert sorted(allowed) == ["api", "worker"]
