@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, HAProxy, Chromium and its driver, the Noto
 # fonts, kubectl (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
-# wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the project
-# and its client package.
+# wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the locked
+# dependencies (requirements/dev.lock, hash-checked), the project and its client package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -23,20 +23,26 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
 fi
 PY=.venv/bin/python
-if ! $PY -c "import torch" 2>/dev/null; then
+# the dependencies from the lock (exact versions, every file checked against its hash; scripts/lock.sh writes
+# it), torch by version, then the project and the client; again only when one of those files changed
+stamp=.venv/.rapid-adapt-installed
+want="$(cat pyproject.toml clients/python/pyproject.toml requirements/dev.lock | sha256sum | cut -d' ' -f1) $(pwd)"
+changed=""; [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || changed=1
+if [ -n "$changed" ]; then
+  echo "setup: installing the locked dependencies (pip --require-hashes)"
+  $PY -m pip install -q --require-hashes --no-deps -r requirements/dev.lock 2> >(grep -v "is ignored: it is neither" >&2)
+fi
+if ! $PY -c "import torch" 2>/dev/null; then  # its CPU dependencies are in the lock
   local_wheel=$(ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-2.13.0*.whl 2>/dev/null | head -n 1 || true)
   if [ -n "$local_wheel" ]; then
     echo "setup: installing torch 2.13.0 (CPU) from $local_wheel"
-    $PY -m pip install -q "$local_wheel"
+    $PY -m pip install -q --no-deps "$local_wheel"
   else
     echo "setup: installing torch 2.13.0 (CPU) from PyTorch's CPU index"
-    $PY -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    $PY -m pip install -q --no-deps "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-# the project and the client, again only when their package files changed since the last install here
-stamp=.venv/.rapid-adapt-installed
-want="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1) $(pwd)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  $PY -m pip install -q -e ".[dev]" -e ./clients/python
+if [ -n "$changed" ]; then
+  $PY -m pip install -q --no-deps -e . -e ./clients/python
   echo "$want" > "$stamp"
 fi
