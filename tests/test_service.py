@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 import redis
@@ -65,6 +66,39 @@ def test_evicted_weights_are_rebuilt_off_the_lanes(api, settings):
     values = lambda answer: [p["value"] for p in answer["predictions"]]  # noqa: E731
     assert values(again) == pytest.approx(values(first), abs=1e-5)  # rebuilt from the stored support set
     assert store.weights(aid) is not None
+
+
+def test_a_rebuild_holds_back_only_the_requests_that_need_it(api, settings, monkeypatch):
+    """acme's weights evicted and their rebuild made slow: globex's prediction, sent after acme's,
+    is answered while acme's still waits for its rebuild; then acme's is answered too."""
+    from app.api import predictor as predictor_module
+
+    real = predictor_module.run_adaptation
+    monkeypatch.setattr(predictor_module, "run_adaptation", lambda *a: time.sleep(2.0) or real(*a))
+    support, queries, _ = sinusoid_task(4)
+    ids = {}
+    for tenant in ("acme", "globex"):
+        body = {"model": "sinusoid-mlp", "support": support}
+        ids[tenant] = api.request("POST", "/v1/adaptations", key=tenant, json=body).json()["id"]
+        assert run_next_job(settings) == "succeeded"
+    api.app.state.store.drop_weights(ids["acme"])
+    api.app.state.predictor.lru.drop(ids["acme"])
+    auth = lambda key: {"Authorization": f"Bearer {KEYS[key]}"}  # noqa: E731
+
+    async def both():
+        predict = (
+            lambda t: api.client.post(  # noqa: E731
+                f"/v1/adaptations/{ids[t]}/predictions", json={"inputs": queries[:3]}, headers=auth(t)
+            )
+        )
+        owner = asyncio.ensure_future(predict("acme"))
+        await asyncio.sleep(0.3)  # acme's rebuild under way
+        other = await predict("globex")
+        return other, owner.done(), await owner
+
+    other, owner_done_first, owner = api._run(both())
+    assert other.status_code == 200 and not owner_done_first
+    assert owner.status_code == 200 and owner.json()["predictions"] == other.json()["predictions"]
 
 
 def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
