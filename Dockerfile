@@ -12,12 +12,12 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_CERT=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
+COPY wheels/ /wheels/
 # every dependency at the version CI tested, each file checked against its hash (scripts/lock.sh); torch's own
 # CPU dependencies are among them
 COPY requirements/serving.lock /src/requirements/
 RUN /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --require-hashes --no-deps -r /src/requirements/serving.lock
 # torch by version: the local CPU wheel, or the index's build (a CUDA build brings its nvidia-* packages)
-COPY wheels/ /wheels/
 RUN if ls /wheels/torch-*.whl >/dev/null 2>&1; then \
       /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --no-deps --find-links /wheels "torch==${TORCH_VERSION}"; \
     else \

@@ -56,3 +56,28 @@ def test_a_store_of_the_old_layout_is_moved_and_serves_as_before(settings):
         assert run_next_job(settings) == "succeeded"  # the job in line is still in line
         assert api.request("GET", f"/v1/adaptations/{waiting}").json()["status"] == "succeeded"
         assert api.app.state.store.migrate() == 0  # once moved, a start costs one GET
+
+
+def test_adaptations_stored_before_metadata_indexes_are_found_by_a_filter_after_the_upgrade(settings):
+    """Layout 2 kept no metadata indexes: the next start adds every stored adaptation to those
+    of its pairs, so a filtered listing finds it (and nothing else)."""
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(3)[0]}
+    with InProcess(create_app(settings)) as api:
+        tagged = [
+            api.request("POST", "/v1/adaptations", json=body | {"metadata": {"team": "a", "n": str(i)}}).json()["id"]
+            for i in range(3)
+        ]
+        other = api.request("POST", "/v1/adaptations", json=body | {"metadata": {"team": "b"}}).json()["id"]
+        r = api.app.state.store.r
+        r.delete(*r.keys("ra:{acme}:m:*"))  # as layout 2 left them: no metadata index
+        r.set(keys.SCHEMA_KEY, 2)
+        assert api.request("GET", "/v1/adaptations", params={"metadata[team]": "a"}).json()["data"] == []
+    with InProcess(create_app(settings)) as api:
+        found = api.request("GET", "/v1/adaptations", params={"metadata[team]": "a"}).json()
+        assert [a["id"] for a in found["data"]] == tagged[::-1] and not found["has_more"]
+        one = api.request("GET", "/v1/adaptations", params={"metadata[team]": "a", "metadata[n]": "1"}).json()
+        assert [a["id"] for a in one["data"]] == [tagged[1]]
+        assert [
+            a["id"] for a in api.request("GET", "/v1/adaptations", params={"metadata[team]": "b"}).json()["data"]
+        ] == [other]
+        assert 0 < r.ttl(keys.metadata_index("acme", "team", "a")) <= 3600

@@ -250,7 +250,7 @@ def test_a_tenant_s_byte_total_is_the_sum_of_its_adaptations_through_runs_delete
 
 def test_a_tenant_is_charged_what_its_adaptations_hold_in_redis(api, settings):
     """Every stored byte counts toward the byte quota: records (metadata in UTF-8 included),
-    events, support sets, idempotency keys, weights and index entries. What the tenant is
+    events, support sets, idempotency keys, weights and index entries (metadata indexes too). What the tenant is
     charged is compared with Redis's own MEMORY USAGE of everything its creates and jobs wrote."""
     r = api.app.state.store.r
     mem = lambda *names: sum(r.memory_usage(n, samples=0) or 0 for n in names)  # noqa: E731
@@ -266,7 +266,7 @@ def test_a_tenant_is_charged_what_its_adaptations_hold_in_redis(api, settings):
         ids.append(created.json()["id"])
     for _ in range(8):  # 8 succeed (events, metrics, weights), 4 stay queued
         assert run_next_job(settings) == "succeeded"
-    written = mem(*sets) - before
+    written = mem(*sets) - before + mem(*r.keys("ra:{acme}:m:*"))  # the metadata indexes are new here
     for aid in ids:
         record = api.app.state.store.get("acme", aid)
         written += mem(keys.record("acme", aid), keys.support("acme", aid), keys.events("acme", aid))
@@ -345,10 +345,11 @@ def test_a_request_without_a_known_key_is_refused_from_its_headers_without_readi
     assert api.request("GET", "/v1/adaptations").status_code == 200  # a known key goes on as before
 
 
-def test_a_filtered_listing_reads_at_most_list_max_scan_records_and_goes_on_by_cursor(redis_server):
-    """A filter that matches nothing in a large index does not read it all in one request: each
-    page reads at most LIST_MAX_SCAN records and hands a cursor on; following the cursors
-    finds the one match, and the unfiltered pages are unchanged."""
+def test_a_filter_walks_its_pair_s_index_and_reads_at_most_list_max_scan_records(redis_server):
+    """One key=value filter walks that pair's index: the one match among 250 newer adaptations is
+    read alone. With two pairs the first's index is walked and the second checked on each record:
+    each page then reads at most LIST_MAX_SCAN records and hands a cursor on, and following the
+    cursors finds the match. Unfiltered pages are unchanged."""
     from .conftest import make_settings
 
     redis.Redis(port=redis_server.redis_port).flushall()
@@ -357,26 +358,39 @@ def test_a_filtered_listing_reads_at_most_list_max_scan_records_and_goes_on_by_c
     with InProcess(create_app(settings)) as app:
         store = app.app.state.store
         template = store.get(
-            "acme", app.request("POST", "/v1/adaptations", json=body | {"metadata": {"k": "x"}}).json()["id"]
+            "acme",
+            app.request("POST", "/v1/adaptations", json=body | {"metadata": {"k": "x", "j": "y"}}).json()["id"],
         )
         for i in range(250):  # newer than the one match, written straight into the store
-            record = template | {"id": f"ad_{i:032x}", "created_ts": template["created_ts"] + 1 + i, "metadata": {}}
+            record = template | {
+                "id": f"ad_{i:032x}",
+                "created_ts": template["created_ts"] + 1 + i,
+                "metadata": {"k": "x"},
+            }
             store.create(record, {"x": torch.zeros(1, 1), "y": torch.zeros(1, 1)}, 600, schedule=False)
-        r, reads, pages, after = store.r, [], [], None
-        while True:
-            before = r.info("commandstats")["cmdstat_hgetall"]["calls"]
-            page = app.request(
-                "GET", "/v1/adaptations", params={"metadata[k]": "x", **({"after": after} if after else {})}
-            )
-            reads.append(r.info("commandstats")["cmdstat_hgetall"]["calls"] - before)
-            pages.append(page.json())
-            if not page.json()["has_more"]:
-                break
-            after = page.json()["next_cursor"]
+        r = store.r
+
+        def walk(params: dict) -> tuple[list[int], list[dict]]:
+            reads, pages, after = [], [], None
+            while True:
+                before = r.info("commandstats")["cmdstat_hgetall"]["calls"]
+                page = app.request("GET", "/v1/adaptations", params=params | ({"after": after} if after else {}))
+                reads.append(r.info("commandstats")["cmdstat_hgetall"]["calls"] - before)
+                pages.append(page.json())
+                if not page.json()["has_more"]:
+                    return reads, pages
+                after = page.json()["next_cursor"]
+
+        reads, pages = walk({"metadata[j]": "y"})
+        assert reads == [1] and [a["id"] for a in pages[0]["data"]] == [template["id"]]
+        reads, pages = walk({"metadata[k]": "x", "metadata[j]": "y"})
         assert max(reads) <= 101 and len(pages) == 3
         assert [a["id"] for p in pages for a in p["data"]] == [template["id"]]
+        assert len(walk({"metadata[k]": "x", "limit": 100})[1]) == 3  # 251 by k=x, 100 a page
         listed = app.request("GET", "/v1/adaptations", params={"limit": 100}).json()
         assert len(listed["data"]) == 100 and listed["has_more"]
+        store.delete(template)  # gone from its pairs' indexes too
+        assert walk({"metadata[j]": "y"})[1][0]["data"] == [] and not r.exists(keys.metadata_index("acme", "j", "y"))
 
 
 def test_the_page_and_the_docs_carry_a_content_security_policy_and_are_never_framed(api):

@@ -17,10 +17,13 @@ Durable store (settings.redis_url, must not evict), each key with the adaptation
 Per tenant T (no TTL: Redis drops an index once its last member is pruned):
   ra:{T}:t                sorted set of the tenant's ids by creation time (the listing's index)
   ra:{T}:x                sorted set of the same ids by expiry time (pruning the index)
-  ra:{T}:b                sorted set: id -> bytes of its support set and weights (the tenant's quota)
+  ra:{T}:b                sorted set: id -> bytes it holds in Redis (the tenant's byte quota)
   ra:{T}:bt               their sum, kept on write (a create checks the byte quota in O(1))
   ra:{T}:j                set: the tenant's queued and running jobs (its quota of jobs)
   ra:{T}:r:{second}       prediction images of the tenant in that second (2 s TTL)
+  ra:{T}:m:{h}            sorted set of the ids whose metadata holds one key=value pair (h: its SHA-256),
+                          by creation time: a filtered listing walks it, not the whole index; it lives
+                          as long as its longest-lived member, and a listing drops members since gone
 The scheduler (app/core/jobs/scheduler.py), one slot:
   ra:{q}:p:{T}            list: the tenant's jobs in line, oldest first
   ra:{q}:rr               list: the rotation of tenants with jobs in line
@@ -40,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-SCHEMA = 2
+SCHEMA = 3
 SCHEMA_KEY = "ra:schema"
 DONE = "ra:done"  # a pub/sub channel, not a key: the ids of jobs that just ended (app/api/notices.py)
 WORKERS = "ra:workers"
@@ -75,6 +78,11 @@ def idempotency(tenant: str, key: str) -> str:
 
 def idempotency_digest(tenant: str, digest: str) -> str:
     return f"{_t(tenant)}:idem:{digest}"
+
+
+def metadata_index(tenant: str, key: str, value: str) -> str:
+    pair = hashlib.sha256(f"{key}\0{value}".encode()).hexdigest()
+    return f"{_t(tenant)}:m:{pair}"
 
 
 def tenant_index(tenant: str) -> str:

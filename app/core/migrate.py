@@ -5,7 +5,9 @@ time (a lock), and a no-op (one GET) once `ra:schema` says the layout is current
 
 Layout 1 (before 0.9) named keys without hash tags: ra:a:{id}, ra:s:{id}, ra:e:{id},
 ra:t:{T}, ra:x:{T}, ra:b:{T}, ra:j:{T}, ra:idem:{T}:{h}, ra:p:{T}, ra:run:{T}, ra:rr,
-ra:inflight. It only ever ran on one Redis server, where RENAME moves a key with its TTL."""
+ra:inflight. It only ever ran on one Redis server, where RENAME moves a key with its TTL.
+Layout 2 (1.1) had no metadata indexes (ra:{T}:m:{h}): each stored adaptation is added to
+those of its metadata pairs."""
 
 from __future__ import annotations
 
@@ -31,16 +33,15 @@ def migrate(r: redis.Redis, cluster: bool = False) -> int:
     another process moved them meanwhile)."""
     if current(r):
         return 0
-    if cluster:  # layout 1 never ran on a cluster: a new cluster starts current
-        r.set(keys.SCHEMA_KEY, keys.SCHEMA)
-        return 0
+    layout = int(r.get(keys.SCHEMA_KEY) or (2 if cluster else 1))  # layout 1 never ran on a cluster
     if not r.set(LOCK, 1, nx=True, ex=600):
         deadline = time.monotonic() + 60
         while not current(r) and time.monotonic() < deadline:
             time.sleep(0.2)
         return 0
     try:
-        moved = _move(r)
+        moved = _move(r) if layout < 2 else 0
+        moved += _index_metadata(r)
         r.set(keys.SCHEMA_KEY, keys.SCHEMA)
     finally:
         r.delete(LOCK)
@@ -92,6 +93,25 @@ def _move(r: redis.Redis) -> int:
     moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", keys.INFLIGHT)
     r.delete("ra:count")  # layout 1's count of adaptations: now each tenant's index is counted
     return moved
+
+
+def _index_metadata(r: redis.Redis) -> int:
+    """Add every stored adaptation with metadata to the indexes of its pairs (layout 2 -> 3).
+    -> index entries written."""
+    from .store import metadata_indexes
+
+    written = 0
+    for raw in r.scan_iter(match="ra:{*}:a:*", count=1000):
+        fields = r.hmget(raw, "tenant", "id", "metadata", "created_ts")
+        if None in fields:
+            continue
+        tenant, aid, metadata, created = (json.loads(f) for f in fields)
+        ttl = r.ttl(raw)
+        for index in metadata_indexes({"tenant": tenant, "metadata": metadata}):
+            written += r.zadd(index, {aid: created})
+            if ttl > 0 and r.ttl(index) < ttl:
+                r.expire(index, ttl)
+    return written
 
 
 if __name__ == "__main__":

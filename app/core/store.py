@@ -103,7 +103,7 @@ end
 # a new adaptation, all in one slot and at once (two creates cannot both pass the last quota),
 # and charge what it holds: its keys' MEMORY USAGE and its entries in the indexes.
 # KEYS: record, support, events, index, expiries, usage, usage total, jobs, the idempotency key
-#       (or the record again).
+#       (or the record again), then the metadata indexes of its key=value pairs.
 # ARGV: now, id, ttl, created_ts, expires (unix), bytes it will take (about), schedule (1/0), max
 #       adaptations, max jobs, max bytes, the first event, the support bytes, bytes of its index
 #       entries, then the record's field, value pairs.
@@ -133,6 +133,10 @@ local held = bytes(KEYS[1], KEYS[2], KEYS[3]) + tonumber(ARGV[13])
 if KEYS[9] ~= KEYS[1] then held = held + bytes(KEYS[9]) end
 redis.call('ZADD', KEYS[4], ARGV[4], aid)
 redis.call('ZADD', KEYS[5], ARGV[5], aid)
+for i = 10, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[4], aid)
+  if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
 redis.call('ZADD', KEYS[6], held, aid)
 redis.call('INCRBY', KEYS[7], held)
 if ARGV[7] == '1' then redis.call('SADD', KEYS[8], aid) end
@@ -143,13 +147,15 @@ return ''
 # KEYS: index, expiries, usage, usage total, jobs; ARGV: now. -> how many expired ids it dropped.
 _PRUNE = _PRUNE_FUNCTION + "return prune(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1])"
 
-# KEYS: record, support, events, index, expiries, usage, usage total, and the idempotency key
-# (or the record again); ARGV: id. Everything of one adaptation gone, its bytes given back.
+# KEYS: record, support, events, index, expiries, usage, usage total, the idempotency key (or the
+# record again), then its metadata indexes; ARGV: id. Everything of one adaptation gone, its bytes
+# given back.
 _DELETE = """
 local freed = tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1]) or '0')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+for i = 9, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 if redis.call('ZREM', KEYS[6], ARGV[1]) == 1 and redis.call('DECRBY', KEYS[7], freed) <= 0 then
   redis.call('DEL', KEYS[7])
 end
@@ -157,8 +163,15 @@ return 1
 """
 
 # what one adaptation's id costs in its tenant's three sorted sets (index, expiries, usage): the
-# id, its score and the set's own bookkeeping, about 100 bytes each once a set is past 128 members
+# id, its score and the set's own bookkeeping, about 100 bytes each once a set is past 128 members;
+# and in each metadata index (keys.metadata_index), often a set of its own: a key, its expiry, one member
 INDEX_BYTES = 300
+METADATA_INDEX_BYTES = 160
+
+
+def metadata_indexes(record: dict) -> list[str]:
+    return [keys.metadata_index(record["tenant"], k, v) for k, v in sorted((record.get("metadata") or {}).items())]
+
 
 LIMITS = {
     "tenant_max_adaptations": ("adaptations stored", 60),
@@ -248,7 +261,8 @@ class Store:
                 raise StorageFull("the store is nearly full; retry later")
             s, now = self.settings, time.time()
             fields = [x for k, v in record.items() for x in (k, json.dumps(v, ensure_ascii=False))]
-            about = len(data) + sum(len(f.encode()) for f in fields) + INDEX_BYTES
+            indexed = INDEX_BYTES + METADATA_INDEX_BYTES * len(record.get("metadata") or {})
+            about = len(data) + sum(len(f.encode()) for f in fields) + indexed
             refused = self._create(
                 keys=[
                     keys.record(tenant, aid),
@@ -260,10 +274,11 @@ class Store:
                     keys.usage_total(tenant),
                     keys.jobs(tenant),
                     ikey if idempotency else keys.record(tenant, aid),
+                    *metadata_indexes(record),
                 ],
                 args=[now, aid, ttl, record["created_ts"], now + ttl, about, int(schedule)]
                 + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
-                + [json.dumps(event("queued")), data, INDEX_BYTES, *fields],
+                + [json.dumps(event("queued")), data, indexed, *fields],
             )
             if refused:
                 self._refused[tenant] = time.monotonic()
@@ -398,16 +413,26 @@ class Store:
         return len(found)
 
     def page(
-        self, tenant: str, limit: int, after: Position | None = None, match=lambda record: True, max_scan: int = 1000
+        self,
+        tenant: str,
+        limit: int,
+        after: Position | None = None,
+        metadata: dict[str, str] | None = None,
+        max_scan: int = 1000,
     ) -> tuple[list[dict], Position | None]:
-        """A page of the tenant's adaptations, newest first, starting after `after`; records
-        for which `match` is false are skipped. -> (records, where the next page starts: None at
-        the end). Exact under concurrent inserts, deletes and expiry: it walks the index by
-        (created_ts, id), never by position, and fetches on until the page is full, the index is
-        exhausted, or `max_scan` records were read: a filter that matches few then ends a short
-        page with a position to go on from, so no request reads a tenant's whole store."""
+        """A page of the tenant's adaptations, newest first, starting after `after`, only those
+        whose metadata holds every pair of `metadata`. -> (records, where the next page starts:
+        None at the end). Exact under concurrent inserts, deletes and expiry: it walks an index by
+        (created_ts, id), never by position: the tenant's, or with a filter the index of its first
+        pair (the other pairs checked on each record). It fetches on until the page is full, the
+        index is exhausted, or `max_scan` records were read: a filter of several pairs that match
+        few then ends a short page with a position to go on from, so no request reads a tenant's
+        whole store."""
         self.prune(tenant)
-        index, found, bound, scanned = keys.tenant_index(tenant), [], after, 0
+        wanted = metadata or {}
+        match = lambda record: all(record.get("metadata", {}).get(k) == v for k, v in wanted.items())
+        index = keys.metadata_index(tenant, *next(iter(wanted.items()))) if wanted else keys.tenant_index(tenant)
+        found, bound, scanned = [], after, 0
         chunk = limit + 1
         while len(found) <= limit:
             if scanned >= max_scan:
@@ -426,7 +451,10 @@ class Store:
             p = self.r.pipeline(transaction=False)
             for aid, _ in rows:
                 p.hgetall(keys.record(tenant, aid))
-            for (aid, score), raw in zip(rows, p.execute()):
+            raws = p.execute()
+            if gone := [aid for (aid, _), raw in zip(rows, raws) if not raw and wanted]:
+                self.r.zrem(index, *gone)  # expired or deleted since: a metadata index is not pruned
+            for (aid, score), raw in zip(rows, raws):
                 bound, scanned = Position(score, aid), scanned + 1
                 if raw and match(record := decode_record(raw)):
                     found.append(record)
@@ -442,7 +470,7 @@ class Store:
         aid, tenant = record["id"], record["tenant"]
         ks = [keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid)]
         ks += [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
-        self._delete(keys=[*ks, record.get("idempotency_key") or ks[0]], args=[aid])
+        self._delete(keys=[*ks, record.get("idempotency_key") or ks[0], *metadata_indexes(record)], args=[aid])
         self.cache.delete(keys.weights(aid))
 
     def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:

@@ -154,9 +154,9 @@ def create(
     response_model=AdaptationList,
     summary="The caller's adaptations, newest first",
     description="Keyset pagination: pass next_cursor as ?after= for the next page (?cursor= as in v1 works "
-    "too). Filter with ?metadata[KEY]=VALUE, repeated for several keys. A request reads at most "
-    "LIST_MAX_SCAN adaptations: a filter that matches few can answer a short page (even an empty one) with "
-    "has_more and a next_cursor to go on from.",
+    "too). Filter with ?metadata[KEY]=VALUE, repeated for several keys: the first pair's index is walked. A "
+    "request reads at most LIST_MAX_SCAN adaptations: a filter of several pairs that match few together can "
+    "answer a short page (even an empty one) with has_more and a next_cursor to go on from.",
 )
 def list_adaptations(
     request: Request,
@@ -171,13 +171,12 @@ def list_adaptations(
     start = decode_cursor(token, field) if token else None
     limit = limit or settings.list_page_size
     wanted = metadata_filters(request)
-    match = lambda r: all(r.get("metadata", {}).get(k) == v for k, v in wanted.items())
     scan = settings.list_max_scan
     if isinstance(start, int):  # v1's numeric cursor: an offset
-        records, following = store.page(tenant, start + limit, None, match, scan)
+        records, following = store.page(tenant, start + limit, None, wanted, scan)
         records = records[start:]
     else:
-        records, following = store.page(tenant, limit, start, match, scan)
+        records, following = store.page(tenant, limit, start, wanted, scan)
     return {
         "data": [public(r) for r in records],
         "has_more": following is not None,
