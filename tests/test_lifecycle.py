@@ -203,9 +203,9 @@ for _source in STATUSES:
 def ttl_passes(jobs: Jobs, aid: str) -> None:
     """Its TTL, as if the time had come: every key it wrote expires now (Redis drops them itself)."""
     r = jobs.store.r
-    for key in (keys.record("acme", aid), keys.support("acme", aid), keys.events("acme", aid)):
-        r.pexpire(key, 1)
     jobs.store.cache.pexpire(keys.weights(aid), 1)
+    for key in (keys.support("acme", aid), keys.events("acme", aid), keys.record("acme", aid)):
+        r.pexpire(key, 1)  # the record last: once it is gone, so is the rest
     r.zadd(keys.expiries("acme"), {aid: time.time()})
 
 

@@ -98,7 +98,8 @@ def test_a_rebuild_holds_back_only_the_requests_that_need_it(api, settings, monk
 
     other, owner_done_first, owner = api._run(both())
     assert other.status_code == 200 and not owner_done_first
-    assert owner.status_code == 200 and owner.json()["predictions"] == other.json()["predictions"]
+    values = lambda answer: [p["value"] for p in answer.json()["predictions"]]  # noqa: E731
+    assert owner.status_code == 200 and values(owner) == pytest.approx(values(other), abs=1e-5)  # rebuilt alike
 
 
 def test_metrics_count_the_backlog_and_the_workers_upkeep_errors(api, settings):
