@@ -110,7 +110,7 @@ ERROR_CODES = (
     "image_too_large", "too_many_pixels", "missing_label", "missing_target", "unexpected_label", "unexpected_target",
     "invalid_target", "ambiguous_labels", "too_few_classes", "too_many_classes", "too_many_examples", "empty_support",
     "empty_inputs", "too_many_inputs", "invalid_steps", "invalid_ttl", "invalid_wait", "invalid_cursor",
-    "metadata_too_large",
+    "metadata_too_large", "too_many_values",
     "invalid_filter",
     # 429, 503, 507
     "quota_exceeded", "rate_limited", "unavailable", "timeout", "storage_full", "http_error",

@@ -18,6 +18,7 @@ from ...core.jobs import Jobs
 from ...core.store import Store
 from .. import metrics
 from ..bases import spec_of
+from ..bodies import BoundedJSONRoute
 from ..deps import JobsDep, NoticesDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
@@ -25,7 +26,7 @@ from ..inputs import Limits, support_tensors
 from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
 from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
 
-router = APIRouter(prefix="/v1", tags=["adaptations"])
+router = APIRouter(prefix="/v1", tags=["adaptations"], route_class=BoundedJSONRoute)
 QUEUED = {
     "id": "ad_5f0c3e9a1b2c4d5e6f708192a3b4c5d6",
     "status": "queued",

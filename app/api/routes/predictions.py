@@ -6,6 +6,7 @@ import contextlib
 
 from fastapi import APIRouter, Query, Request
 
+from ..bodies import BoundedJSONRoute
 from ..deps import NoticesDep, PredictorDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
@@ -13,7 +14,7 @@ from ..records import DONE, wait_for, wait_param
 from ..responses import FastJSON
 from ..schemas import ErrorBody, PredictionRequest, PredictionResponse
 
-router = APIRouter(prefix="/v1", tags=["predictions"])
+router = APIRouter(prefix="/v1", tags=["predictions"], route_class=BoundedJSONRoute)
 
 
 @router.post(
