@@ -6,10 +6,12 @@ cost is the objects made: 8 MB of nested empty lists are 1.7 million lists and a
 parsing with either parser, while 8 MB of numbers parse in 40 ms with orjson. A request of this
 API holds at most a few arrays and objects per example or input, so a body with more than
 MAX_CONTAINERS of them is refused (422 `too_many_values`) from a count of its brackets, before
-any is made; the rest is parsed by orjson (3-4x json on numbers)."""
+any is made; the rest is parsed by orjson (3-4x json on numbers), or by json where orjson refuses
+(json takes NaN and Infinity, which the routes refuse naming the field)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -29,7 +31,10 @@ class BoundedJSONRequest(Request):
             if body.count(b"[") + body.count(b"{") > MAX_CONTAINERS:
                 message = f"the body holds more than {MAX_CONTAINERS} JSON arrays and objects"
                 raise BodyRefused(invalid("too_many_values", message, "body"))
-            self._json = orjson.loads(body)  # its JSONDecodeError is json's: FastAPI answers invalid_json
+            try:
+                self._json = orjson.loads(body)
+            except orjson.JSONDecodeError:  # NaN and Infinity too: json takes them, for a 422 naming the field
+                self._json = json.loads(body)  # or raises the JSONDecodeError FastAPI answers invalid_json
         return self._json
 
 

@@ -28,9 +28,10 @@ end
 return 0
 """
 
-# A Lua function for the scripts below: what these keys hold in Redis's memory (MEMORY USAGE, a
-# record's every field counted; a missing key 0). Charging what Redis reports, not what was sent,
-# counts an encoding's overhead too: the byte quota is what a tenant costs the store.
+# Lua functions for the scripts below: what these keys hold in Redis's memory (MEMORY USAGE, a
+# record's every field counted; a missing key 0), and charging a tenant for it. Charging what Redis
+# reports, not what was sent, counts an encoding's overhead too: the byte quota is what a tenant
+# costs the store. A create charges what it wrote; a job's end what its record and events grew by.
 _BYTES_FUNCTION = """
 local function bytes(...)
   local n = 0
@@ -43,10 +44,12 @@ end
 """
 
 # KEYS: record, events, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON
-# list), ARGV[2] a channel to publish the id ARGV[3] on ('' for none), ARGV[4] bytes to charge
-# the tenant for besides (its weights, in the cache), ARGV[5] n, then n events, then field, value
-# pairs. -> the status it had (JSON), or nil when the record is gone; the fields are set, the
-# events appended, what they grew by and the bytes charged, and the notice published only when allowed.
+# list), ARGV[2] a channel to publish the id ARGV[3] on ('' for none: a final status publishes, and
+# settles), ARGV[4] bytes to charge the tenant for besides (its weights, in the cache), ARGV[5] n, then
+# n events, then field, value pairs. -> the status it had (JSON), or nil when the record is gone; the
+# fields are set, the events appended, the notice published and the bytes charged only when allowed.
+# Settling charges what the record and events grew by since they were last charged (`held_bytes`,
+# written by the create): one measure at the job's end instead of one at every step.
 _TRANSITION = (
     _BYTES_FUNCTION
     + """
@@ -55,11 +58,16 @@ if not status then return nil end
 local n = tonumber(ARGV[5])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    local before = bytes(KEYS[1], KEYS[2])
     redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n))
     if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 6, 5 + n)) end
-    charge(KEYS[3], KEYS[4], ARGV[3], bytes(KEYS[1], KEYS[2]) - before + tonumber(ARGV[4]))
-    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+    local grew = 0
+    if ARGV[2] ~= '' then
+      local held = bytes(KEYS[1], KEYS[2])
+      grew = held - tonumber(redis.call('HGET', KEYS[1], 'held_bytes') or held)
+      redis.call('HSET', KEYS[1], 'held_bytes', held)
+      redis.call('PUBLISH', ARGV[2], ARGV[3])
+    end
+    charge(KEYS[3], KEYS[4], ARGV[3], grew + tonumber(ARGV[4]))
     return status
   end
 end
@@ -67,20 +75,13 @@ return status
 """
 )
 
-# KEYS: record, events, usage, usage total; ARGV: id, then events. Appends them (and charges
-# what the list grew by) only while the job runs.
-_STEP = (
-    _BYTES_FUNCTION
-    + """
+# KEYS[1] record, KEYS[2] events; ARGV: events. Appends them only while the job runs (their
+# bytes are charged when the job ends: _TRANSITION settles).
+_STEP = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"running"' then
-  local before = bytes(KEYS[2])
-  redis.call('RPUSHX', KEYS[2], unpack(ARGV, 2))
-  charge(KEYS[3], KEYS[4], ARGV[1], bytes(KEYS[2]) - before)
-end
+if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
 return status
 """
-)
 
 # A Lua function for the scripts below: drop the tenant's expired ids (1000 at most) from its
 # indexes and give their bytes back. -> how many it dropped.
@@ -129,7 +130,9 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('SET', KEYS[2], ARGV[12], 'EX', ttl)
 redis.call('RPUSH', KEYS[3], ARGV[11])
 redis.call('EXPIRE', KEYS[3], ttl)
-local held = bytes(KEYS[1], KEYS[2], KEYS[3]) + tonumber(ARGV[13])
+local live = bytes(KEYS[1], KEYS[3])
+redis.call('HSET', KEYS[1], 'held_bytes', live)
+local held = live + bytes(KEYS[2]) + tonumber(ARGV[13])
 if KEYS[9] ~= KEYS[1] then held = held + bytes(KEYS[9]) end
 redis.call('ZADD', KEYS[4], ARGV[4], aid)
 redis.call('ZADD', KEYS[5], ARGV[5], aid)
@@ -495,8 +498,7 @@ class Store:
     def step(self, tenant: str, aid: str, items: list[dict]) -> str | None:
         """A running job's steps: append their events while the job still runs, and read the status
         (a cancel shows here) in one round trip. -> the status, None when the adaptation is gone."""
-        ks = [keys.record(tenant, aid), keys.events(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
-        raw = self._step(keys=ks, args=[aid, *(json.dumps(e) for e in items)])
+        raw = self._step(keys=[keys.record(tenant, aid), keys.events(tenant, aid)], args=[json.dumps(e) for e in items])
         return None if raw is None else json.loads(raw)
 
     def events(self, tenant: str, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
