@@ -24,7 +24,6 @@ CUSTOM = {"keda.sh/v1alpha1"}  # custom resources: no schema in Kubernetes itsel
 NOT_SETTINGS = {
     "WEB_CONCURRENCY": "app/serve.py",  # API processes
     "HOME": "a writable home under a read-only root filesystem",
-    "REDIS_PASSWORD": "the Redis containers' own",
 }
 
 
