@@ -35,6 +35,9 @@ def workdir(tmp_path: Path) -> Path:
         (tmp_path / "classes" / f"char{k}").mkdir(parents=True)
         (tmp_path / "classes" / f"char{k}" / "a.png").write_bytes(base64.b64decode(example["input"]["image"]))
     (tmp_path / "query.png").write_bytes(base64.b64decode(queries[0]["image"]))
+    (tmp_path / "queries").mkdir()
+    for i, q in enumerate(queries[1:3]):
+        (tmp_path / "queries" / f"q{i}.png").write_bytes(base64.b64decode(q["image"]))
     (tmp_path / "points.csv").write_text("x,y\n-4,1.918\n-2,-0.282\n0.5,-0.959\n2,1.683\n3.5,1.197\n")
     return tmp_path
 

@@ -74,8 +74,9 @@ def test_quick_start_round_trip_cli_and_a_second_quick_start_refused(tmp_path, c
             (folder / f"char{k}" / "a.png").write_bytes(_png(example["input"]))
         label_of = {e["label"]: f"char{k}" for k, e in enumerate(support)}
         files = []
+        (tmp_path / "queries").mkdir()
         for i, q in enumerate(queries):
-            files.append(tmp_path / f"q{i}.png")
+            files.append(tmp_path / "queries" / f"q{i}.png")
             files[-1].write_bytes(_png(q))
         cli = [str(client_venv / "bin" / "rapid-adapt"), "--json"]
         env = CLEAN_ENV | {"RAPID_ADAPT_URL": f"http://127.0.0.1:{ports['api']}", "RAPID_ADAPT_API_KEY": "demo-key"}
@@ -89,13 +90,25 @@ def test_quick_start_round_trip_cli_and_a_second_quick_start_refused(tmp_path, c
         assert adapted.returncode == 0, adapted.stderr
         a = json.loads(adapted.stdout)
         assert a["status"] == "succeeded" and sorted(a["classes"]) == sorted(label_of.values())
-        assert "step" in adapted.stderr  # progress shown while it waited
-        predicted = subprocess.run(
-            [*cli, "predict", a["id"], *map(str, files)], env=env, capture_output=True, text=True, timeout=60
+        assert " step 1: loss " in adapted.stderr  # progress shown while it waited
+        for given in ([*map(str, files)], [str(tmp_path / "queries")]):  # the files, or their folder
+            predicted = subprocess.run(
+                [*cli, "predict", a["id"], *given], env=env, capture_output=True, text=True, timeout=60
+            )
+            assert predicted.returncode == 0, predicted.stderr
+            labels = [p["label"] for p in json.loads(predicted.stdout)]
+            assert sum(got == label_of[t] for got, t in zip(labels, truth)) >= 3  # chance is 1 in 5
+        nowhere = subprocess.run(
+            [*cli, "adapt", "--model", "omniglot-conv4", str(tmp_path / "nope")],
+            env=env,
+            capture_output=True,
+            text=True,
         )
-        assert predicted.returncode == 0, predicted.stderr
-        labels = [p["label"] for p in json.loads(predicted.stdout)]
-        assert sum(got == label_of[t] for got, t in zip(labels, truth)) >= 3  # chance is 1 in 5
+        assert nowhere.returncode == 2 and "nope: no such file or folder" in nowhere.stderr
+        keyless = subprocess.run(
+            [*cli, "models"], env=env | {"RAPID_ADAPT_API_KEY": "x" * 30}, capture_output=True, text=True
+        )
+        assert keyless.returncode == 1 and "RAPID_ADAPT_API_KEY or pass --key" in keyless.stderr
         missing = subprocess.run([*cli, "get", "ad_" + "0" * 32], env=env, capture_output=True, text=True)
         assert missing.returncode == 1 and "not_found" in missing.stderr
         down = subprocess.run(
@@ -105,7 +118,7 @@ def test_quick_start_round_trip_cli_and_a_second_quick_start_refused(tmp_path, c
             text=True,
             timeout=120,
         )
-        assert down.returncode == 4
+        assert down.returncode == 4 and "nothing answered at http://127.0.0.1:1" in down.stderr
     finally:
         subprocess.run(["bash", "scripts/stop.sh"], cwd=ROOT, env=CLEAN_ENV | {"RAPID_ADAPT_RUN_DIR": str(run_dir)})
 

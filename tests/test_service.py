@@ -412,6 +412,41 @@ def test_a_body_of_more_arrays_than_any_request_holds_is_refused_before_it_is_pa
     assert api.request("POST", "/v1/adaptations", json=body).status_code == 202
 
 
+def test_errors_a_new_user_meets_name_the_accepted_forms(api, settings):
+    """A float label, a scalar input, a form-encoded body and a 409 say what is accepted; an image
+    sent as a data URL (what a browser's canvas gives) is taken as its base64."""
+    from app.demo import omniglot_task
+
+    def error(body=None, **kw):
+        r = api.request("POST", "/v1/adaptations", json=body, **kw)
+        assert r.status_code == 422, r.text
+        return r.json()["error"]
+
+    points = sinusoid_task(1)[0]
+    e = error({"model": "omniglot-conv4", "support": [{"input": [0.0], "label": 1.5}]})
+    assert e["details"] == ["support", 0, "label"] and "a JSON string of 1-200 characters or an integer" in e["message"]
+    e = error({"model": "sinusoid-mlp", "support": [{"input": 0.5, "target": 1.0}]})
+    assert e["details"] == ["support", 0, "input"] and "nested numeric array" in e["message"]
+    e = error(content=b"model=sinusoid-mlp", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert "send the body as JSON (Content-Type: application/json)" in e["message"]
+    aid = api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": points}).json()["id"]
+    early = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": [[0.0]]}).json()["error"]
+    assert early["code"] == "not_ready" and "?wait=SECONDS" in early["message"]
+    assert run_next_job(settings) == "succeeded"
+    support, queries, _ = omniglot_task(seed=2, n_way=5, n_query=1)
+    answers = []
+    for prefix in ("", "data:image/png;base64,"):
+        sent = [{"input": {"image": prefix + e["input"]["image"]}, "label": e["label"]} for e in support]
+        made = api.request("POST", "/v1/adaptations", json={"model": "omniglot-conv4", "support": sent, "mode": "fast"})
+        assert made.status_code == 202, made.text
+        assert run_next_job(settings) == "succeeded"
+        inputs = [{"image": prefix + q["image"]} for q in queries]
+        answers.append(
+            api.request("POST", f"/v1/adaptations/{made.json()['id']}/predictions", json={"inputs": inputs}).json()
+        )
+    assert [p["label"] for p in answers[0]["predictions"]] == [p["label"] for p in answers[1]["predictions"]]
+
+
 def test_the_page_and_the_docs_carry_a_content_security_policy_and_are_never_framed(api):
     for path in ("/", "/docs", "/redoc"):
         got = api.request("GET", path, key=None)

@@ -5,6 +5,7 @@ turn every failure into it."""
 from __future__ import annotations
 
 import logging
+import re
 
 import redis
 from fastapi import FastAPI
@@ -16,6 +17,14 @@ from ..core.store import QuotaExceeded, StorageFull
 from .responses import FastJSON
 
 log = logging.getLogger("rapid_adapt.api")
+# a member of a union in a validation error's location, e.g. ["support", 0, "label", "constrained-int"]
+UNION_MEMBER = re.compile(r"constrained-\w+|ImageInput|list\[.*\]|float|int|str")
+# what a field of a union takes, said in one message instead of the first member's complaint
+FORMS = {
+    "label": "a JSON string of 1-200 characters or an integer (a number such as 2.0 or 1.5 is neither)",
+    "input": 'a nested numeric array of the base\'s input shape, or {"image": BASE64} for image bases',
+    "target": "a number or a nested numeric array",
+}
 
 
 class ApiError(Exception):
@@ -60,12 +69,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_, exc: RequestValidationError):
+    async def validation_error(request, exc: RequestValidationError):
         first = exc.errors()[0]
         loc = list(first["loc"])
+        union = [p for p in loc if isinstance(p, str) and UNION_MEMBER.fullmatch(p)]  # pydantic names the forms tried
+        loc = [p for p in loc if p not in union]
         field = loc[1:] if loc and loc[0] == "body" else loc
         code = "invalid_json" if first["type"] == "json_invalid" else "invalid_request"
-        message = f"{'.'.join(map(str, field)) or 'body'}: {first['msg']}"
+        name = next((p for p in reversed(field) if isinstance(p, str)), None)
+        said = f"must be {FORMS[name]}" if union and name in FORMS else first["msg"]
+        message = f"{'.'.join(map(str, field)) or 'body'}: {said}"
+        kind = request.headers.get("content-type", "")
+        if not field and first["type"] != "json_invalid" and "json" not in kind:
+            message += f"; send the body as JSON (Content-Type: application/json), not {kind or 'untyped'}"
         return invalid(code, message, *field).response()
 
     @app.exception_handler(StarletteHTTPException)

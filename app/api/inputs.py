@@ -79,10 +79,17 @@ def image_of(value: ImageInput, spec: dict, limits: Limits, field: list, take=No
             f"{spec['name']} takes numeric arrays of shape {spec['input']['shape']}, not images",
             *field,
         )
+    text = value.image
+    if text.startswith("data:"):  # a data URL, as a browser's canvas.toDataURL() makes it
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            message = "a data URL image must be base64 (data:image/png;base64,...)"
+            raise invalid("invalid_image", message, *field, "image")
     try:
-        data = base64.b64decode(value.image, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid("invalid_image", "image is not valid base64", *field, "image") from None
+        message = "image is not valid base64: send the PNG or JPEG bytes in base64, or a data:image/...;base64, URL"
+        raise invalid("invalid_image", message, *field, "image") from None
     try:
         return open_image(data, limits.pixels, limits.side, take)
     except ImageError as exc:

@@ -40,7 +40,8 @@ BAR, DASH = example_png(False), example_png(True)
 class ImageInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(
-        description="base64 of a PNG or JPEG, any size, ink dark on light", examples=["iVBORw0KGgoAAAANSUhEUgAA..."]
+        description="base64 of a PNG or JPEG (or a data:image/...;base64, URL), any size, ink dark on light",
+        examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
     )
 
 

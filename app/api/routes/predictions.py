@@ -50,7 +50,10 @@ async def predict(
     record = got.record
     if got.outputs is None:
         code = {"failed": "adaptation_failed", "cancelled": "adaptation_cancelled"}.get(record["status"], "not_ready")
-        raise ApiError(409, code, f"adaptation is {record['status']}", [record["status"]])
+        message = f"adaptation is {record['status']}"
+        if code == "not_ready":
+            message += "; retry when it has succeeded, or send ?wait=SECONDS to wait for it in this request"
+        raise ApiError(409, code, message, [record["status"]])
     if record["task"] == "classification":
         classes = record["classes"]
         keys = [str(c) for c in classes]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .client import DONE, Client
 from .errors import RapidAdaptError
-from .inputs import read_inputs, read_support
+from .inputs import expand, read_inputs, read_support
 
 EXAMPLES = """examples:
   export RAPID_ADAPT_URL=http://127.0.0.1:8000 RAPID_ADAPT_API_KEY=demo-key
@@ -48,15 +49,22 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapt", help="queue an adaptation from support examples")
     a.add_argument("--model", required=True, help="a base from `rapid-adapt models`")
     a.add_argument("support", nargs="+", type=Path, help="a folder of class folders of images, a .csv, a .json")
-    a.add_argument("--mode", choices=["auto", "fast", "fine-tune"])
-    a.add_argument("--steps", type=int)
-    a.add_argument("--ttl", type=int, help="seconds to keep it")
+    a.add_argument(
+        "--mode",
+        choices=["auto", "fast", "fine-tune"],
+        help="fast: the head adapts (milliseconds); fine-tune: the last block too, for images unlike the base's "
+        "training data; auto (default): the service chooses from the support set",
+    )
+    a.add_argument("--steps", type=int, help="inner-loop steps (default: the mode's; `models --json` gives the most)")
+    a.add_argument("--ttl", type=int, help="seconds to keep it (default: the service's, an hour)")
     a.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     a.add_argument("--wait", action="store_true", help="wait for the job to end, showing its progress")
     a.add_argument("--timeout", type=float, default=300.0, help="how long --wait waits (seconds)")
     r = sub.add_parser("predict", help="predict inputs with an adaptation")
     r.add_argument("id")
-    r.add_argument("inputs", nargs="+", type=Path, help="images, a .csv (one input per row), a .json")
+    r.add_argument(
+        "inputs", nargs="+", type=Path, help="images, folders of images, a .csv (one input per row), a .json"
+    )
     r.add_argument("--wait", type=float, help="wait up to this many seconds for the adaptation to finish")
     for name, help_ in (
         ("get", "one adaptation"),
@@ -142,9 +150,8 @@ def run(args, c: Client) -> int:
         except (OSError, ValueError) as exc:
             raise Exit(2, str(exc)) from None
         preds = c.predict(args.id, inputs, wait=args.wait)
-        names = (
-            [str(p) for p in args.inputs] if len(inputs) == len(args.inputs) else [str(i) for i in range(len(inputs))]
-        )
+        files = expand(args.inputs)
+        names = [str(p) for p in files] if len(inputs) == len(files) else [str(i) for i in range(len(inputs))]
         if preds and "label" in preds[0]:
             rows = [[n, p["label"], f"{max(p['scores'].values()):.3f}"] for n, p in zip(names, preds)]
             show(args, preds, rows, ["input", "label", "score"])
@@ -172,9 +179,19 @@ def run(args, c: Client) -> int:
     return 0
 
 
+def hint(exc: RapidAdaptError, args) -> str:
+    """What to do about an error the caller's settings cause."""
+    if exc.status == 401:
+        return "\n  set RAPID_ADAPT_API_KEY or pass --key (the quick start's key is demo-key)"
+    if exc.status == 0:
+        url = args.url or os.environ.get("RAPID_ADAPT_URL") or "http://127.0.0.1:8000"
+        return f"\n  nothing answered at {url}: is the service running there? (--url or RAPID_ADAPT_URL)"
+    return ""
+
+
 def progress(e: dict) -> None:
     data = e.get("data") or {}
-    detail = f" step {data['step']}, loss {data['loss']:.4f}" if e["type"] == "step" else ""
+    detail = f" {data['step']}: loss {data['loss']:.4f}" if e["type"] == "step" else ""
     print(f"  {e['created_at']} {e['type']}{detail}", file=sys.stderr)
 
 
@@ -187,7 +204,7 @@ def main(argv=None) -> int:
         print(f"rapid-adapt: {exc.message}", file=sys.stderr)
         code = exc.code
     except RapidAdaptError as exc:
-        print(f"rapid-adapt: {exc}", file=sys.stderr)
+        print(f"rapid-adapt: {exc}{hint(exc, args)}", file=sys.stderr)
         code = 4 if exc.status in (0, 502, 503, 504) else 1
     if __name__ == "__main__" or argv is None:
         sys.exit(code)

@@ -26,6 +26,8 @@ def read_support(path: Path) -> list[dict]:
     `input,target` rows (every column but the last is the input), or a JSON file (a list
     of examples, or {"support": [...]})."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
     if path.is_dir():
         examples = []
         for label_dir in sorted(p for p in path.iterdir() if p.is_dir()):
@@ -45,11 +47,27 @@ def read_support(path: Path) -> list[dict]:
     raise ValueError(f"{path}: support is a folder of class folders of images, a .csv or a .json")
 
 
-def read_inputs(paths: list[Path]) -> list:
-    """Query inputs from image files, CSV files (one input per row) or JSON files (a list of
-    inputs, or {"inputs": [...]})."""
-    inputs = []
+def expand(paths: list[Path]) -> list[Path]:
+    """The paths, each folder replaced by the images in it (sorted by name)."""
+    out = []
     for path in map(Path, paths):
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise ValueError(f"{path}: a folder with no .png/.jpg images in it")
+            out += images
+        else:
+            out.append(path)
+    return out
+
+
+def read_inputs(paths: list[Path]) -> list:
+    """Query inputs from image files, folders of them, CSV files (one input per row) or JSON
+    files (a list of inputs, or {"inputs": [...]})."""
+    inputs = []
+    for path in expand(paths):
+        if not path.exists():
+            raise ValueError(f"{path}: no such file or folder")
         if path.suffix.lower() in IMAGE_SUFFIXES:
             inputs.append(image_input(path.read_bytes()))
         elif path.suffix.lower() == ".csv":
@@ -61,7 +79,7 @@ def read_inputs(paths: list[Path]) -> list:
             data = json.loads(path.read_text())
             inputs += data["inputs"] if isinstance(data, dict) else data
         else:
-            raise ValueError(f"{path}: inputs are .png/.jpg images, a .csv or a .json")
+            raise ValueError(f"{path}: inputs are .png/.jpg images, folders of them, a .csv or a .json")
     return inputs
 
 
