@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Quick start: install what is missing (scripts/setup.sh), start this checkout's own Redis servers, a Celery
 # worker and the API on 127.0.0.1, run the demo round trip, and leave the service running (stop it with
-# bash scripts/stop.sh). It never joins another service: it refuses to start when a port it needs is taken.
+# bash scripts/stop.sh). It never joins another service: it refuses to start when a port it needs is taken,
+# before installing anything. Adaptations are kept across a stop and a start (Redis's append-only files in run/).
 #   RAPID_ADAPT_PORT          API port (8000)
 #   RAPID_ADAPT_BROKER_PORT   Redis for Celery's queue (6379)
 #   RAPID_ADAPT_STORE_PORT    Redis for records, support sets and adapted weights (6380)
 #   RAPID_ADAPT_RUN_DIR       where its pids and logs go (run/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 PY=.venv/bin/python
 PORT="${RAPID_ADAPT_PORT:-8000}"
 BROKER_PORT="${RAPID_ADAPT_BROKER_PORT:-6379}"
@@ -32,16 +32,22 @@ done
 for pair in "API:$PORT:RAPID_ADAPT_PORT" "broker Redis:$BROKER_PORT:RAPID_ADAPT_BROKER_PORT" \
             "store Redis:$STORE_PORT:RAPID_ADAPT_STORE_PORT"; do
   IFS=: read -r what port var <<<"$pair"
-  if ! $PY -c "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
+  # SO_REUSEADDR as the servers set it: a port whose last connections are closing (TIME_WAIT) is free
+  if ! python3 -c "import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; then
     echo "quickstart: port $port ($what) is already in use by another program; refusing to start beside it." >&2
     echo "quickstart: stop that program, or choose another port: $var=<port> bash scripts/quickstart.sh" >&2
     exit 1
   fi
 done
 
-start_redis() {  # name port maxmemory policy: never evicts for the broker and the store
-  redis-server --port "$2" --bind 127.0.0.1 --save "" --appendonly no --maxmemory "$3" --maxmemory-policy "$4" \
-    --daemonize yes --pidfile "$RUN/redis-$1.pid" --logfile "$RUN/redis-$1.log"
+# the checks above come first: a refusal costs no install. Then what is missing (nothing, the second time)
+bash scripts/setup.sh
+
+start_redis() {  # name port maxmemory policy: never evicts; an append-only file in run/ keeps it across restarts
+  mkdir -p "$RUN/redis-$1-data"
+  redis-server --port "$2" --bind 127.0.0.1 --save "" --appendonly yes --dir "$RUN/redis-$1-data" \
+    --maxmemory "$3" --maxmemory-policy "$4" --daemonize yes --pidfile "$RUN/redis-$1.pid" --logfile "$RUN/redis-$1.log"
 }
 start_redis broker "$BROKER_PORT" 256mb noeviction
 start_redis store "$STORE_PORT" 1gb noeviction

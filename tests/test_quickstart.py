@@ -119,6 +119,15 @@ def test_quick_start_round_trip_cli_and_a_second_quick_start_refused(tmp_path, c
             timeout=120,
         )
         assert down.returncode == 4 and "nothing answered at http://127.0.0.1:1" in down.stderr
+        # a stop and a start keep what was stored (Redis's append-only files in run/)
+        stop = subprocess.run(
+            ["bash", "scripts/stop.sh"], cwd=ROOT, env=CLEAN_ENV | {"RAPID_ADAPT_RUN_DIR": str(run_dir)}
+        )
+        assert stop.returncode == 0
+        restarted = quickstart(run_dir, ports)
+        assert restarted.returncode == 0, restarted.stdout[-2000:] + restarted.stderr[-2000:]
+        kept = subprocess.run([*cli, "get", a["id"]], env=env, capture_output=True, text=True, timeout=60)
+        assert kept.returncode == 0 and json.loads(kept.stdout)["status"] == "succeeded", kept.stderr
     finally:
         subprocess.run(["bash", "scripts/stop.sh"], cwd=ROOT, env=CLEAN_ENV | {"RAPID_ADAPT_RUN_DIR": str(run_dir)})
 
