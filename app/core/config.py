@@ -99,11 +99,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _passwords_from_files(self) -> Settings:
-        for url, file in (("broker_url", "broker_password_file"), ("redis_url", "redis_password_file")) + (
-            (("cache_url", "cache_password_file"),) if self.cache_url else ()
-        ):
+        for url, file in (("broker_url", "broker_password_file"), ("redis_url", "redis_password_file"),
+                          ("cache_url", "cache_password_file")):  # fmt: skip
             path = getattr(self, file)
-            if path:
+            if path and getattr(self, url):  # no cache_url: the weights share the store's URL and password
                 try:
                     password = Path(path).read_text().strip()
                 except OSError as exc:

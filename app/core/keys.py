@@ -85,6 +85,11 @@ def metadata_index(tenant: str, key: str, value: str) -> str:
     return f"{_t(tenant)}:m:{pair}"
 
 
+def metadata_indexes(record: dict) -> list[str]:
+    """The metadata indexes an adaptation's record belongs to, one per key=value pair."""
+    return [metadata_index(record["tenant"], k, v) for k, v in sorted((record.get("metadata") or {}).items())]
+
+
 def tenant_index(tenant: str) -> str:
     return f"{_t(tenant)}:t"
 

@@ -98,8 +98,6 @@ def _move(r: redis.Redis) -> int:
 def _index_metadata(r: redis.Redis) -> int:
     """Add every stored adaptation with metadata to the indexes of its pairs (layout 2 -> 3).
     -> index entries written."""
-    from .store import metadata_indexes
-
     written = 0
     for raw in r.scan_iter(match="ra:{*}:a:*", count=1000):
         fields = r.hmget(raw, "tenant", "id", "metadata", "created_ts")
@@ -107,7 +105,7 @@ def _index_metadata(r: redis.Redis) -> int:
             continue
         tenant, aid, metadata, created = (json.loads(f) for f in fields)
         ttl = r.ttl(raw)
-        for index in metadata_indexes({"tenant": tenant, "metadata": metadata}):
+        for index in keys.metadata_indexes({"tenant": tenant, "metadata": metadata}):
             written += r.zadd(index, {aid: created})
             if ttl > 0 and r.ttl(index) < ttl:
                 r.expire(index, ttl)

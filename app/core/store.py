@@ -172,10 +172,6 @@ INDEX_BYTES = 300
 METADATA_INDEX_BYTES = 160
 
 
-def metadata_indexes(record: dict) -> list[str]:
-    return [keys.metadata_index(record["tenant"], k, v) for k, v in sorted((record.get("metadata") or {}).items())]
-
-
 LIMITS = {
     "tenant_max_adaptations": ("adaptations stored", 60),
     "tenant_max_jobs": ("jobs queued or running", 5),
@@ -277,7 +273,7 @@ class Store:
                     keys.usage_total(tenant),
                     keys.jobs(tenant),
                     ikey if idempotency else keys.record(tenant, aid),
-                    *metadata_indexes(record),
+                    *keys.metadata_indexes(record),
                 ],
                 args=[now, aid, ttl, record["created_ts"], now + ttl, about, int(schedule)]
                 + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
@@ -473,7 +469,7 @@ class Store:
         aid, tenant = record["id"], record["tenant"]
         ks = [keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid)]
         ks += [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
-        self._delete(keys=[*ks, record.get("idempotency_key") or ks[0], *metadata_indexes(record)], args=[aid])
+        self._delete(keys=[*ks, record.get("idempotency_key") or ks[0], *keys.metadata_indexes(record)], args=[aid])
         self.cache.delete(keys.weights(aid))
 
     def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:
