@@ -66,7 +66,7 @@ def test_the_main_flows_run_on_a_redis_cluster(cluster_stack):
         assert e.value.status == 404
         wait_until(lambda: all(c.adaptation(i)["status"] == "succeeded" for i in queued[:2]), 30, "the jobs")
     r = cluster_client(s)
-    assert not r.exists(keys.record("acme", a["id"]), keys.support("acme", a["id"]))
+    assert not r.exists(keys.record("acme", a["id"]), keys.weights(a["id"]))
     assert r.keyslot(keys.tenant_index("acme")) != r.keyslot(keys.tenant_index("globex"))  # tenants spread
 
 

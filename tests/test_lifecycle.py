@@ -204,8 +204,7 @@ def ttl_passes(jobs: Jobs, aid: str) -> None:
     """Its TTL, as if the time had come: every key it wrote expires now (Redis drops them itself)."""
     r = jobs.store.r
     jobs.store.cache.pexpire(keys.weights(aid), 1)
-    for key in (keys.support("acme", aid), keys.events("acme", aid), keys.record("acme", aid)):
-        r.pexpire(key, 1)  # the record last: once it is gone, so is the rest
+    r.pexpire(keys.record("acme", aid), 1)  # its support set and events are in it
     r.zadd(keys.expiries("acme"), {aid: time.time()})
 
 

@@ -12,12 +12,25 @@ from app.demo import sinusoid_task
 from .conftest import InProcess, run_next_job
 
 
+def as_layout_3(r: redis.Redis, tenant: str, ids: list[str]) -> None:
+    """The support set and events in keys of their own, as versions 1.1 and 1.2 kept them."""
+    for aid in ids:
+        record, ttl = keys.record(tenant, aid), r.ttl(keys.record(tenant, aid))
+        r.set(f"ra:{{{tenant}}}:s:{aid}", r.hget(record, "_support"), ex=ttl)
+        r.rpush(f"ra:{{{tenant}}}:e:{aid}", *r.hget(record, "_events").split(b"\n"))
+        r.expire(f"ra:{{{tenant}}}:e:{aid}", ttl)
+        r.hdel(record, "_support", "_events")
+        r.hset(record, "held_bytes", "1000")
+    r.set(keys.SCHEMA_KEY, 3)
+
+
 def as_layout_1(r: redis.Redis, tenant: str, ids: list[str]) -> None:
     """The keys as versions before 0.9 named them (written out here, not derived from keys.py)."""
+    as_layout_3(r, tenant, ids)
     for aid in ids:
         r.rename(keys.record(tenant, aid), f"ra:a:{aid}")
-        r.rename(keys.support(tenant, aid), f"ra:s:{aid}")
-        r.rename(keys.events(tenant, aid), f"ra:e:{aid}")
+        r.rename(f"ra:{{{tenant}}}:s:{aid}", f"ra:s:{aid}")
+        r.rename(f"ra:{{{tenant}}}:e:{aid}", f"ra:e:{aid}")
     for new, old in (
         (keys.tenant_index(tenant), f"ra:t:{tenant}"),
         (keys.expiries(tenant), f"ra:x:{tenant}"),
@@ -81,3 +94,28 @@ def test_adaptations_stored_before_metadata_indexes_are_found_by_a_filter_after_
             a["id"] for a in api.request("GET", "/v1/adaptations", params={"metadata[team]": "b"}).json()["data"]
         ] == [other]
         assert 0 < r.ttl(keys.metadata_index("acme", "team", "a")) <= 3600
+
+
+def test_support_sets_and_events_in_keys_of_their_own_move_into_their_records(settings):
+    """Layout 3 kept each support set and event list in a key of its own: the next start folds
+    them into the record (one key, one TTL), and everything reads and runs as before."""
+    support, queries, _ = sinusoid_task(4)
+    body = {"model": "sinusoid-mlp", "support": support}
+    with InProcess(create_app(settings)) as api:
+        done = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+        run_next_job(settings)
+        waiting = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+        events = api.request("GET", f"/v1/adaptations/{done}/events").json()["data"]
+        r = api.app.state.store.r
+        r.delete(keys.weights(done))
+        as_layout_3(r, "acme", [done, waiting])
+    with InProcess(create_app(settings)) as api:
+        assert not r.keys("ra:{acme}:s:*") and not r.keys("ra:{acme}:e:*")
+        assert not r.hexists(keys.record("acme", done), "held_bytes")
+        assert 0 < r.ttl(keys.record("acme", done)) <= 3600
+        assert api.request("GET", f"/v1/adaptations/{done}/events").json()["data"] == events
+        answer = api.request("POST", f"/v1/adaptations/{done}/predictions", json={"inputs": queries[:3]})
+        assert answer.status_code == 200  # its weights rebuilt from the folded support set
+        assert run_next_job(settings) == "succeeded"
+        kinds = [e["type"] for e in api.request("GET", f"/v1/adaptations/{waiting}/events").json()["data"]]
+        assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "succeeded"

@@ -10,9 +10,10 @@ transaction or script touches shares a hash tag, so it lives in one slot.
   - the rest are single keys, each touched alone.
 
 Durable store (settings.redis_url, must not evict), each key with the adaptation's TTL:
-  ra:{T}:a:{id}           hash: the adaptation record, each field JSON-encoded
-  ra:{T}:s:{id}           the support set as safetensors bytes (codecs.support_to_bytes)
-  ra:{T}:e:{id}           list of the job's events, oldest first, each JSON
+  ra:{T}:a:{id}           hash: the adaptation record, each field JSON-encoded (store.RECORD_FIELDS),
+                          and in two more fields its support set as safetensors bytes (`_support`,
+                          codecs.support_to_bytes) and the job's events, oldest first, a JSON
+                          object a line (`_events`): one key, one TTL, one write per move
   ra:{T}:idem:{h}         "{id} {request fingerprint}" for an Idempotency-Key (h: its SHA-256)
 Per tenant T (no TTL: Redis drops an index once its last member is pruned):
   ra:{T}:t                sorted set of the tenant's ids by creation time (the listing's index)
@@ -43,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-SCHEMA = 3
+SCHEMA = 4
 SCHEMA_KEY = "ra:schema"
 DONE = "ra:done"  # a pub/sub channel, not a key: the ids of jobs that just ended (app/api/notices.py)
 WORKERS = "ra:workers"
@@ -62,14 +63,6 @@ def _t(tenant: str) -> str:
 
 def record(tenant: str, aid: str) -> str:
     return f"{_t(tenant)}:a:{aid}"
-
-
-def support(tenant: str, aid: str) -> str:
-    return f"{_t(tenant)}:s:{aid}"
-
-
-def events(tenant: str, aid: str) -> str:
-    return f"{_t(tenant)}:e:{aid}"
 
 
 def idempotency(tenant: str, key: str) -> str:

@@ -7,7 +7,9 @@ Layout 1 (before 0.9) named keys without hash tags: ra:a:{id}, ra:s:{id}, ra:e:{
 ra:t:{T}, ra:x:{T}, ra:b:{T}, ra:j:{T}, ra:idem:{T}:{h}, ra:p:{T}, ra:run:{T}, ra:rr,
 ra:inflight. It only ever ran on one Redis server, where RENAME moves a key with its TTL.
 Layout 2 (1.1) had no metadata indexes (ra:{T}:m:{h}): each stored adaptation is added to
-those of its metadata pairs."""
+those of its metadata pairs. Layout 3 (1.2) kept the support set (ra:{T}:s:{id}) and the
+events (list ra:{T}:e:{id}) in keys of their own: they move into the record's `_support` and
+`_events` fields."""
 
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def migrate(r: redis.Redis, cluster: bool = False) -> int:
         return 0
     try:
         moved = _move(r) if layout < 2 else 0
-        moved += _index_metadata(r)
+        moved += _index_metadata(r) if layout < 3 else 0
+        moved += _fold(r)
         r.set(keys.SCHEMA_KEY, keys.SCHEMA)
     finally:
         r.delete(LOCK)
@@ -70,7 +73,7 @@ def _move(r: redis.Redis) -> int:
             new_idem = keys.idempotency_digest(tenant, idem.rsplit(":", 1)[1])
             moved += _rename(r, idem, new_idem)
             r.hset(old, "idempotency_key", json.dumps(new_idem))
-        for prefix, name in (("ra:s:", keys.support), ("ra:e:", keys.events), ("ra:a:", keys.record)):
+        for prefix, name in (("ra:s:", _support_key), ("ra:e:", _events_key), ("ra:a:", keys.record)):
             moved += _rename(r, prefix + aid, name(tenant, aid))
     per_tenant = {
         "ra:t:": keys.tenant_index,
@@ -110,6 +113,37 @@ def _index_metadata(r: redis.Redis) -> int:
             if ttl > 0 and r.ttl(index) < ttl:
                 r.expire(index, ttl)
     return written
+
+
+def _support_key(tenant: str, aid: str) -> str:  # layouts 2 and 3
+    return f"ra:{{{tenant}}}:s:{aid}"
+
+
+def _events_key(tenant: str, aid: str) -> str:  # layouts 2 and 3
+    return f"ra:{{{tenant}}}:e:{aid}"
+
+
+# KEYS: record, its support set, its events (layout 3). Both into the record, in one slot, at once.
+_FOLD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local support = redis.call('GET', KEYS[2])
+if support then redis.call('HSET', KEYS[1], '_support', support) end
+local events = redis.call('LRANGE', KEYS[3], 0, -1)
+if #events > 0 then redis.call('HSET', KEYS[1], '_events', table.concat(events, '\\n')) end
+redis.call('HDEL', KEYS[1], 'held_bytes')
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+
+def _fold(r: redis.Redis) -> int:
+    """Each record's support set and events into its own fields (layout 3 -> 4). -> records folded."""
+    fold, folded = r.register_script(_FOLD), 0
+    for raw in r.scan_iter(match="ra:{*}:a:*", count=1000):
+        name = raw.decode()
+        tenant, aid = keys.tenant_of(name), name.rsplit(":", 1)[1]
+        folded += int(fold(keys=[name, _support_key(tenant, aid), _events_key(tenant, aid)]))
+    return folded
 
 
 if __name__ == "__main__":

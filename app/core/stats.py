@@ -1,15 +1,21 @@
 """Finished jobs counted in Redis by the workers, so that every API process reports
 the same figures on /metrics: jobs by final status and a duration histogram.
 
-A job's end costs two increments whatever its duration: the one bucket of its status that its
-duration falls in (`b:{status}:{le}`, not cumulative; `+Inf` past the last) and the sum; a job
-ended without a duration (cancelled) counts `status:{status}`. At scrape time `finished` adds a
+A job's end counts in the one bucket of its status that its duration falls in (`b:{status}:{le}`,
+not cumulative; `+Inf` past the last) and in the sum; a job ended without a duration (cancelled)
+counts `status:{status}`. A worker tallies its jobs' ends in memory (`Tally`) and writes them at
+most once a second and at each upkeep turn, so a busy worker's many short jobs cost Redis a few
+increments a second, not two a job; /metrics lags by that second. At scrape time `finished` adds a
 status's buckets up, and `cumulative` every status's, for Prometheus. (Counts of earlier
 versions, `status:{status}` and `b:{le}`, are added in.)"""
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import threading
+import time
+from collections import Counter
 
 import redis
 
@@ -18,15 +24,59 @@ from . import keys
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
+def field(status: str, seconds: float | None) -> str:
+    """The counter a job's end adds one to."""
     if seconds is None:
-        r.hincrby(keys.STATS, f"status:{status}", 1)
-        return
+        return f"status:{status}"
     i = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bucket with seconds <= le
+    return f"b:{status}:{DURATION_BUCKETS[i] if i < len(DURATION_BUCKETS) else '+Inf'}"
+
+
+def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
+    """One job's end, written at once (the API's cancels: rare)."""
     p = r.pipeline(transaction=False)
-    p.hincrby(keys.STATS, f"b:{status}:{DURATION_BUCKETS[i] if i < len(DURATION_BUCKETS) else '+Inf'}", 1)
-    p.hincrbyfloat(keys.STATS, "duration_sum", seconds)
+    p.hincrby(keys.STATS, field(status, seconds), 1)
+    if seconds is not None:
+        p.hincrbyfloat(keys.STATS, "duration_sum", seconds)
     p.execute()
+
+
+class Tally:
+    """A worker's job ends not yet in Redis: `add` writes them when the last write is a second
+    old (the first at once), `flush` whatever is left (each upkeep turn, and at shutdown)."""
+
+    EVERY = 1.0
+
+    def __init__(self, r: redis.Redis):
+        self.r, self._counts, self._sum, self._flushed = r, Counter(), 0.0, None
+        self._lock = threading.Lock()
+
+    def add(self, status: str, seconds: float | None) -> None:
+        with self._lock:
+            self._counts[field(status, seconds)] += 1
+            self._sum += seconds or 0.0
+        if self._flushed is None or time.monotonic() - self._flushed >= self.EVERY:
+            with contextlib.suppress(redis.RedisError):  # kept: the upkeep turn tries again, and counts it
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, total, self._counts, self._sum = self._counts, self._sum, Counter(), 0.0
+            self._flushed = time.monotonic()
+        if not counts:
+            return
+        try:
+            p = self.r.pipeline(transaction=False)
+            for name, n in counts.items():
+                p.hincrby(keys.STATS, name, n)
+            if total:
+                p.hincrbyfloat(keys.STATS, "duration_sum", total)
+            p.execute()
+        except redis.RedisError:
+            with self._lock:  # kept for the next try
+                self._counts.update(counts)
+                self._sum += total
+            raise
 
 
 def read(r: redis.Redis) -> dict[str, float]:

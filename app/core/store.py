@@ -28,46 +28,61 @@ end
 return 0
 """
 
-# Lua functions for the scripts below: what these keys hold in Redis's memory (MEMORY USAGE, a
-# record's every field counted; a missing key 0), and charging a tenant for it. Charging what Redis
-# reports, not what was sent, counts an encoding's overhead too: the byte quota is what a tenant
-# costs the store. A create charges what it wrote; a job's end what its record and events grew by.
+# Lua functions for the scripts below. `alloc` mirrors `allocated`: what Redis allocates for a
+# string of n bytes. `charge` adds bytes to the tenant's usage of one adaptation and its total.
+# `append` adds events to a record's `_events` (JSON, one per line).
 _BYTES_FUNCTION = """
-local function bytes(...)
-  local n = 0
-  for _, key in ipairs({...}) do n = n + (redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') or 0) end
-  return n
+local function alloc(n)
+  if n < 32 then n = n + 2 elseif n < 256 then n = n + 4 elseif n < 65536 then n = n + 6 else n = n + 10 end
+  if n <= 8 then return 8 end
+  if n <= 128 then return math.ceil(n / 16) * 16 end
+  local g, top = 32, 256
+  while n > top do g, top = g * 2, top * 2 end
+  return math.ceil(n / g) * g
 end
 local function charge(usage, total, aid, n)
   if n ~= 0 and redis.call('ZADD', usage, 'XX', 'INCR', n, aid) then redis.call('INCRBY', total, n) end
 end
+local function append(old, items, from, to)
+  local text = table.concat(items, '\\n', from, to)
+  if old and old ~= '' then return old .. '\\n' .. text end
+  return text
+end
 """
 
-# KEYS: record, events, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON
-# list), ARGV[2] a channel to publish the id ARGV[3] on ('' for none: a final status publishes, and
-# settles), ARGV[4] bytes to charge the tenant for besides (its weights, in the cache), ARGV[5] n, then
-# n events, then field, value pairs. -> the status it had (JSON), or nil when the record is gone; the
-# fields are set, the events appended, the notice published and the bytes charged only when allowed.
-# Settling charges what the record and events grew by since they were last charged (`held_bytes`,
-# written by the create): one measure at the job's end instead of one at every step.
+# KEYS: record, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON list),
+# ARGV[2] a channel to publish ARGV[3] on ('' for none: a final status publishes), ARGV[3] the
+# notice (the id, then a space and the record's public JSON when the caller has it), ARGV[4] the
+# id, ARGV[5] bytes to charge besides (its weights, in the cache), ARGV[6] n, then n events, then
+# field, value pairs. -> the status it had (JSON), or nil when the record is gone; the fields are
+# set, the events appended, the notice published and the tenant charged what the record grew by
+# (read from the old values in the same HMGET) only when allowed.
 _TRANSITION = (
     _BYTES_FUNCTION
     + """
-local status = redis.call('HGET', KEYS[1], 'status')
+local n = tonumber(ARGV[6])
+local first = 7 + n
+local names = {'status', '_events'}
+for i = first, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local old = redis.call('HMGET', KEYS[1], unpack(names))
+local status = old[1]
 if not status then return nil end
-local n = tonumber(ARGV[5])
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n))
-    if n > 0 then redis.call('RPUSHX', KEYS[2], unpack(ARGV, 6, 5 + n)) end
-    local grew = 0
-    if ARGV[2] ~= '' then
-      local held = bytes(KEYS[1], KEYS[2])
-      grew = held - tonumber(redis.call('HGET', KEYS[1], 'held_bytes') or held)
-      redis.call('HSET', KEYS[1], 'held_bytes', held)
-      redis.call('PUBLISH', ARGV[2], ARGV[3])
+    local grew, pairs, k = tonumber(ARGV[5]), {}, 3
+    for i = first, #ARGV, 2 do
+      local was = old[k]
+      grew = grew + alloc(#ARGV[i + 1]) - (was and alloc(#was) or -(alloc(#ARGV[i]) + 24))
+      pairs[#pairs + 1], pairs[#pairs + 2], k = ARGV[i], ARGV[i + 1], k + 1
     end
-    charge(KEYS[3], KEYS[4], ARGV[3], grew + tonumber(ARGV[4]))
+    if n > 0 then
+      local events = append(old[2], ARGV, 7, 6 + n)
+      grew = grew + alloc(#events) - alloc(#(old[2] or ''))
+      pairs[#pairs + 1], pairs[#pairs + 2] = '_events', events
+    end
+    redis.call('HSET', KEYS[1], unpack(pairs))
+    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+    charge(KEYS[2], KEYS[3], ARGV[4], grew)
     return status
   end
 end
@@ -75,13 +90,52 @@ return status
 """
 )
 
-# KEYS[1] record, KEYS[2] events; ARGV: events. Appends them only while the job runs (their
-# bytes are charged when the job ends: _TRANSITION settles).
-_STEP = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == '"running"' then redis.call('RPUSHX', KEYS[2], unpack(ARGV)) end
-return status
+# KEYS: record, usage, usage total; ARGV: id, then events. Appends them only while the job runs,
+# and charges what they add. -> the status (JSON), nil when the record is gone.
+_STEP = (
+    _BYTES_FUNCTION
+    + """
+local old = redis.call('HMGET', KEYS[1], 'status', '_events')
+if old[1] == '"running"' then
+  local events = append(old[2], ARGV, 2, #ARGV)
+  redis.call('HSET', KEYS[1], '_events', events)
+  charge(KEYS[2], KEYS[3], ARGV[1], alloc(#events) - alloc(#(old[2] or '')))
+end
+return old[1]
 """
+)
+
+# KEYS: record; ARGV: started_at (JSON), the started event's timestamp, resumed (1/0). A queued
+# job (or a running one, resumed after a Redis error) becomes running, one more attempt, its
+# started event appended; the create charged these writes already (`start_fields`).
+# -> {status it had, the record's field, value pairs as they were (its support set among them)},
+# nil when the record is gone.
+_START = """
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return nil end
+local at = {}
+for i = 1, #all, 2 do at[all[i]] = all[i + 1] end
+local status = at['status']
+if status == '"queued"' or (status == '"running"' and ARGV[3] == '1') then
+  local attempts = tonumber(at['attempts'] or '0') + 1
+  local started = '{"type": "started", "created_at": "' .. ARGV[2] .. '", "data": {"attempt": ' .. attempts .. '}}'
+  local events = at['_events']
+  events = (events and events ~= '') and (events .. '\\n' .. started) or started
+  redis.call('HSET', KEYS[1], 'status', '"running"', 'started_at', ARGV[1], 'attempts', attempts, '_events', events)
+end
+return {status, all}
+"""
+
+# KEYS: record, events; ARGV: events. Appends them if the record exists (a job put back).
+_APPEND = (
+    _BYTES_FUNCTION
+    + """
+local old = redis.call('HGET', KEYS[1], '_events')
+if not old then return 0 end
+redis.call('HSET', KEYS[1], '_events', append(old, ARGV, 1, #ARGV))
+return 1
+"""
+)
 
 # A Lua function for the scripts below: drop the tenant's expired ids (1000 at most) from its
 # indexes and give their bytes back. -> how many it dropped.
@@ -102,47 +156,40 @@ end
 
 # Check the tenant's quotas (over one, first prune its expired ids and check again), then write
 # a new adaptation, all in one slot and at once (two creates cannot both pass the last quota),
-# and charge what it holds: its keys' MEMORY USAGE and its entries in the indexes.
-# KEYS: record, support, events, index, expiries, usage, usage total, jobs, the idempotency key
-#       (or the record again), then the metadata indexes of its key=value pairs.
-# ARGV: now, id, ttl, created_ts, expires (unix), bytes it will take (about), schedule (1/0), max
-#       adaptations, max jobs, max bytes, the first event, the support bytes, bytes of its index
-#       entries, then the record's field, value pairs.
+# and charge what it holds. The byte quota is checked by charging first (INCRBY answers the new
+# total) and taking the charge back when that is over the limit.
+# KEYS: record, index, expiries, usage, usage total, jobs, then the metadata indexes of its
+#       key=value pairs.
+# ARGV: now, id, ttl, created_ts, expires (unix), bytes it holds (`Store.create`), schedule (1/0),
+#       max adaptations, max jobs, max bytes, then the record's field, value pairs.
 # -> the limit that refused it, or '' when written
 _CREATE = (
     _PRUNE_FUNCTION
-    + _BYTES_FUNCTION
     + """
+local held = tonumber(ARGV[6])
 local function over()
-  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
-  if ARGV[7] == '1' and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
-  if tonumber(redis.call('GET', KEYS[7]) or '0') + tonumber(ARGV[6]) > tonumber(ARGV[10]) then
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
+  if ARGV[7] == '1' and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
+  if redis.call('INCRBY', KEYS[5], held) > tonumber(ARGV[10]) then
+    if redis.call('DECRBY', KEYS[5], held) <= 0 then redis.call('DEL', KEYS[5]) end
     return 'tenant_max_bytes'
   end
   return nil
 end
 local refused = over()
-if refused and prune(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[1]) > 0 then refused = over() end
+if refused and prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1]) > 0 then refused = over() end
 if refused then return refused end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 14))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], ARGV[12], 'EX', ttl)
-redis.call('RPUSH', KEYS[3], ARGV[11])
-redis.call('EXPIRE', KEYS[3], ttl)
-local live = bytes(KEYS[1], KEYS[3])
-redis.call('HSET', KEYS[1], 'held_bytes', live)
-local held = live + bytes(KEYS[2]) + tonumber(ARGV[13])
-if KEYS[9] ~= KEYS[1] then held = held + bytes(KEYS[9]) end
-redis.call('ZADD', KEYS[4], ARGV[4], aid)
-redis.call('ZADD', KEYS[5], ARGV[5], aid)
-for i = 10, #KEYS do
+redis.call('ZADD', KEYS[2], ARGV[4], aid)
+redis.call('ZADD', KEYS[3], ARGV[5], aid)
+for i = 7, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[4], aid)
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
-redis.call('ZADD', KEYS[6], held, aid)
-redis.call('INCRBY', KEYS[7], held)
-if ARGV[7] == '1' then redis.call('SADD', KEYS[8], aid) end
+redis.call('ZADD', KEYS[4], held, aid)
+if ARGV[7] == '1' then redis.call('SADD', KEYS[6], aid) end
 return ''
 """
 )
@@ -150,20 +197,62 @@ return ''
 # KEYS: index, expiries, usage, usage total, jobs; ARGV: now. -> how many expired ids it dropped.
 _PRUNE = _PRUNE_FUNCTION + "return prune(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1])"
 
-# KEYS: record, support, events, index, expiries, usage, usage total, the idempotency key (or the
-# record again), then its metadata indexes; ARGV: id. Everything of one adaptation gone, its bytes
-# given back.
+# KEYS: record, index, expiries, usage, usage total, the idempotency key (or the record again),
+# then its metadata indexes; ARGV: id. Everything of one adaptation gone, its bytes given back.
 _DELETE = """
-local freed = tonumber(redis.call('ZSCORE', KEYS[6], ARGV[1]) or '0')
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[8])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-for i = 9, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
-if redis.call('ZREM', KEYS[6], ARGV[1]) == 1 and redis.call('DECRBY', KEYS[7], freed) <= 0 then
-  redis.call('DEL', KEYS[7])
+local freed = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0')
+redis.call('DEL', KEYS[1], KEYS[6])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+for i = 7, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 and redis.call('DECRBY', KEYS[5], freed) <= 0 then
+  redis.call('DEL', KEYS[5])
 end
 return 1
 """
+
+# The record's own fields (each JSON): what a read fetches (HMGET), leaving its support set and
+# events, which can be large, to the reads that want them. A field written that is not here would
+# never be read: `Store` refuses to write one.
+RECORD_FIELDS = (
+    "id", "tenant", "model", "model_version", "task", "status", "mode", "steps", "ttl_seconds",
+    "metadata", "n_support", "created_at", "created_ts", "expires_at", "classes", "target_shape",
+    "idempotency_key", "started_at", "attempts", "finished_at", "metrics", "error",
+)  # fmt: skip
+SUPPORT, EVENTS = "_support", "_events"  # the record's other two fields
+
+
+def allocated(n: int) -> int:
+    """What Redis allocates for a string of n bytes: its sds header and NUL, rounded up to
+    jemalloc's size class (16-byte steps to 128, then four classes per power of two). The store
+    charges a tenant from this model of Redis's memory (mirrored in Lua as `alloc`), not from a
+    MEMORY USAGE call per key: a command fewer per key written; tests hold it to MEMORY USAGE."""
+    n += 2 if n < 32 else 4 if n < 256 else 6 if n < 65536 else 10
+    if n <= 8:
+        return 8
+    if n <= 128:
+        return -(-n // 16) * 16
+    g, top = 32, 256
+    while n > top:
+        g, top = g * 2, top * 2
+    return -(-n // g) * g
+
+
+def string_bytes(key: str, value: bytes | str) -> int:
+    """MEMORY USAGE of a string key: its value, the object, the key's name and its table entry."""
+    return allocated(len(value)) + 16 + allocated(len(key)) + 24
+
+
+def hash_bytes(key: str, pairs: list[tuple[bytes, bytes]], fields: int) -> int:
+    """MEMORY USAGE of a hash of `pairs` (stored as a table: a value over 64 bytes makes it one)
+    whose table has room for `fields` fields: the object, its table and buckets, each field and
+    value with its entry, the key's name and its entry in the keyspace."""
+    slots = 4
+    while slots < fields:
+        slots *= 2
+    held = sum(allocated(len(f)) + allocated(len(v)) + 24 for f, v in pairs)
+    return 16 + 56 + 8 * slots + held + allocated(len(key.encode())) + 24
+
 
 # what one adaptation's id costs in its tenant's three sorted sets (index, expiries, usage): the
 # id, its score and the set's own bookkeeping, about 100 bytes each once a set is past 128 members;
@@ -205,6 +294,26 @@ def decode_record(raw: dict) -> dict:
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
+def decode_fields(values: list) -> dict | None:
+    """An HMGET of RECORD_FIELDS -> the record (None when it is gone)."""
+    if values[0] is None:
+        return None
+    return {k: json.loads(v) for k, v in zip(RECORD_FIELDS, values) if v is not None}
+
+
+def json_pairs(fields: dict) -> list[tuple[str, str]]:
+    unknown = set(fields) - set(RECORD_FIELDS)
+    if unknown:
+        raise ValueError(f"not a record field (add it to RECORD_FIELDS): {sorted(unknown)}")
+    return [(k, json.dumps(v, ensure_ascii=False)) for k, v in fields.items()]
+
+
+def start_fields(attempt: int = 1) -> dict[str, str]:
+    """The fields a job's start writes (as the start script writes them), for the create to
+    charge: their sizes are known before the job runs."""
+    return {"status": '"running"', "started_at": json.dumps(now_stamp()), "attempts": str(attempt)}
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a page of the listing ends: newest first is (created_ts, id) descending."""
@@ -223,6 +332,8 @@ class Store:
         self._prune = self.r.register_script(_PRUNE)
         self._delete = self.r.register_script(_DELETE)
         self._step = self.r.register_script(_STEP)
+        self._start = self.r.register_script(_START)
+        self._append = self.r.register_script(_APPEND)
         self.settings = settings
         self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
         self._refused: dict[str, float] = {}  # tenant -> when this process last saw it over a quota
@@ -259,25 +370,23 @@ class Store:
             if self.fill() >= self.settings.store_max_fill:
                 raise StorageFull("the store is nearly full; retry later")
             s, now = self.settings, time.time()
-            fields = [x for k, v in record.items() for x in (k, json.dumps(v, ensure_ascii=False))]
-            indexed = INDEX_BYTES + METADATA_INDEX_BYTES * len(record.get("metadata") or {})
-            about = len(data) + sum(len(f.encode()) for f in fields) + indexed
+            name, queued = keys.record(tenant, aid), json.dumps(event("queued"))
+            pairs = [(k.encode(), v.encode()) for k, v in json_pairs(record)]
+            pairs += [(SUPPORT.encode(), data), (EVENTS.encode(), queued.encode())]
+            held = self._held(name, pairs, queued, tenant, record)
             refused = self._create(
                 keys=[
-                    keys.record(tenant, aid),
-                    keys.support(tenant, aid),
-                    keys.events(tenant, aid),
+                    name,
                     keys.tenant_index(tenant),
                     keys.expiries(tenant),
                     keys.usage(tenant),
                     keys.usage_total(tenant),
                     keys.jobs(tenant),
-                    ikey if idempotency else keys.record(tenant, aid),
                     *keys.metadata_indexes(record),
                 ],
-                args=[now, aid, ttl, record["created_ts"], now + ttl, about, int(schedule)]
+                args=[now, aid, ttl, record["created_ts"], now + ttl, held, int(schedule)]
                 + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
-                + [json.dumps(event("queued")), data, indexed, *fields],
+                + [x for pair in pairs for x in pair],
             )
             if refused:
                 self._refused[tenant] = time.monotonic()
@@ -287,6 +396,18 @@ class Store:
                 self.r.delete(ikey)  # the key did not make an adaptation: a retry may
             raise
         return aid, True
+
+    @staticmethod
+    def _held(name: str, pairs: list[tuple[bytes, bytes]], queued: str, tenant: str, record: dict) -> int:
+        """What a new adaptation holds in Redis once its job has started (the start's writes are
+        charged here: their sizes are known), its idempotency key and its index entries."""
+        started = {k.encode(): v.encode() for k, v in start_fields().items()}
+        event_bytes = len(json.dumps(event("started", attempt=1)).encode())
+        after = dict(pairs) | started | {EVENTS.encode(): b"x" * (len(queued.encode()) + 1 + event_bytes)}
+        held = hash_bytes(name, list(after.items()), len(after) + 3)  # room for the end's fields
+        if ikey := record.get("idempotency_key"):
+            held += string_bytes(ikey, "x" * (len(record["id"]) + 65))  # "{id} {sha256 hex}"
+        return held + INDEX_BYTES + METADATA_INDEX_BYTES * len(record.get("metadata") or {})
 
     def _exceeded(self, limit: str) -> QuotaExceeded:
         what, retry = LIMITS[limit]
@@ -329,13 +450,26 @@ class Store:
         return value
 
     def get(self, tenant: str, aid: str) -> dict | None:
-        raw = self.r.hgetall(keys.record(tenant, aid))
-        return decode_record(raw) if raw else None
+        return decode_fields(self.r.hmget(keys.record(tenant, aid), RECORD_FIELDS))
 
     def update(self, tenant: str, aid: str, **fields) -> bool:
         """Set fields of an existing record; False (and nothing written) if it is gone."""
-        args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        args = [x for pair in json_pairs(fields) for x in pair]
         return bool(self._set_if_exists(keys=[keys.record(tenant, aid)], args=args))
+
+    def start(self, tenant: str, aid: str, started_at: str, resumed: bool) -> tuple[str, dict, bytes | None] | None:
+        """A queued job (or a running one, `resumed`) now running, one more attempt, its started
+        event appended, in one script. -> (the status it had, the record as it was, the support
+        set's bytes), None when the record is gone."""
+        stamp = event("started")["created_at"]
+        got = self._start(keys=[keys.record(tenant, aid)], args=[json.dumps(started_at), stamp, int(resumed)])
+        if got is None:
+            return None
+        status, flat = json.loads(got[0]), got[1]
+        raw = dict(zip(flat[::2], flat[1::2]))
+        data = raw.pop(SUPPORT.encode(), None)
+        raw.pop(EVENTS.encode(), None)
+        return status, decode_record(raw), data
 
     def transition(
         self,
@@ -344,20 +478,23 @@ class Store:
         allowed: tuple[str, ...],
         events: list[dict] = (),
         replicas: int = 0,
-        notice: bool = False,
+        notice: bool | dict = False,
         charge: int = 0,
         **fields,
     ) -> str | None:
         """Set fields (a new status among them) and append `events` only if the status is one of
         `allowed`, and with `notice` publish the id on keys.DONE (a final status: requests waiting
-        for it are told, app/api/notices.py), and add `charge` bytes (its weights) to the tenant's
-        usage. -> the status the record had, or None when it is gone. With `replicas`, the call
-        returns once that many replicas hold this write and every one before it on its primary
+        for it are told, app/api/notices.py; a dict `notice` is the record's public form, sent
+        with the id so that they need not read it), and charge the tenant what the record grew by
+        and `charge` bytes besides (its weights). -> the status the record had, or None when it is
+        gone. With `replicas`, the call returns once that many replicas hold this write and every
+        one before it on its primary
         (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
-        ks = [keys.record(tenant, aid), keys.events(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
-        args = [json.dumps(list(allowed)), keys.DONE if notice else "", aid, charge, len(events)]
+        ks = [keys.record(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
+        told = aid if notice is True else f"{aid} {json.dumps(notice)}"
+        args = [json.dumps(list(allowed)), keys.DONE if notice else "", told, aid, charge, len(events)]
         args += [json.dumps(e) for e in events]
-        args += [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        args += [x for pair in json_pairs(fields) for x in pair]
         if not replicas:
             had = self._transition(keys=ks, args=args)
         else:
@@ -387,11 +524,11 @@ class Store:
         (a fixed one-second window), in one round trip."""
         window = keys.rate(tenant, int(time.time()))
         p = self.r.pipeline(transaction=False)
-        p.hgetall(keys.record(tenant, aid))
+        p.hmget(keys.record(tenant, aid), RECORD_FIELDS)
         p.incrby(window, n)
         p.expire(window, 2)
         raw, count, _ = p.execute()
-        return (decode_record(raw) if raw else None), count
+        return decode_fields(raw), count
 
     def status(self, tenant: str, aid: str) -> str | None:
         raw = self.r.hget(keys.record(tenant, aid), "status")
@@ -449,14 +586,14 @@ class Store:
             rows = rows[: max_scan - scanned]
             p = self.r.pipeline(transaction=False)
             for aid, _ in rows:
-                p.hgetall(keys.record(tenant, aid))
-            raws = p.execute()
+                p.hmget(keys.record(tenant, aid), RECORD_FIELDS)
+            raws = [decode_fields(v) for v in p.execute()]
             if gone := [aid for (aid, _), raw in zip(rows, raws) if not raw and wanted]:
                 self.r.zrem(index, *gone)  # expired or deleted since: a metadata index is not pruned
             for (aid, score), raw in zip(rows, raws):
                 bound, scanned = Position(score, aid), scanned + 1
-                if raw and match(record := decode_record(raw)):
-                    found.append(record)
+                if raw and match(raw):
+                    found.append(raw)
                     if len(found) > limit:
                         break
             chunk = min(chunk * 2, 1000)
@@ -467,13 +604,13 @@ class Store:
 
     def delete(self, record: dict) -> None:
         aid, tenant = record["id"], record["tenant"]
-        ks = [keys.record(tenant, aid), keys.support(tenant, aid), keys.events(tenant, aid)]
-        ks += [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
+        ks = [keys.record(tenant, aid), keys.tenant_index(tenant), keys.expiries(tenant)]
+        ks += [keys.usage(tenant), keys.usage_total(tenant)]
         self._delete(keys=[*ks, record.get("idempotency_key") or ks[0], *keys.metadata_indexes(record)], args=[aid])
         self.cache.delete(keys.weights(aid))
 
     def support(self, tenant: str, aid: str) -> dict[str, torch.Tensor] | None:
-        data = self.r.get(keys.support(tenant, aid))
+        data = self.r.hget(keys.record(tenant, aid), SUPPORT)
         return codecs.bytes_to_support(data) if data else None
 
     def count_adaptations(self, tenants: list[str]) -> int:
@@ -487,19 +624,22 @@ class Store:
 
     # ---- events ------------------------------------------------------------
     def add_events(self, tenant: str, aid: str, *items: dict) -> None:
-        """Append events to the job's list, if the adaptation still exists."""
+        """Append events to the job's, if the adaptation still exists."""
         if items:
-            self.r.rpushx(keys.events(tenant, aid), *(json.dumps(e) for e in items))
+            self._append(keys=[keys.record(tenant, aid)], args=[json.dumps(e) for e in items])
 
     def step(self, tenant: str, aid: str, items: list[dict]) -> str | None:
-        """A running job's steps: append their events while the job still runs, and read the status
-        (a cancel shows here) in one round trip. -> the status, None when the adaptation is gone."""
-        raw = self._step(keys=[keys.record(tenant, aid), keys.events(tenant, aid)], args=[json.dumps(e) for e in items])
+        """A running job's steps: append their events (and charge them) while the job still runs,
+        and read the status (a cancel shows here) in one round trip. -> the status, None when the
+        adaptation is gone."""
+        ks = [keys.record(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
+        raw = self._step(keys=ks, args=[aid, *(json.dumps(e) for e in items)])
         return None if raw is None else json.loads(raw)
 
     def events(self, tenant: str, aid: str, start: int, limit: int) -> tuple[list[dict], bool]:
-        raw = self.r.lrange(keys.events(tenant, aid), start, start + limit)
-        items = [json.loads(e) | {"id": f"ev_{start + i}"} for i, e in enumerate(raw)]
+        raw = self.r.hget(keys.record(tenant, aid), EVENTS)
+        lines = raw.decode().split("\n")[start : start + limit + 1] if raw else []
+        items = [json.loads(e) | {"id": f"ev_{start + i}"} for i, e in enumerate(lines)]
         return items[:limit], len(items) > limit
 
     # ---- weights cache -----------------------------------------------------
@@ -509,10 +649,8 @@ class Store:
         data = codecs.tensors_to_bytes(fast)
         ttl = max(1, int(record["created_ts"] + record["ttl_seconds"] - time.time()))
         name = keys.weights(record["id"])
-        p = self.cache.pipeline(transaction=False)
-        p.set(name, data, ex=ttl)
-        p.memory_usage(name, samples=0)
-        return int(p.execute()[1] or len(data))
+        self.cache.set(name, data, ex=ttl)
+        return string_bytes(name, data)
 
     def weights(self, aid: str) -> dict[str, torch.Tensor] | None:
         data = self.cache.get(keys.weights(aid))
@@ -531,8 +669,12 @@ class Store:
             self.cache.ping()
 
 
+def now_stamp() -> str:
+    """Now in UTC to the millisecond, always 24 characters: 2026-12-04T06:24:20.549Z."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
 def event(kind: str, **data) -> dict:
     """One job event: its type, a UTC timestamp, and what it carries (a step's number and loss)."""
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-    return {"type": kind, "created_at": stamp, **({"data": data} if data else {})}
+    return {"type": kind, "created_at": now_stamp(), **({"data": data} if data else {})}

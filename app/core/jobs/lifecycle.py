@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from .. import keys, stats
+from .. import codecs, keys, stats
 from ..config import Settings
 from ..store import Store, event
 from . import heartbeats
@@ -65,6 +65,7 @@ class Jobs:
     def __init__(self, store: Store, tickets: Tickets, settings: Settings):
         self.store, self.tickets, self.settings = store, tickets, settings
         self.scheduler = Scheduler(store.r)
+        self.tally = stats.Tally(store.r)  # a worker's job ends, written at most once a second
         self._alive = (0.0, 0)  # (read at, workers alive): read at most once a heartbeat
 
     def move(
@@ -135,28 +136,20 @@ class Jobs:
         return Job(aid, tenant, worker, held=held, more=more) if aid else None
 
     def start(self, job: Job) -> dict | None:
-        """queued -> running, one more attempt. -> its support set, or None when the job is not to
-        run (deleted, expired, cancelled while queued, or already done by a twin run)."""
-        record = self.store.get(job.tenant, job.aid)
-        if record is None or record["status"] in TERMINAL:
+        """queued -> running, one more attempt, its started event written, in one script (the
+        table's only move to running, `sources(RUNNING, "worker")`, checked there). -> its support
+        set, or None when the job is not to run (deleted, expired, cancelled while queued, or
+        already done by a twin run)."""
+        started_at = now_iso()
+        got = self.store.start(job.tenant, job.aid, started_at, job.resumed)
+        had, record, data = got if got else (None, {}, None)
+        if not (had in sources(RUNNING, "worker") or (had == RUNNING and job.resumed)) or data is None:
             self.scheduler.finish(job.aid, job.tenant)
             return None
-        attempts = record.get("attempts", 0) + 1
-        fields = {"started_at": now_iso(), "attempts": attempts}
-        had = self.move(job.tenant, job.aid, RUNNING, "worker", **fields)
-        if had == RUNNING and job.resumed:  # the same claim, tried again: not a move
-            self.store.update(job.tenant, job.aid, **fields)
-        elif had != QUEUED:
-            self.scheduler.finish(job.aid, job.tenant)
-            return None
-        support = self.store.support(job.tenant, job.aid)
-        if support is None:
-            self.scheduler.finish(job.aid, job.tenant)
-            return None
-        job.record, job.started = record | fields | {"status": RUNNING}, time.perf_counter()
+        fields = {"status": RUNNING, "started_at": started_at, "attempts": record.get("attempts", 0) + 1}
+        job.record, job.started = record | fields, time.perf_counter()
         job.flushed, job.unsent = job.started, []
-        self.store.add_events(job.tenant, job.aid, event("started", attempt=attempts))  # even if the worker dies
-        return support
+        return codecs.bytes_to_support(data)
 
     def step(self, job: Job, k: int, loss: float) -> bool:
         """A step's event, sent with those before it every FLUSH_SECONDS (a short job's steps reach
@@ -205,7 +198,7 @@ class Jobs:
             if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
                 self.store.drop_weights(job.aid)
             return "gone"
-        stats.record_outcome(self.store.r, SUCCEEDED, time.perf_counter() - job.started)
+        self.tally.add(SUCCEEDED, time.perf_counter() - job.started)
         log.info(
             "adaptation succeeded",
             extra={
@@ -224,7 +217,7 @@ class Jobs:
             ended = [*job.unsent, event("failed", code=code)]
             if self.move(job.tenant, job.aid, FAILED, by, events=ended, **fields) == RUNNING:
                 seconds = time.perf_counter() - job.started if job.started else None
-                stats.record_outcome(self.store.r, FAILED, seconds)
+                self.tally.add(FAILED, seconds)
             self.scheduler.finish(job.aid, job.tenant)
         except redis.RedisError:
             pass  # still in flight: the reaper puts the job back; it is not lost

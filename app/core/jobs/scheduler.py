@@ -48,10 +48,11 @@ for _ = 3, #ARGV do  -- one more turn than tenants given: a tenant that joined s
     redis.call('RPUSH', KEYS[1], tenant)
     held = 1
   else
-    local aid = redis.call('LPOP', line)
-    if aid then
-      local more = 0
-      if redis.call('LLEN', line) > 0 then
+    local got = redis.call('LPOP', line, 2)  -- the job and, if there is one, the next: whether more wait
+    if got then
+      local aid, more = got[1], 0
+      if got[2] then
+        redis.call('LPUSH', line, got[2])
         redis.call('RPUSH', KEYS[1], tenant)
         more = 1
       end
@@ -64,18 +65,34 @@ end
 return {'', '', held, 0}
 """
 
+# A tenant is in the rotation exactly while its line holds a job: it joins when its line goes
+# from empty to one job (enqueue), and leaves when a claim takes its last job or a delete empties
+# its line (forget). So enqueue needs no search of the rotation.
+
 # KEYS: the tenant's line, the rotation, inflight, the tenant's running set.
-# ARGV: id, tenant, front (1: a job put back, out of flight; 0: a new one). Puts a job in line; the
-# tenant joins the rotation if it is not in it.
+# ARGV: id, tenant, front (1: a job put back, out of flight; 0: a new one). Puts a job in line.
 _ENQUEUE = """
+local n
 if ARGV[3] == '1' then
-  redis.call('LPUSH', KEYS[1], ARGV[1])
+  n = redis.call('LPUSH', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
   redis.call('SREM', KEYS[4], ARGV[1])
 else
-  redis.call('RPUSH', KEYS[1], ARGV[1])
+  n = redis.call('RPUSH', KEYS[1], ARGV[1])
 end
-if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+if n == 1 then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# KEYS: the tenant's line, the rotation, inflight, the tenant's running set; ARGV: id, tenant.
+# A deleted adaptation's job out of line and out of flight; the tenant out of the rotation if its
+# line is now empty.
+_FORGET = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) > 0 and redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('LREM', KEYS[2], 0, ARGV[2])
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -92,6 +109,7 @@ class Scheduler:
         self._claim = r.register_script(_CLAIM)
         self._rotation: list[str] = []  # the tenants last read from the rotation: the claim's keys until it goes stale
         self._enqueue = r.register_script(_ENQUEUE)
+        self._forget = r.register_script(_FORGET)
 
     def enqueue(self, aid: str, tenant: str, front: bool = False) -> None:
         """Put the job in its tenant's line (at the front: a job put back) and out of flight."""
@@ -129,12 +147,9 @@ class Scheduler:
 
     def forget(self, aid: str, tenant: str) -> None:
         """A deleted adaptation: out of the line too."""
-        p = self.r.pipeline(transaction=False)
-        p.lrem(keys.pending(tenant), 0, aid)
-        p.hdel(keys.INFLIGHT, aid)
-        p.srem(keys.jobs(tenant), aid)
-        p.srem(keys.running(tenant), aid)
-        p.execute()
+        k = [keys.pending(tenant), keys.ROTATION, keys.INFLIGHT, keys.running(tenant)]
+        self._forget(keys=k, args=[aid, tenant])
+        self.r.srem(keys.jobs(tenant), aid)
 
     def waiting(self, tenant: str) -> int:
         """The tenant's jobs in line, not yet claimed."""

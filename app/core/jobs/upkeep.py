@@ -1,5 +1,6 @@
 """A worker's upkeep thread: its heartbeat, and with it the reaper's turn, the ticket
-top-up and the sweep of expired ids (lifecycle.py), every `worker_heartbeat_seconds`.
+top-up, the sweep of expired ids (lifecycle.py) and the tally of finished jobs (stats.py),
+every `worker_heartbeat_seconds`.
 
 Started when the worker is ready and stopped when it shuts down (worker/celery_app.py).
 A task that raises is logged (once per streak, with its traceback) and counted, here and
@@ -41,6 +42,7 @@ class Upkeep:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self._run("stats", self.jobs.tally.flush)
         self._run("heartbeat", lambda: heartbeats.forget(self.jobs.store.r, self.worker))
 
     def turn(self) -> None:
@@ -52,6 +54,7 @@ class Upkeep:
         if self._run("reaper", lambda: self.jobs.reap(self.lock_name)) is not None:
             self._run("top_up", self.jobs.top_up)
         self._run("sweeper", lambda: self.jobs.sweep(self.lock_name))
+        self._run("stats", self.jobs.tally.flush)
         if self._unreported:
             self._run("report", self._report)
 
