@@ -289,7 +289,7 @@ def host(seconds: float, clients: int = 3, tmp: Path | None = None, beat: float 
             """When the victim's worker holds a job (10 s at most), so the drill counts its recovery."""
             deadline = time.monotonic() + 10
             while not held and time.monotonic() < deadline:
-                held.extend(a.decode() for a, v in r.hgetall(keys.INFLIGHT).items() if victim in v.decode())
+                held.extend(a.decode() for a, v in r.hgetall(keys.flights("acme")).items() if victim in v.decode())
             hosts.signal(hosts.addresses[1], signal.SIGKILL)
 
         load = Load(url, clients, seconds)

@@ -54,7 +54,7 @@ def one_round() -> dict:
             body = lambda i: {"model": "omniglot-conv4", "support": support(i), "mode": "fine-tune"}  # noqa: E731
             ids = [c.create_adaptation(**body(i))["id"] for i in range(10)]
             mine = f"w0-{s.redis_port}@"
-            held = lambda: [a.decode() for a, v in r.hgetall(keys.INFLIGHT).items() if mine in v.decode()]  # noqa: E731
+            held = lambda: [a.decode() for a, v in r.hgetall(keys.flights("acme")).items() if mine in v.decode()]  # noqa: E731
             wait_until(held, 60, "a job on the victim")
             os.killpg(victim.pid, signal.SIGKILL)
             killed, orphans = time.monotonic(), held()

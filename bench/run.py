@@ -293,7 +293,7 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     ids = []
     for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
         r = record | {"id": f"ad_bench{i:05d}", "status": "succeeded", "metrics": metrics | {"weights_bytes": 0}}
-        store.create(r, support, 3600, schedule=False)
+        store.create(r, support, 3600)  # no job: written as done below
         store.update(r["tenant"], r["id"], status="succeeded")
         store.put_weights(r, fast)
         ids.append(r["id"])

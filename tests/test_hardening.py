@@ -53,7 +53,7 @@ def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_setti
     with Client(s.url, KEYS["acme"]) as c:
         ids = [c.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(20)]
         r = redis.Redis(port=s.redis_port, db=1)
-        held = lambda: [a.decode() for a, v in r.hgetall(keys.INFLIGHT).items() if victim_name(s) in v.decode()]
+        held = lambda: [a.decode() for a, v in r.hgetall(keys.flights("acme")).items() if victim_name(s) in v.decode()]
         started = lambda: [a for a in held() if c.adaptation(a)["status"] == "running"]  # claimed, and started
         wait_until(started, 30, "a job running on the victim")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool child, mid-job (in its 1 s sleep)
@@ -63,7 +63,7 @@ def test_a_killed_workers_job_is_put_back_and_done_by_another_with_default_setti
         kinds = [e["type"] for e in c.iter_events(orphan)]
         assert kinds.count("started") == 2 and "requeued" in kinds and kinds[-1] == "succeeded"
         assert c.adaptation(orphan)["attempts"] == 2  # the killed try, then the other worker's
-        assert not r.hgetall(keys.INFLIGHT)
+        assert not r.hgetall(keys.flights("acme"))
 
 
 def victim_name(s) -> str:
@@ -122,13 +122,13 @@ def test_a_tenant_leaves_the_last_free_worker_to_others(new_stack, reserved):
         flood = [acme.create_adaptation("sinusoid-mlp", sin_support(i))["id"] for i in range(8)]
         most, deadline = 0, time.monotonic() + 3
         while time.monotonic() < deadline:
-            most = max(most, int(r.scard(keys.running("acme"))))
+            most = max(most, int(r.hlen(keys.flights("acme"))))
             time.sleep(0.05)
         assert most == (1 if reserved else 2)
         if reserved:
             # globex's job goes in just after acme's next job starts, so that job has its whole
             # second to run: a slow machine's create-to-claim latency cannot outlast it
-            running = lambda: {a.decode() for a in r.smembers(keys.running("acme"))}
+            running = lambda: {a.decode() for a in r.hkeys(keys.flights("acme"))}
             before = running()
             in_hand = wait_until(lambda: next(iter(running() - before), None), 30, "acme's next job")
             mine = globex.create_adaptation("sinusoid-mlp", sin_support(99))
@@ -358,7 +358,7 @@ def test_a_worker_told_to_stop_finishes_its_job_takes_no_new_one_and_its_success
         old.wait(60)
         assert c.adaptation(ids[0])["status"] == "succeeded"  # the job in hand was finished
         assert [c.adaptation(a)["status"] for a in ids[1:]] == ["queued", "queued"]  # no new one taken
-        assert not r.hgetall(keys.INFLIGHT) and not r.hgetall("ra:workers")  # gone from the living at once
+        assert not r.hgetall(keys.flights("acme")) and not r.hgetall("ra:workers")  # gone from the living at once
         s.start_worker()  # its successor
         status = wait_all(c, ids, 60)
         assert list(status.values()) == ["succeeded"] * 3, s.logs()

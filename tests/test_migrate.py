@@ -21,6 +21,11 @@ def as_layout_3(r: redis.Redis, tenant: str, ids: list[str]) -> None:
         r.expire(f"ra:{{{tenant}}}:e:{aid}", ttl)
         r.hdel(record, "_support", "_events")
         r.hset(record, "held_bytes", "1000")
+    for aid, held in r.hgetall(keys.flights(tenant)).items():  # one hash of flights, a set of ids per tenant
+        r.hset("ra:{q}:inflight", aid, held)
+        r.sadd(f"ra:{{q}}:run:{tenant}", aid)
+    r.delete(keys.flights(tenant), keys.FLYING)
+    r.sadd(f"ra:{{{tenant}}}:j", *ids)
     r.set(keys.SCHEMA_KEY, 3)
 
 
@@ -35,7 +40,7 @@ def as_layout_1(r: redis.Redis, tenant: str, ids: list[str]) -> None:
         (keys.tenant_index(tenant), f"ra:t:{tenant}"),
         (keys.expiries(tenant), f"ra:x:{tenant}"),
         (keys.usage(tenant), f"ra:b:{tenant}"),
-        (keys.jobs(tenant), f"ra:j:{tenant}"),
+        (f"ra:{{{tenant}}}:j", f"ra:j:{tenant}"),
         (keys.pending(tenant), f"ra:p:{tenant}"),
         (keys.ROTATION, "ra:rr"),
     ):
@@ -104,13 +109,19 @@ def test_support_sets_and_events_in_keys_of_their_own_move_into_their_records(se
     with InProcess(create_app(settings)) as api:
         done = api.request("POST", "/v1/adaptations", json=body).json()["id"]
         run_next_job(settings)
+        flying = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+        api.app.state.jobs.claim("w-old")  # a worker holds it
         waiting = api.request("POST", "/v1/adaptations", json=body).json()["id"]
         events = api.request("GET", f"/v1/adaptations/{done}/events").json()["data"]
         r = api.app.state.store.r
         r.delete(keys.weights(done))
-        as_layout_3(r, "acme", [done, waiting])
+        as_layout_3(r, "acme", [done, flying, waiting])
     with InProcess(create_app(settings)) as api:
-        assert not r.keys("ra:{acme}:s:*") and not r.keys("ra:{acme}:e:*")
+        assert not r.keys("ra:{acme}:s:*") and not r.keys("ra:{acme}:e:*") and not r.keys("ra:{q}:run:*")
+        assert not r.exists("ra:{q}:inflight", "ra:{acme}:j")
+        assert api.app.state.jobs.scheduler.flying()["acme"][flying]["worker"] == "w-old"
+        assert api.request("DELETE", f"/v1/adaptations/{flying}").status_code == 204
+        assert api.app.state.jobs.scheduler.flying() == {"acme": {}}  # out of flight with it
         assert not r.hexists(keys.record("acme", done), "held_bytes")
         assert 0 < r.ttl(keys.record("acme", done)) <= 3600
         assert api.request("GET", f"/v1/adaptations/{done}/events").json()["data"] == events

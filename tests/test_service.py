@@ -368,7 +368,7 @@ def test_a_filter_walks_its_pair_s_index_and_reads_at_most_list_max_scan_records
                 "created_ts": template["created_ts"] + 1 + i,
                 "metadata": {"k": "x"},
             }
-            store.create(record, {"x": torch.zeros(1, 1), "y": torch.zeros(1, 1)}, 600, schedule=False)
+            store.create(record, {"x": torch.zeros(1, 1), "y": torch.zeros(1, 1)}, 600)
         r = store.r
 
         def walk(params: dict) -> tuple[list[int], list[dict]]:

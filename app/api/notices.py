@@ -2,8 +2,10 @@
 with `?wait=` that their job ended, instead of each polling the record.
 
 Whoever moves a job to a final status publishes its id on `keys.DONE` in the same script
-(store.transition). Pub/sub keeps nothing for a subscriber that was away, so a waiter also
-looks at the record once a second; a notice only makes the answer come sooner and cheaper.
+(store.transition); a worker whose job succeeded sends the record it left with it, so the
+waiting request answers without reading Redis again. Pub/sub keeps nothing for a subscriber
+that was away, so a waiter also looks at the record once a second; a notice only makes the
+answer come sooner and cheaper.
 
 A waiter is an asyncio event on the event loop, not a thread: a thousand waiting requests
 hold no thread of the pool the other routes run in. A tenant may hold at most
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections import Counter
@@ -26,10 +29,18 @@ from ..core.store import QuotaExceeded
 log = logging.getLogger("rapid_adapt.api")
 
 
+class Ended(asyncio.Event):
+    """Set when a notice of the job's end arrives; `record` is the record it carried, if any."""
+
+    def __init__(self):
+        super().__init__()
+        self.record: dict | None = None
+
+
 class Notices:
     def __init__(self, r: redis.Redis, max_waits_per_tenant: int = 200):
         self.r, self.max_waits = r, max_waits_per_tenant
-        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, Ended]]] = {}
         self._per_tenant: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -50,10 +61,10 @@ class Notices:
         return self._per_tenant[tenant]
 
     @contextlib.contextmanager
-    def watch(self, aid: str, tenant: str) -> Iterator[asyncio.Event]:
+    def watch(self, aid: str, tenant: str) -> Iterator[Ended]:
         """An event set when a notice of `aid`'s end arrives; enter it before reading the record,
         so that an end between the read and the wait is not missed. Called on the event loop."""
-        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        waiter = (asyncio.get_running_loop(), Ended())
         with self._lock:
             if self._per_tenant[tenant] >= self.max_waits:
                 raise QuotaExceeded("max_waits_per_tenant", self.max_waits, "requests waiting at once", 1)
@@ -80,10 +91,13 @@ class Notices:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
+                        aid, _, sent = message["data"].decode().partition(" ")
                         with self._lock:
-                            waiting = list(self._waiting.get(message["data"].decode(), ()))
+                            waiting = list(self._waiting.get(aid, ()))
                             self.received += bool(waiting)
+                        record = json.loads(sent) if sent and waiting else None
                         for loop, ended in waiting:
+                            ended.record = record
                             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
                                 loop.call_soon_threadsafe(ended.set)
             except (redis.RedisError, OSError) as exc:  # Redis away: waiters look at their records meanwhile

@@ -19,6 +19,7 @@ from ..core.config import Settings
 from ..core.jobs.states import TERMINAL
 from ..core.store import Position, Store
 from .errors import invalid, not_found
+from .notices import Ended
 from .schemas import Adaptation
 
 DONE = TERMINAL
@@ -70,16 +71,19 @@ def decode_cursor(text: str, field: str) -> Position | int:
     return pos
 
 
-async def wait_for(store: Store, aid: str, seconds: float, record: dict, ended: asyncio.Event | None) -> dict:
+async def wait_for(store: Store, aid: str, seconds: float, record: dict, ended: Ended | None) -> dict:
     """The record once the job ends, or as it is when the time runs out. `ended` (notices.py,
-    entered before `record` was read) is set when the job's end is published; the record is
-    also read once a second, as a notice can be missed. Awaits on the event loop: the wait holds
-    no thread, only each read does, briefly."""
+    entered before `record` was read) is set when the job's end is published, with the record it
+    left when the notice carried it; else the record is read, and also once a second, as a
+    notice can be missed. Awaits on the event loop: the wait holds no thread, only each read
+    does, briefly."""
     tenant, deadline = record["tenant"], time.monotonic() + seconds
-    ended = ended or asyncio.Event()
+    ended = ended or Ended()
     while record["status"] not in DONE and (left := deadline - time.monotonic()) > 0:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), min(left, 1.0))
         ended.clear()
+        if ended.record is not None and ended.record.get("id") == aid:
+            return ended.record
         record = await run_in_threadpool(store.get, tenant, aid) or record
     return record

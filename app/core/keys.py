@@ -20,7 +20,6 @@ Per tenant T (no TTL: Redis drops an index once its last member is pruned):
   ra:{T}:x                sorted set of the same ids by expiry time (pruning the index)
   ra:{T}:b                sorted set: id -> bytes it holds in Redis (the tenant's byte quota)
   ra:{T}:bt               their sum, kept on write (a create checks the byte quota in O(1))
-  ra:{T}:j                set: the tenant's queued and running jobs (its quota of jobs)
   ra:{T}:r:{second}       prediction images of the tenant in that second (2 s TTL)
   ra:{T}:m:{h}            sorted set of the ids whose metadata holds one key=value pair (h: its SHA-256),
                           by creation time: a filtered listing walks it, not the whole index; it lives
@@ -28,8 +27,9 @@ Per tenant T (no TTL: Redis drops an index once its last member is pruned):
 The scheduler (app/core/jobs/scheduler.py), one slot:
   ra:{q}:p:{T}            list: the tenant's jobs in line, oldest first
   ra:{q}:rr               list: the rotation of tenants with jobs in line
-  ra:{q}:inflight         hash: claimed job id -> {worker, tenant, beat}
-  ra:{q}:run:{T}          set: the tenant's claimed jobs
+  ra:{q}:f:{T}            hash: the tenant's flights, claimed job id -> {worker, tenant, beat}
+  ra:{q}:flying           set: the tenants that may have flights (a claim adds its tenant, the
+                          reaper drops one whose flights are empty)
 Single keys:
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
@@ -52,7 +52,7 @@ STATS = "ra:stats"
 REAPER = "ra:reaper"
 SWEEPER = "ra:sweeper"
 ROTATION = "ra:{q}:rr"
-INFLIGHT = "ra:{q}:inflight"
+FLYING = "ra:{q}:flying"
 
 TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a tenant's name: also its hash tag, so no braces
 
@@ -99,10 +99,6 @@ def usage_total(tenant: str) -> str:
     return f"{_t(tenant)}:bt"
 
 
-def jobs(tenant: str) -> str:
-    return f"{_t(tenant)}:j"
-
-
 def rate(tenant: str, second: int) -> str:
     return f"{_t(tenant)}:r:{second}"
 
@@ -116,8 +112,8 @@ def pending(tenant: str) -> str:
     return f"ra:{{q}}:p:{tenant}"
 
 
-def running(tenant: str) -> str:
-    return f"ra:{{q}}:run:{tenant}"
+def flights(tenant: str) -> str:
+    return f"ra:{{q}}:f:{tenant}"
 
 
 def weights(aid: str) -> str:

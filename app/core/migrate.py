@@ -9,7 +9,8 @@ ra:inflight. It only ever ran on one Redis server, where RENAME moves a key with
 Layout 2 (1.1) had no metadata indexes (ra:{T}:m:{h}): each stored adaptation is added to
 those of its metadata pairs. Layout 3 (1.2) kept the support set (ra:{T}:s:{id}) and the
 events (list ra:{T}:e:{id}) in keys of their own: they move into the record's `_support` and
-`_events` fields."""
+`_events` fields; its jobs in flight (one hash, ra:{q}:inflight, with a set of running ids per
+tenant, ra:{q}:run:{T}, and of queued or running ids, ra:{T}:j) move to per-tenant flights."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def migrate(r: redis.Redis, cluster: bool = False) -> int:
     try:
         moved = _move(r) if layout < 2 else 0
         moved += _index_metadata(r) if layout < 3 else 0
-        moved += _fold(r)
+        moved += _fold(r) + _flights(r)
         r.set(keys.SCHEMA_KEY, keys.SCHEMA)
     finally:
         r.delete(LOCK)
@@ -79,9 +80,7 @@ def _move(r: redis.Redis) -> int:
         "ra:t:": keys.tenant_index,
         "ra:x:": keys.expiries,
         "ra:b:": keys.usage,
-        "ra:j:": keys.jobs,
         "ra:p:": keys.pending,
-        "ra:run:": keys.running,
     }
     for prefix, name in per_tenant.items():
         for raw in r.scan_iter(match=prefix + "*", count=1000):
@@ -93,7 +92,9 @@ def _move(r: redis.Redis) -> int:
                     r.set(
                         keys.usage_total(tenant), int(sum(b for _, b in r.zrange(name(tenant), 0, -1, withscores=True)))
                     )
-    moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", keys.INFLIGHT)
+    moved += _rename(r, "ra:rr", keys.ROTATION) + _rename(r, "ra:inflight", INFLIGHT_3)
+    for raw in [*r.scan_iter(match="ra:j:*", count=1000), *r.scan_iter(match="ra:run:*", count=1000)]:
+        r.delete(raw)  # the sets of jobs and of running jobs: layout 4 counts lines and flights
     r.delete("ra:count")  # layout 1's count of adaptations: now each tenant's index is counted
     return moved
 
@@ -121,6 +122,23 @@ def _support_key(tenant: str, aid: str) -> str:  # layouts 2 and 3
 
 def _events_key(tenant: str, aid: str) -> str:  # layouts 2 and 3
     return f"ra:{{{tenant}}}:e:{aid}"
+
+
+INFLIGHT_3 = "ra:{q}:inflight"  # layouts 2 and 3: every tenant's flights in one hash
+
+
+def _flights(r: redis.Redis) -> int:
+    """The jobs in flight into their tenants' flights (layout 3 -> 4). -> jobs moved."""
+    moved = 0
+    for aid, raw in r.hgetall(INFLIGHT_3).items():
+        tenant = json.loads(raw)["tenant"]
+        r.hset(keys.flights(tenant), aid, raw)
+        r.sadd(keys.FLYING, tenant)
+        moved += 1
+    r.delete(INFLIGHT_3)
+    for raw in [*r.scan_iter(match="ra:{q}:run:*", count=1000), *r.scan_iter(match="ra:{*}:j", count=1000)]:
+        r.delete(raw)
+    return moved
 
 
 # KEYS: record, its support set, its events (layout 3). Both into the record, in one slot, at once.

@@ -140,7 +140,7 @@ return 1
 # A Lua function for the scripts below: drop the tenant's expired ids (1000 at most) from its
 # indexes and give their bytes back. -> how many it dropped.
 _PRUNE_FUNCTION = """
-local function prune(index, expiries, usage, total, jobs, now)
+local function prune(index, expiries, usage, total, now)
   local dead = redis.call('ZRANGEBYSCORE', expiries, '-inf', now, 'LIMIT', 0, 1000)
   if #dead == 0 then return 0 end
   local freed = 0
@@ -149,7 +149,6 @@ local function prune(index, expiries, usage, total, jobs, now)
   redis.call('ZREM', expiries, unpack(dead))
   redis.call('ZREM', usage, unpack(dead))
   if redis.call('DECRBY', total, freed) <= 0 then redis.call('DEL', total) end
-  redis.call('SREM', jobs, unpack(dead))
   return #dead
 end
 """
@@ -158,44 +157,42 @@ end
 # a new adaptation, all in one slot and at once (two creates cannot both pass the last quota),
 # and charge what it holds. The byte quota is checked by charging first (INCRBY answers the new
 # total) and taking the charge back when that is over the limit.
-# KEYS: record, index, expiries, usage, usage total, jobs, then the metadata indexes of its
-#       key=value pairs.
-# ARGV: now, id, ttl, created_ts, expires (unix), bytes it holds (`Store.create`), schedule (1/0),
-#       max adaptations, max jobs, max bytes, then the record's field, value pairs.
+# KEYS: record, index, expiries, usage, usage total, then the metadata indexes of its key=value
+#       pairs.
+# ARGV: now, id, ttl, created_ts, expires (unix), bytes it holds (`Store.create`), max adaptations,
+#       max bytes, then the record's field, value pairs. (The quota of jobs is the scheduler's.)
 # -> the limit that refused it, or '' when written
 _CREATE = (
     _PRUNE_FUNCTION
     + """
 local held = tonumber(ARGV[6])
 local function over()
-  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[8]) then return 'tenant_max_adaptations' end
-  if ARGV[7] == '1' and redis.call('SCARD', KEYS[6]) >= tonumber(ARGV[9]) then return 'tenant_max_jobs' end
-  if redis.call('INCRBY', KEYS[5], held) > tonumber(ARGV[10]) then
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[7]) then return 'tenant_max_adaptations' end
+  if redis.call('INCRBY', KEYS[5], held) > tonumber(ARGV[8]) then
     if redis.call('DECRBY', KEYS[5], held) <= 0 then redis.call('DEL', KEYS[5]) end
     return 'tenant_max_bytes'
   end
   return nil
 end
 local refused = over()
-if refused and prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1]) > 0 then refused = over() end
+if refused and prune(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1]) > 0 then refused = over() end
 if refused then return refused end
 local aid, ttl = ARGV[2], tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[4], aid)
 redis.call('ZADD', KEYS[3], ARGV[5], aid)
-for i = 7, #KEYS do
+for i = 6, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[4], aid)
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 redis.call('ZADD', KEYS[4], held, aid)
-if ARGV[7] == '1' then redis.call('SADD', KEYS[6], aid) end
 return ''
 """
 )
 
-# KEYS: index, expiries, usage, usage total, jobs; ARGV: now. -> how many expired ids it dropped.
-_PRUNE = _PRUNE_FUNCTION + "return prune(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1])"
+# KEYS: index, expiries, usage, usage total; ARGV: now. -> how many expired ids it dropped.
+_PRUNE = _PRUNE_FUNCTION + "return prune(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1])"
 
 # KEYS: record, index, expiries, usage, usage total, the idempotency key (or the record again),
 # then its metadata indexes; ARGV: id. Everything of one adaptation gone, its bytes given back.
@@ -345,11 +342,9 @@ class Store:
         support: dict[str, torch.Tensor],
         ttl: int,
         idempotency: tuple[str, str] | None = None,
-        schedule: bool = True,
     ) -> tuple[str, bool]:
-        """Store a new adaptation, counted among its tenant's jobs (unless `schedule` is false: a
-        record written as already done, as the benchmark seeds them; `Jobs.submit` puts a job in
-        line); with (key, fingerprint), a key seen before returns (existing id, False) instead.
+        """Store a new adaptation (`Jobs.submit` then puts its job in line); with (key,
+        fingerprint), a key seen before returns (existing id, False) instead.
         Raises ValueError if the key was used for another request, QuotaExceeded or StorageFull
         before anything is written."""
         aid, tenant = record["id"], record["tenant"]
@@ -381,16 +376,14 @@ class Store:
                     keys.expiries(tenant),
                     keys.usage(tenant),
                     keys.usage_total(tenant),
-                    keys.jobs(tenant),
                     *keys.metadata_indexes(record),
                 ],
-                args=[now, aid, ttl, record["created_ts"], now + ttl, held, int(schedule)]
-                + [s.tenant_max_adaptations, s.tenant_max_jobs, s.tenant_max_bytes]
+                args=[now, aid, ttl, record["created_ts"], now + ttl, held]
+                + [s.tenant_max_adaptations, s.tenant_max_bytes]
                 + [x for pair in pairs for x in pair],
             )
             if refused:
-                self._refused[tenant] = time.monotonic()
-                raise self._exceeded(refused.decode())
+                raise self.exceeded(tenant, refused.decode())
         except (QuotaExceeded, StorageFull):
             if idempotency:
                 self.r.delete(ikey)  # the key did not make an adaptation: a retry may
@@ -409,6 +402,11 @@ class Store:
             held += string_bytes(ikey, "x" * (len(record["id"]) + 65))  # "{id} {sha256 hex}"
         return held + INDEX_BYTES + METADATA_INDEX_BYTES * len(record.get("metadata") or {})
 
+    def exceeded(self, tenant: str, limit: str) -> QuotaExceeded:
+        """The error for a tenant over `limit`; its next creates are checked early (check_quotas)."""
+        self._refused[tenant] = time.monotonic()
+        return self._exceeded(limit)
+
     def _exceeded(self, limit: str) -> QuotaExceeded:
         what, retry = LIMITS[limit]
         return QuotaExceeded(limit, getattr(self.settings, limit), what, retry)
@@ -424,9 +422,11 @@ class Store:
         s = self.settings
         p = self.r.pipeline(transaction=False)
         p.zcard(keys.tenant_index(tenant))
-        p.scard(keys.jobs(tenant))
+        p.llen(keys.pending(tenant))
+        p.hlen(keys.flights(tenant))
         p.get(keys.usage_total(tenant))
-        stored, jobs, usage = p.execute()
+        stored, queued, running, usage = p.execute()
+        jobs = queued + running
         for limit, used in (
             ("tenant_max_adaptations", stored),
             ("tenant_max_jobs", jobs),
@@ -537,7 +537,6 @@ class Store:
     def prune(self, tenant: str) -> None:
         """Drop expired adaptations from the tenant's indexes: they hold no dead ids."""
         ks = [keys.tenant_index(tenant), keys.expiries(tenant), keys.usage(tenant), keys.usage_total(tenant)]
-        ks.append(keys.jobs(tenant))
         while self._prune(keys=ks, args=[time.time()]) == 1000:
             pass
 

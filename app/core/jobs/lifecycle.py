@@ -7,9 +7,9 @@ Which Redis keys must agree, and why:
   - the record's status (ra:{T}:a:{id}) is the truth a client sees; it moves only through
     `move`, a compare-and-set checked against the table;
   - a job in line is in its tenant's line (ra:{q}:p:{T}) and its tenant in the rotation
-    (ra:{q}:rr); a claimed one is in flight (ra:{q}:inflight) and in the tenant's running set;
-    a queued or running one is in the tenant's jobs (ra:{T}:j, its quota). `finish`
-    takes a job out of all three once it ends;
+    (ra:{q}:rr); a claimed one is in its tenant's flights (ra:{q}:f:{T}); the two are the
+    tenant's jobs (its quota). `finish` takes a job out of flight once it ends; a cancel or
+    a delete takes it out of line too;
   - a job in line has a ticket in the broker; tickets lost with a worker or a restarted
     broker are sent again (`top_up`), and a surplus ticket claims nothing and is dropped.
 """
@@ -77,20 +77,21 @@ class Jobs:
         events: list = (),
         replicas: int = 0,
         charge: int = 0,
+        record: dict | None = None,
         **fields,
     ) -> str | None:
         """Set the status to `target` (and `fields`), append `events` and charge the tenant
         `charge` bytes, if the table lets `by` move it from the status it has; a final status is
-        published to the requests waiting for it, after `replicas` (store.transition). -> the
-        status it had (the move happened iff that is one of the table's sources), None when the
-        adaptation is gone."""
+        published to the requests waiting for it (with `record`, the record it leaves, so that
+        they need not read it), after `replicas` (store.transition). -> the status it had (the
+        move happened iff that is one of the table's sources), None when the adaptation is gone."""
         return self.store.transition(
             tenant,
             aid,
             sources(target, by),
             events=events,
             replicas=replicas,
-            notice=target in TERMINAL,
+            notice=(record or True) if target in TERMINAL else False,
             charge=charge,
             status=target,
             **fields,
@@ -99,11 +100,14 @@ class Jobs:
     # ---- the API's -----------------------------------------------------------
     def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
         """Store a new adaptation, put its job in line and send its ticket. -> (id, whether it is
-        new); an idempotent retry returns the stored one. A broker that refuses the ticket leaves
-        nothing stored and raises."""
+        new); an idempotent retry returns the stored one. A tenant at its quota of jobs, or a
+        broker that refuses the ticket, leaves nothing stored and raises."""
         aid, created = self.store.create(record, support, ttl, idempotency)
         if created:
-            self.scheduler.enqueue(aid, record["tenant"])
+            tenant = record["tenant"]
+            if not self.scheduler.enqueue(aid, tenant, most=self.settings.tenant_max_jobs):
+                self.delete(self.store.get(tenant, aid) or record)
+                raise self.store.exceeded(tenant, "tenant_max_jobs")
             try:
                 self.tickets.send()
             except Exception:
@@ -115,7 +119,7 @@ class Jobs:
         """queued or running -> cancelled. -> the status it had."""
         had = self.move(tenant, aid, CANCELLED, "client", events=[event("cancelled")], finished_at=now_iso())
         if had in (QUEUED, RUNNING):
-            self.scheduler.finish(aid, tenant)
+            self.scheduler.forget(aid, tenant)  # out of line at once: no longer one of the tenant's jobs
             stats.record_outcome(self.store.r, CANCELLED, None)
         return had
 
@@ -192,7 +196,8 @@ class Jobs:
         done = {"finished_at": now_iso(), "metrics": metrics, "steps": metrics["steps"]}
         ended = [*job.unsent, event("succeeded", mode=metrics["mode"], steps=metrics["steps"])]
         replicas, charge = self.settings.store_replicas, metrics["weights_bytes"]
-        had = self.move(job.tenant, job.aid, SUCCEEDED, "worker", ended, replicas, charge, **done)
+        record = job.record | done | {"status": SUCCEEDED}
+        had = self.move(job.tenant, job.aid, SUCCEEDED, "worker", ended, replicas, charge, record, **done)
         self.scheduler.finish(job.aid, job.tenant)
         if had != RUNNING:
             if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
