@@ -199,7 +199,10 @@ class Scheduler:
 
     def in_flight(self) -> int:
         """Jobs claimed by a worker: with `backlog`, the work there is (what KEDA scales workers on)."""
-        return sum(len(held) for held in self.flying().values())
+        p = self.r.pipeline(transaction=False)
+        for t in self.r.smembers(keys.FLYING):
+            p.hlen(keys.flights(t.decode()))
+        return sum(p.execute())
 
     def dead(self, alive: set[str], stale_seconds: float) -> list[tuple[str, str]]:
         """(id, tenant) of the jobs in flight whose worker is not alive or whose beat is older
