@@ -540,3 +540,19 @@ def test_the_page_and_the_docs_carry_a_content_security_policy_and_are_never_fra
         assert got.status_code == 200 and "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert got.headers["x-content-type-options"] == "nosniff" and got.headers["x-frame-options"] == "DENY"
     assert "'unsafe-inline'" not in api.request("GET", "/", key=None).headers["content-security-policy"]
+
+
+def test_the_page_is_told_whether_the_api_wants_a_key_and_the_quick_start_s_demo_key(redis_server):
+    """The page asks for a key only where the API wants one (so a page without a key calls nothing
+    that answers 401), and names the quick start's key only when that key is on."""
+    from app.api.pages import page_html
+    from app.core.config import DEMO_KEY
+
+    from .conftest import make_settings
+
+    meta = lambda html, name: html.split(f'<meta name="{name}" content="')[1].split('"')[0]  # noqa: E731
+    on = page_html(make_settings(redis_server))
+    assert meta(on, "rapid-adapt-auth") == "on" and meta(on, "rapid-adapt-demo-key") == ""
+    demo = page_html(make_settings(redis_server, api_keys=f"demo:{DEMO_KEY}", allow_demo_key=True))
+    assert meta(demo, "rapid-adapt-demo-key") == DEMO_KEY
+    assert meta(page_html(make_settings(redis_server, auth="off")), "rapid-adapt-auth") == "off"

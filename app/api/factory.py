@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from_redis.register(metrics.StoreCollector(app.state.jobs, settings.heartbeat_window, tenant_names))
     app.state.metrics_registries = [metrics.process_registry(), from_redis]
     routes.include(app)
-    pages.include(app)
+    pages.include(app, settings)
     install_error_handlers(app)
     app.add_middleware(  # inside Observe, which logs and counts its refusals too
         TenantGate,

@@ -9,8 +9,10 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+
+from ..core.config import DEMO_KEY, Settings, key_digest
 
 STATIC = Path(__file__).parent / "static"
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -32,13 +34,26 @@ DOCS_HEADERS = PAGE_HEADERS | {
 }
 
 
-def include(app: FastAPI) -> None:
+def page_html(settings: Settings) -> str:
+    """The page, told whether the API wants a key (so that, without one, it asks for it instead of
+    calling the API for a 401) and, when the quick start's demo key is on, which one."""
+    demo = settings.allow_demo_key and key_digest(DEMO_KEY) in settings.tenants_by_key()
+    return (
+        (STATIC / "index.html")
+        .read_text()
+        .replace('content="auth"', f'content="{settings.auth}"')
+        .replace('content="demo"', f'content="{DEMO_KEY if demo else ""}"')
+    )
+
+
+def include(app: FastAPI, settings: Settings) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    html = page_html(settings)
 
     @app.get("/", include_in_schema=False)
     def page():
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"} | PAGE_HEADERS)
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"} | PAGE_HEADERS)
 
     @app.get("/docs", include_in_schema=False)
     def swagger():

@@ -56,7 +56,7 @@ def evaluate_classification(args, sampler, title: str) -> dict:
     step and the default steps of each mode, the default request (`auto`), and the transfer
     and scratch baselines on the same episodes."""
     model, _ = registry.load_path(Path(args.dir) / args.base)
-    transfer, _ = checkpoint.load(Path(args.dir) / args.transfer)
+    transfer = checkpoint.load(Path(args.dir) / args.transfer)[0] if args.transfer else None  # optional for a folder
     kwargs = json.loads((Path(args.dir) / f"{args.base}.json").read_text())["architecture_kwargs"]
     steps = model.default_steps  # the baselines' budget: the fast mode's steps
     results = {}
@@ -82,12 +82,15 @@ def evaluate_classification(args, sampler, title: str) -> dict:
                 Classifier(type(model)(**kwargs), n_way), sx, sy, steps, args.scratch_lr, "classification"
             )
             head_only = lambda m: m.head.parameters()
-            tuned = classic_finetune(
-                Classifier(transfer, n_way), sx, sy, steps, args.transfer_lr, "classification", params=head_only
-            )
             with torch.no_grad():
-                scores.setdefault(f"transfer (pre-trained, new head, {steps} Adam steps)", []).append(acc(tuned(qx)))
                 scores.setdefault(f"scratch (all weights, {steps} Adam steps)", []).append(acc(scratch(qx)))
+            if transfer is not None:
+                tuned = classic_finetune(
+                    Classifier(transfer, n_way), sx, sy, steps, args.transfer_lr, "classification", params=head_only
+                )
+                with torch.no_grad():
+                    key = f"transfer (pre-trained, new head, {steps} Adam steps)"
+                    scores.setdefault(key, []).append(acc(tuned(qx)))
         fast, tune = curves["fast"], curves["fine-tune"]
         rows = {
             f"{args.base}, 0 steps (prototypes)": fast[0],
@@ -252,10 +255,13 @@ def main(argv=None) -> None:
     f.add_argument("--protocols", default="5x1,5x5", help="comma-separated WAYSxSHOTS")
     f.add_argument("--split", default="test", choices=["train", "val", "test"])
     f.add_argument("--queries", type=int, default=5)
-    for q in (o, g, f):
+    for q in (o, g):
         q.add_argument("--base", default="omniglot-conv4")
-        q.add_argument("--transfer", default="omniglot-transfer")
+        q.add_argument("--transfer", default="omniglot-transfer", help="the transfer baseline's checkpoint")
         baseline_lrs(q, "the val split")
+    f.add_argument("--base", required=True, help="your base's name (NAME.safetensors and NAME.json in --dir)")
+    f.add_argument("--transfer", default=None, help="a folder-transfer checkpoint to compare with (optional)")
+    baseline_lrs(f, "the val split")
     s = sub.add_parser("sinusoid", help="K-shot sinusoid regression on fresh tasks")
     s.add_argument("--base", default="sinusoid-mlp")
     s.add_argument("--transfer", default="sinusoid-transfer")
@@ -305,7 +311,7 @@ def main(argv=None) -> None:
             f"episodes of the {args.split} split of {args.data} ({len(names)} classes), "
             f"{args.queries} queries per class"
         )
-        write_report(args, evaluate_classification(args, sampler, "folder"), "folder")
+        write_report(args, evaluate_classification(args, sampler, "folder"))  # NAME.eval.json: /v1/models shows it
     elif args.command == "sinusoid":
         args.protocol_text = f"fresh tasks (amplitude 0.1-5, phase 0-pi, x in -5..5), {args.queries} query points"
         write_report(args, evaluate_sinusoid(args))

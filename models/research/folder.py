@@ -98,8 +98,19 @@ def splits(data: FolderData, seed: int = 0) -> dict[str, list[int]]:
         rng.shuffle(groups)
         k = max(1, round(0.15 * len(groups)))
         parts = {"test": groups[:k], "val": groups[k : 2 * k], "train": groups[2 * k :]}
+        for name, gs in parts.items():
+            if max(len(data.classes_of({g})) for g in gs) < 2:
+                raise ValueError(
+                    f"the {name} split's groups ({', '.join(gs)}) hold one class each: an episode needs a group "
+                    "of at least 2 classes; add classes to the groups"
+                )
         return {s: data.classes_of(set(g)) for s, g in parts.items()}
     classes = list(range(len(data.classes)))
+    if len(classes) < 6:
+        raise ValueError(
+            f"{len(classes)} classes cannot be split: training, validation and test each need at least 2 "
+            "classes, 6 in all; add classes (or folders of them: ROOT/<group>/<class>/)"
+        )
     rng.shuffle(classes)
     k = max(2, round(0.15 * len(classes)))
     return {"test": sorted(classes[:k]), "val": sorted(classes[k : 2 * k]), "train": sorted(classes[2 * k :])}

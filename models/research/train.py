@@ -1,4 +1,5 @@
-"""Meta-training: `python -m models.train {omniglot,sinusoid,omniglot-transfer} ...`.
+"""Meta-training: `python -m models.train FAMILY ...`: omniglot, sinusoid or folder (your images) meta-trains
+a base; omniglot-transfer, sinusoid-transfer or folder-transfer trains the transfer baseline it is compared with.
 
 The outer loop samples a batch of tasks, runs `adapt` in train mode (second
 order unless --algorithm fomaml or --first-order), and minimises the query
@@ -386,6 +387,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "family",
         choices=["omniglot", "sinusoid", "folder", "omniglot-transfer", "sinusoid-transfer", "folder-transfer"],
+        help="what to train: a base (omniglot, sinusoid, folder: your ROOT/<class>/*.png) or its transfer baseline",
     )
     p.add_argument("--data", type=Path, help="folder: ROOT/<class>/*.png or ROOT/<group>/<class>/*.png")
     p.add_argument("--size", type=int, default=64, help="folder: image side, 28 to 84 pixels")
@@ -394,7 +396,7 @@ def main(argv=None) -> None:
     p.add_argument("--algorithm", choices=ALGORITHMS, default="metasgd")
     p.add_argument("--first-order", action="store_true", help="drop second-order terms of the inner loop")
     p.add_argument("--iterations", type=int, default=10_000)
-    p.add_argument("--epochs", type=int, default=20, help="omniglot-transfer only")
+    p.add_argument("--epochs", type=int, default=20, help="the *-transfer baselines of omniglot and folder")
     p.add_argument("--steps", type=int, default=10, help="inner steps (the base's default and maximum)")
     p.add_argument("--step-size", type=float, default=None, help="initial (MAML: fixed) inner step size")
     p.add_argument(

@@ -3,6 +3,10 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const state = { models: [], model: null, adaptation: null, queryImage: null, points: [], curve: null };
+const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content || "";
+const AUTH = meta("rapid-adapt-auth") !== "off";  // the service says whether it wants a key
+const DEMO_KEY = meta("rapid-adapt-demo-key");  // the quick start's published key, when it is on
+const ACTIONS = ["#model", "#mode", "#adapt", "#add-class", "#random-episode", "#predict"];
 
 // ---- the API --------------------------------------------------------------------------
 function headers() {
@@ -34,6 +38,30 @@ function showError(err) {
   const where = err.details && err.details.length ? ` (field: ${fieldName(err.details)})` : "";
   box.textContent = `${err.status ? err.status + " " : ""}${err.code || "error"}: ${err.message}${where}`;
   box.hidden = false;
+}
+
+// Nothing that needs the API is enabled before the bases are listed: without a key, the page asks
+// for one (and calls nothing that would answer 401).
+function ready(on) {
+  for (const sel of ACTIONS) $(sel).disabled = !on;
+}
+
+function askForKey(refused) {
+  const help = $("#key-help");
+  help.replaceChildren(refused
+    ? "That key was refused (401). Check it and type it again above, then press Enter."
+    : "This service needs an API key: type it in the API key field above, then press Enter.");
+  if (DEMO_KEY) {
+    const code = document.createElement("code");
+    code.textContent = DEMO_KEY;
+    help.append(" The quick start's key is ", code, ".");
+  } else {
+    help.append(" The quick start prints its key when it starts (RAPID_ADAPT_API_KEYS sets the keys); otherwise ask whoever runs this service.");
+  }
+  help.hidden = false;
+  $("#key").classList.add("needs-key");
+  $("#key").focus();
+  ready(false);
 }
 
 // ---- drawing pads -------------------------------------------------------------------------
@@ -144,6 +172,17 @@ function drawPlot() {
   ctx.strokeStyle = "#d5dae3"; ctx.lineWidth = 1;
   for (let x = -5; x <= 5; x++) { const [px] = toPx(x, 0, c); ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, c.height); ctx.stroke(); }
   for (let y = -6; y <= 6; y += 2) { const [, py] = toPx(0, y, c); ctx.beginPath(); ctx.moveTo(0, py); ctx.lineTo(c.width, py); ctx.stroke(); }
+  ctx.fillStyle = "#5b6475"; ctx.font = "12px system-ui, sans-serif";
+  ctx.textAlign = "center"; ctx.textBaseline = "top";
+  for (let x = -4; x <= 4; x += 2) { const [px, py] = toPx(x, 0, c); ctx.fillText(String(x), px, py + 3); }
+  ctx.textAlign = "left"; ctx.textBaseline = "middle";
+  for (let y = -4; y <= 6; y += 2) { if (y) { const [px, py] = toPx(0, y, c); ctx.fillText(String(y), px + 4, py); } }
+  ctx.font = "italic 13px system-ui, sans-serif";
+  ctx.textAlign = "right"; ctx.textBaseline = "bottom"; ctx.fillText("x (input)", c.width - 4, toPx(0, 0, c)[1] - 2);
+  ctx.textAlign = "left"; ctx.textBaseline = "top"; ctx.fillText("y (target)", toPx(0, 0, c)[0] + 4, 4);
+  ctx.strokeStyle = "#9aa3b2"; ctx.beginPath();
+  ctx.moveTo(0, toPx(0, 0, c)[1]); ctx.lineTo(c.width, toPx(0, 0, c)[1]);
+  ctx.moveTo(toPx(0, 0, c)[0], 0); ctx.lineTo(toPx(0, 0, c)[0], c.height); ctx.stroke();
   if (state.curve) {
     ctx.strokeStyle = "#2454c7"; ctx.lineWidth = 2.5; ctx.beginPath();
     state.curve.forEach(([x, y], i) => { const [px, py] = toPx(x, y, c); i ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
@@ -164,9 +203,22 @@ function plotClick(e) {
 // ---- adapt and predict ------------------------------------------------------------------
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+function lossText(v) {
+  return v === 0 ? "0" : Math.abs(v) >= 0.01 ? v.toFixed(3) : v.toPrecision(2);
+}
+
+function adaptedText(m, seconds) {
+  const before = m.support_loss_before, after = m.support_loss_after;
+  const lower = before > 0 && after < before ? `, ${(100 * (1 - after / before)).toFixed(0)}% lower` : "";
+  const steps = m.steps === 0 ? "no steps (the base as it is)" : `${m.steps} step${m.steps === 1 ? "" : "s"}`;
+  return `Adapted in ${seconds} s: ${m.mode} mode, ${steps}, ${m.adaptation_ms.toFixed(0)} ms of compute. ` +
+    `The loss on your examples went from ${lossText(before)} to ${lossText(after)}${lower}.`;
+}
+
 async function adapt() {
   showError(null);
   const model = state.model;
+  if (!model) return;
   const support = model.task === "regression" ? state.points.map(([x, y]) => ({ input: [x], target: y })) : supportSet();
   const button = $("#adapt");
   button.disabled = true;
@@ -175,18 +227,17 @@ async function adapt() {
     let a = await api("POST", "/v1/adaptations", { model: model.name, support, mode: $("#mode").value });
     state.adaptation = null;
     while (!["succeeded", "failed", "cancelled"].includes(a.status)) {
-      $("#status").textContent = `${a.status}…`;
+      $("#status").textContent = a.status === "queued" ? "Waiting for a worker…" : "Adapting…";
       await sleep(150);  // short polls: the page never freezes while the job runs
       a = await api("GET", `/v1/adaptations/${a.id}?wait=2`);
     }
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     if (a.status !== "succeeded") throw Object.assign(new Error(a.error ? a.error.message : a.status), { code: a.error ? a.error.code : a.status });
     state.adaptation = a;
-    const m = a.metrics;
-    $("#status").textContent = `succeeded in ${seconds} s: mode ${m.mode}, ${m.steps} steps, ${m.adaptation_ms.toFixed(0)} ms of compute, support loss ${m.support_loss_before.toFixed(3)} → ${m.support_loss_after.toFixed(3)}`;
+    $("#status").textContent = adaptedText(a.metrics, seconds);
     if (model.task === "regression") await drawCurve(); else $("#query").hidden = false;
   } catch (err) {
-    $("#status").textContent = "failed";
+    $("#status").textContent = "Not adapted: see the message above.";
     showError(err);
   } finally {
     button.disabled = false;
@@ -251,14 +302,21 @@ function chooseModel() {
 
 async function loadModels() {
   showError(null);
+  if (AUTH && !sessionStorage.getItem("rapid-adapt-key")) { askForKey(false); return; }
   try {
     state.models = (await api("GET", "/v1/models")).data;
     $("#model").replaceChildren(...state.models.map((m) => new Option(`${m.name} (${m.task})`, m.name)));
+    $("#key-help").hidden = true;
+    $("#key").classList.remove("needs-key");
+    ready(true);
     chooseModel();
-  } catch (err) { showError(err); }
+  } catch (err) {
+    if (err.status === 401) askForKey(true); else showError(err);
+  }
 }
 
 function init() {
+  ready(false);
   $("#key").value = sessionStorage.getItem("rapid-adapt-key") || "";
   $("#key").addEventListener("change", (e) => { sessionStorage.setItem("rapid-adapt-key", e.target.value.trim()); loadModels(); });
   $("#settings").addEventListener("submit", (e) => e.preventDefault());
