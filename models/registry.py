@@ -58,6 +58,7 @@ class Held:
     model: Base
     spec: dict
     on: dict[str, Base] = field(default_factory=dict)  # device type -> a copy there
+    meta: dict = field(default_factory=dict)  # its checkpoint JSON (an export carries it)
 
     def model_on(self, device: str) -> Base:
         if device == "cpu":
@@ -199,6 +200,13 @@ class Registry:
         held = [h.version for h in self.loaded.get(name, [])]
         return (current is not None and current.version == version) or version in held
 
+    def checkpoint_of(self, name: str, version: str) -> tuple[Base, dict]:
+        """-> (CPU model, checkpoint JSON) of that version of a base (an export's contents)."""
+        self.load(name, version)
+        with self.lock:
+            held = next(h for h in self.loaded[name] if h.version == version)
+            return held.model, held.meta
+
     def load(self, name: str, version: str | None = None, device: str = "cpu") -> tuple[Base, dict]:
         """-> (model on `device`, spec) of the current version, or of `version` (BaseChanged when
         that version is neither current nor still in memory). KeyError for an unknown name."""
@@ -225,7 +233,7 @@ class Registry:
                 raise KeyError(name) from None
             if current != entry.version:  # replaced between the scan and the load: take what was read
                 entry.version = current
-            new = Held(current, model, build_spec(name, entry.path, model, meta, current))
+            new = Held(current, model, build_spec(name, entry.path, model, meta, current), meta=meta)
             self.loaded[name] = [new] + [h for h in held if h.version != current][: VERSIONS_KEPT - 1]
             return new.model_on(device), new.spec
 

@@ -62,3 +62,19 @@ def test_errors_are_not_retried_and_an_unreachable_service_is_status_0(stack):
     with Client("http://127.0.0.1:1", "k", max_retries=1) as c, pytest.raises(RapidAdaptError) as e:
         c.models()
     assert (e.value.status, e.value.code) == (0, "unreachable")
+
+
+def test_a_stream_of_events_shows_each_step_as_it_happens_and_ends_with_succeeded(stack):
+    """Client.stream_events: one request (server-sent events), each event as the job makes it,
+    the last one succeeded; no listing call on the way."""
+    import time
+
+    with Client(stack.url, KEYS["acme"]) as c:
+        made = c.create_adaptation("sinusoid-mlp", sinusoid_task(13)[0], mode="fine-tune")
+        seen, listed = [], []
+        c.events = lambda *a, **k: listed.append(a)  # a listing (polling) would show here
+        for e in c.stream_events(made["id"]):
+            seen.append((e["type"], time.monotonic()))
+        kinds = [k for k, _ in seen]
+        assert kinds[0] == "queued" and kinds[-1] == "succeeded" and kinds.count("step") >= 1 and not listed
+        assert c.adaptation(made["id"])["status"] == "succeeded"

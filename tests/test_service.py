@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -556,3 +557,79 @@ def test_the_page_is_told_whether_the_api_wants_a_key_and_the_quick_start_s_demo
     demo = page_html(make_settings(redis_server, api_keys=f"demo:{DEMO_KEY}", allow_demo_key=True))
     assert meta(demo, "rapid-adapt-demo-key") == DEMO_KEY
     assert meta(page_html(make_settings(redis_server, auth="off")), "rapid-adapt-auth") == "off"
+
+
+@pytest.mark.parametrize("kind", ["images", "sinusoid"])
+def test_an_exported_adaptation_predicts_offline_as_the_service_does(api, settings, tmp_path, kind):
+    """GET .../export: one safetensors file (the base included); the client's offline loader
+    answers the same inputs with the same predictions as the service, and refuses what is not an
+    export. An adaptation that has not succeeded does not export."""
+    from rapid_adapt_client import offline
+
+    if kind == "images":
+        examples = json.loads((Path(__file__).parent.parent / "app/api/static/examples/omniglot-test.json").read_text())
+        chars = next(iter(examples.values()))
+        names = sorted(chars)[:5]
+        body = {"model": "omniglot-conv4", "support": [{"input": {"image": chars[n][0]}, "label": n} for n in names]}
+        inputs = [{"image": chars[n][1]} for n in names]
+    else:
+        support, queries, _ = sinusoid_task(11)
+        body, inputs = {"model": "sinusoid-mlp", "support": support}, queries[:7]
+    aid = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+    assert api.request("GET", f"/v1/adaptations/{aid}/export").json()["error"]["code"] == "not_ready"
+    run_next_job(settings)
+    served = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": inputs}).json()["predictions"]
+    got = api.request("GET", f"/v1/adaptations/{aid}/export")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/octet-stream"
+    path = tmp_path / f"{aid}.safetensors"
+    path.write_bytes(got.content)
+    here = offline.load(path).predict(inputs)
+    assert [p.get("label") for p in here] == [p.get("label") for p in served]
+    flat = lambda ps: [
+        v for p in ps for v in (p["scores"].values() if "scores" in p else torch.tensor(p["value"]).flatten().tolist())
+    ]  # noqa: E731
+    assert flat(here) == pytest.approx(flat(served), abs=1e-6)
+    (tmp_path / "not.safetensors").write_bytes(b"junk")
+    with pytest.raises(Exception):  # noqa: B017 (safetensors' own error, whatever its class)
+        offline.load(tmp_path / "not.safetensors")
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Server-sent events -> [{id, event, data}], comments left out."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":"))
+        if fields:
+            out.append(fields | {"data": json.loads(fields.get("data", "{}"))})
+    return out
+
+
+def test_the_events_stream_as_server_sent_events_until_the_job_ends_and_resume_from_last_event_id(api, settings):
+    """Accept: text/event-stream on the events: one request sees every event as it comes, the last
+    one `succeeded`, and ends; Last-Event-ID resumes after it; a deleted adaptation's stream says
+    so and ends."""
+    body = {"model": "sinusoid-mlp", "support": sinusoid_task(12)[0], "mode": "fine-tune"}
+    aid = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+    sse = {"Accept": "text/event-stream"}
+    timer = threading.Timer(0.5, run_next_job, (settings,))
+    timer.start()
+    got = api.request("GET", f"/v1/adaptations/{aid}/events", headers=sse)  # one request, held until the end
+    timer.join()
+    assert got.status_code == 200 and got.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(got.text)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "succeeded" and "step" in kinds
+    assert [e["id"] for e in events] == [f"ev_{i}" for i in range(len(events))]
+    assert events[-1]["data"]["type"] == "succeeded"
+    listed = api.request("GET", f"/v1/adaptations/{aid}/events", params={"limit": 100}).json()["data"]
+    assert [e["data"] for e in events] == listed  # the same events as the JSON listing
+    resumed = parse_sse(
+        api.request("GET", f"/v1/adaptations/{aid}/events", headers=sse | {"Last-Event-ID": "ev_1"}).text
+    )
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[2:]]
+    other = api.request("POST", "/v1/adaptations", json=body).json()["id"]
+    threading.Timer(0.5, api.app.state.jobs.delete, (api.app.state.store.get("acme", other),)).start()
+    gone = parse_sse(api.request("GET", f"/v1/adaptations/{other}/events", headers=sse).text)
+    assert [e["event"] for e in gone] == ["queued", "gone"]
+    bad = api.request("GET", f"/v1/adaptations/{aid}/events", headers=sse | {"Last-Event-ID": "x"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_cursor"

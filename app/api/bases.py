@@ -15,9 +15,12 @@ def spec_of(registry: Registry, name: str, field: list) -> dict:
         raise ApiError(404, "unknown_model", f"no base named {name!r}; see GET /v1/models", field) from None
 
 
-def base_of(registry: Registry, record: dict) -> tuple:
-    """(model, spec) of the version an adaptation was made from; 409 base_changed when it is gone."""
+def base_of(registry: Registry, record: dict, checkpoint: bool = False) -> tuple:
+    """(model, spec) of the version an adaptation was made from (with `checkpoint`: (CPU model, its
+    checkpoint JSON)); 409 base_changed when it is gone."""
     try:
+        if checkpoint:
+            return registry.checkpoint_of(record["model"], record.get("model_version"))
         return registry.load(record["model"], record.get("model_version"))
     except (KeyError, BaseChanged):
         raise ApiError(

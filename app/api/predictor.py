@@ -40,6 +40,7 @@ from typing import NamedTuple
 import torch
 from cachetools import TLRUCache
 
+from models.exported import outputs
 from models.registry import Registry
 
 from ..core import priority
@@ -169,10 +170,6 @@ def forward_merged(model, items: list[tuple[dict, torch.Tensor]], max_batch: int
         fast = model.from_stored(stored)
         outs.append(model.fast_forward(fast, model.finish(hi, fast).unsqueeze(0))[0])
     return outs
-
-
-def outputs(record: dict, out: torch.Tensor) -> list:
-    return torch.softmax(out, -1).tolist() if record["task"] == "classification" else out[:, 0].tolist()
 
 
 class Predictor:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_ttl_seconds: int = 7 * 24 * 3600
     max_metadata_bytes: int = Field(4096, ge=0)  # an adaptation's metadata keys and values, UTF-8, in all
     max_wait_seconds: float = 30.0
+    max_stream_seconds: float = Field(
+        600.0, gt=0
+    )  # an event stream (SSE) ends after this; the client resumes with Last-Event-ID
     # requests of one tenant waiting (?wait=) at once, per API process: one more is answered 429.
     # A wait holds no thread (app/api/notices.py), only a socket and an asyncio event
     max_waits_per_tenant: int = Field(200, ge=1)

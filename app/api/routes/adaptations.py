@@ -1,30 +1,35 @@
-"""/v1/adaptations: create (queue a job), list, get, delete."""
+"""/v1/adaptations: create (queue a job), list, get, delete, cancel, its events, its export."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from models import exported
 from models.registry import Registry
 
 from ...core.config import Settings
 from ...core.jobs import Jobs
-from ...core.store import Store
+from ...core.jobs.lifecycle import FLUSH_SECONDS
+from ...core.store import QuotaExceeded, Store
 from .. import metrics
-from ..bases import spec_of
+from ..bases import base_of, spec_of
 from ..bodies import BoundedJSONRoute
 from ..deps import JobsDep, NoticesDep, PredictorDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
 from ..inputs import Limits, support_tensors
 from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
-from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, EventList
+from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, Event, EventList
 
 router = APIRouter(prefix="/v1", tags=["adaptations"], route_class=BoundedJSONRoute)
 QUEUED = {
@@ -233,21 +238,94 @@ def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDe
     "/adaptations/{aid}/events",
     response_model=EventList,
     summary="The job's events, oldest first",
-    description="queued, started, one per step (its loss), then succeeded, failed or cancelled.",
+    description="queued, started, one per step (its loss), then succeeded, failed or cancelled. With `Accept: "
+    "text/event-stream`, a stream of server-sent events instead (`id: ev_N`, `event:` its type, `data:` the event), "
+    "from ?after= or Last-Event-ID, that ends after the job's last event (or after MAX_STREAM_SECONDS: reconnect "
+    "with Last-Event-ID).",
+    responses={200: {"content": {"text/event-stream": {}}}},
 )
-def list_events(
+async def list_events(
     aid: str,
+    request: Request,
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
+    notices: NoticesDep,
     limit: int | None = Query(None, ge=1, le=100),
     after: str | None = Query(None, max_length=40, description="next_cursor of the previous page"),
+    last_event_id: str | None = Header(None, max_length=40),
 ):
-    owned(store, aid, tenant)
-    start = 0
-    if after is not None:
-        if not (after.startswith("ev_") and after[3:].isdecimal() and after[3:].isascii() and len(after) < 12):
-            raise invalid("invalid_cursor", "after must be an event id, ev_N", "query", "after")
-        start = int(after[3:]) + 1
-    items, more = store.events(tenant, aid, start, limit or settings.list_page_size)
+    await run_in_threadpool(owned, store, aid, tenant)
+    streaming = "text/event-stream" in request.headers.get("accept", "")
+    start = event_index(after if after is not None else (last_event_id if streaming else None))
+    if streaming:
+        if notices.waiting(tenant) >= notices.max_waits:
+            raise QuotaExceeded("max_waits_per_tenant", notices.max_waits, "requests waiting at once", 1)
+        stream = event_stream(store, notices, settings, aid, tenant, start)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    items, more = await run_in_threadpool(store.events, tenant, aid, start, limit or settings.list_page_size)
     return {"data": items, "has_more": more, "next_cursor": items[-1]["id"] if more else None}
+
+
+def event_index(cursor: str | None) -> int:
+    """The index after an event id ev_N (0 without one); anything else is a 422."""
+    if cursor is None:
+        return 0
+    if not (cursor.startswith("ev_") and cursor[3:].isdecimal() and cursor[3:].isascii() and len(cursor) < 12):
+        raise invalid("invalid_cursor", "after (or Last-Event-ID) must be an event id, ev_N", "query", "after")
+    return int(cursor[3:]) + 1
+
+
+ENDS = ("succeeded", "failed", "cancelled")
+KEEP_ALIVE_SECONDS = 15.0
+
+
+async def event_stream(store: Store, notices, settings: Settings, aid: str, tenant: str, start: int):
+    """Server-sent events: what is stored from `start`, then each new event as a running job's steps
+    reach Redis (every FLUSH_SECONDS) and its end (told by the job's notice), until its last event.
+    A stream is one of the tenant's waits (notices.py): it holds no thread between reads."""
+    deadline, quiet = time.monotonic() + settings.max_stream_seconds, time.monotonic()
+    try:
+        with notices.watch(aid, tenant) as ended:
+            while True:
+                items, _ = await run_in_threadpool(store.events, tenant, aid, start, 1000)
+                for e in items:
+                    data = json.dumps(Event.model_validate(e).model_dump())  # as the JSON listing has it
+                    yield f"id: {e['id']}\nevent: {e['type']}\ndata: {data}\n\n"
+                start, quiet = start + len(items), (time.monotonic() if items else quiet)
+                if items and items[-1]["type"] in ENDS:
+                    return
+                if not items and await run_in_threadpool(store.status, tenant, aid) is None:
+                    yield "event: gone\ndata: {}\n\n"  # deleted, or its TTL passed
+                    return
+                if time.monotonic() > deadline:
+                    return
+                if time.monotonic() - quiet > KEEP_ALIVE_SECONDS:
+                    yield ": keep-alive\n\n"
+                    quiet = time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), FLUSH_SECONDS)
+                ended.clear()
+    except QuotaExceeded as exc:
+        yield f"event: error\ndata: {json.dumps({'code': 'quota_exceeded', 'message': str(exc)})}\n\n"
+
+
+@router.get(
+    "/adaptations/{aid}/export",
+    response_class=Response,
+    summary="Download it, to predict elsewhere",
+    description="One safetensors file: the base's weights (`base/...`), the adapted tensors (`adapted/...`), and in "
+    "its metadata the base's JSON and the adaptation's record. `rapid_adapt_client.offline.load(path).predict(inputs)` "
+    "answers from it as the service does, offline (it needs torch and the rapid-adapt package's models).",
+    responses={200: {"content": {"application/octet-stream": {}}}, 409: {"model": ErrorBody}},
+)
+def export_adaptation(aid: str, tenant: TenantDep, store: StoreDep, registry: RegistryDep, predictor: PredictorDep):
+    record = owned(store, aid, tenant)
+    if record["status"] != "succeeded":
+        message = f"adaptation is {record['status']}: only a succeeded one exports"
+        raise ApiError(409, "not_ready", message, [record["status"]])
+    model, meta = base_of(registry, record, checkpoint=True)
+    stored = predictor.cached(record) or predictor.rebuild(record).result(timeout=120)
+    data = exported.export(model, meta, record, stored)
+    disposition = f'attachment; filename="{aid}.safetensors"'
+    return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": disposition})

@@ -6,6 +6,8 @@ import contextlib
 
 from fastapi import APIRouter, Query, Request
 
+from models.exported import predictions
+
 from ..bodies import BoundedJSONRoute
 from ..deps import NoticesDep, PredictorDep, SettingsDep, StoreDep, TenantDep
 from ..errors import ApiError, invalid
@@ -54,13 +56,5 @@ async def predict(
         if code == "not_ready":
             message += "; retry when it has succeeded, or send ?wait=SECONDS to wait for it in this request"
         raise ApiError(409, code, message, [record["status"]])
-    if record["task"] == "classification":
-        classes = record["classes"]
-        keys = [str(c) for c in classes]
-        predictions = [
-            {"label": classes[max(range(len(p)), key=p.__getitem__)], "scores": dict(zip(keys, p))} for p in got.outputs
-        ]
-    else:
-        shaped = (lambda v: [v]) if record["target_shape"] == [1] else (lambda v: v)
-        predictions = [{"value": shaped(v)} for v in got.outputs]
-    return FastJSON({"predictions": predictions})  # built to the schema above, without validating it again
+    # built to the schema above (as an export answers offline), without validating it again
+    return FastJSON({"predictions": predictions(record, got.outputs)})

@@ -9,6 +9,7 @@ service's Retry-After and an exponential backoff (0.5 s doubling, at most 10 s).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -34,6 +35,7 @@ class Call:
     headers: dict = field(default_factory=dict)
     idempotent: bool = True
     parse: Callable[[Any], Any] = lambda body: body
+    raw: bool = False  # parse the body's bytes, not its JSON
 
 
 def _params(**values) -> dict:
@@ -130,6 +132,11 @@ class _Methods:
     def delete(self, adaptation_id: str) -> None:
         return self._run(Call("DELETE", f"/v1/adaptations/{adaptation_id}"))
 
+    def export(self, adaptation_id: str) -> bytes:
+        """A succeeded adaptation as one safetensors file (its base included): save it, then
+        `rapid_adapt_client.offline.load(path).predict(inputs)` answers as the service does."""
+        return self._run(Call("GET", f"/v1/adaptations/{adaptation_id}/export", raw=True))
+
     def predict(self, adaptation_id: str, inputs: list, wait: float | None = None) -> list[Prediction]:
         path = f"/v1/adaptations/{adaptation_id}/predictions"
         return self._run(Call("POST", path, _params(wait=wait), {"inputs": inputs}, parse=lambda b: b["predictions"]))
@@ -185,6 +192,28 @@ class Client(_Methods):
     def iter_events(self, adaptation_id: str, after: str | None = None) -> Iterator[Event]:
         """The job's events, oldest first, from after `after`."""
         return _pages(lambda cursor: self.events(adaptation_id, limit=100, after=cursor), after)
+
+    def stream_events(self, adaptation_id: str, after: str | None = None) -> Iterator[Event]:
+        """The job's events as they happen (server-sent events: one request, no polling), from
+        after `after`, until its last one; a dropped stream resumes where it stopped."""
+        while True:
+            headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": after} if after else {})
+            with self.http.stream("GET", f"/v1/adaptations/{adaptation_id}/events", headers=headers) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise _error(r)
+                kind = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind not in (None, "gone", "error"):
+                        event = json.loads(line[6:])
+                        after = event["id"]
+                        yield event
+                        if kind in DONE:
+                            return
+                    elif line.startswith("data: "):
+                        return  # gone (deleted or expired), or refused
 
 
 class AsyncClient(_Methods):
@@ -259,4 +288,6 @@ def _outcome(call: Call, r: httpx.Response | httpx.TransportError) -> tuple[Any,
         return None, RapidAdaptError(0, "unreachable", f"{type(r).__name__}: {r}")
     if r.status_code >= 400:
         return None, _error(r)
+    if call.raw:
+        return call.parse(r.content), None
     return call.parse(None if r.status_code == 204 else r.json()), None
