@@ -43,21 +43,33 @@ def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
 
 class Tally:
     """A worker's job ends not yet in Redis: `add` writes them when the last write is a second
-    old (the first at once), `flush` whatever is left (each upkeep turn, and at shutdown)."""
+    old (the first at once), else a timer does when the second is up (a job runs in a pool
+    process, where no upkeep turn comes); `flush` writes whatever is left (at shutdown)."""
 
     EVERY = 1.0
 
     def __init__(self, r: redis.Redis):
         self.r, self._counts, self._sum, self._flushed = r, Counter(), 0.0, None
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def add(self, status: str, seconds: float | None) -> None:
         with self._lock:
             self._counts[field(status, seconds)] += 1
             self._sum += seconds or 0.0
-        if self._flushed is None or time.monotonic() - self._flushed >= self.EVERY:
-            with contextlib.suppress(redis.RedisError):  # kept: the upkeep turn tries again, and counts it
-                self.flush()
+            wait = 0.0 if self._flushed is None else self.EVERY - (time.monotonic() - self._flushed)
+            if wait > 0 and self._timer is None:  # the rest within the second, even if no job follows
+                self._timer = threading.Timer(wait, self._later)
+                self._timer.daemon = True
+                self._timer.start()
+        if wait <= 0:
+            self._later()
+
+    def _later(self) -> None:
+        with self._lock:
+            self._timer = None
+        with contextlib.suppress(redis.RedisError):  # kept: the next add or upkeep turn tries again
+            self.flush()
 
     def flush(self) -> None:
         with self._lock:
