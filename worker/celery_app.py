@@ -4,7 +4,8 @@ module is named in `include` and imported by Celery, never by this module.
 
 What a worker process holds, set up by Celery's signals: the bases (`Registry`, once per
 pool process), and in the main process the upkeep thread (heartbeat, reaper, ticket
-top-up, sweeper), started when the worker is ready and stopped when it shuts down."""
+top-up, sweeper) and the webhook deliverer, started when the worker is ready and stopped
+when it shuts down."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.core.jobs import Jobs, Tickets, make_celery
 from app.core.jobs.lifecycle import name_of_this_process
 from app.core.jobs.upkeep import Upkeep
 from app.core.store import Store
+from app.core.webhooks import Deliverer
 from models.registry import Registry
 
 app = make_celery(get_settings())
@@ -30,6 +32,7 @@ class Held:
     registry: Registry | None = None
     jobs: Jobs | None = None
     upkeep: Upkeep | None = None
+    deliverer: Deliverer | None = None
 
 
 def registry() -> Registry:
@@ -67,6 +70,8 @@ def _start_upkeep(sender=None, **_):
     name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
     Held.upkeep = Upkeep(jobs(), name, name_of_this_process())
     Held.upkeep.start()
+    Held.deliverer = Deliverer(jobs().store, get_settings(), public)
+    Held.deliverer.start()
 
 
 @signals.worker_shutdown.connect
@@ -74,3 +79,13 @@ def _stop_upkeep(**_):
     if Held.upkeep is not None:
         Held.upkeep.stop()
         Held.upkeep = None
+    if Held.deliverer is not None:
+        Held.deliverer.stop()
+        Held.deliverer = None
+
+
+def public(record: dict) -> dict:
+    """A record as the API shows it: the body of its webhook."""
+    from app.api.schemas import Adaptation
+
+    return Adaptation.model_validate(record).model_dump(mode="json")

@@ -99,6 +99,12 @@ class AdaptationCreate(BaseModel):
     )
     ttl_seconds: int | None = Field(None, description="how long the adaptation is kept")
     metadata: Metadata | None = Field(None, description="your own string pairs, returned everywhere, filterable")
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="called (POST, signed with your tenant's webhook secret, Standard Webhooks) when the job ends; "
+        "retried with backoff",
+    )
 
 
 ERROR_CODES = (
@@ -112,7 +118,7 @@ ERROR_CODES = (
     "invalid_target", "ambiguous_labels", "too_few_classes", "too_many_classes", "too_many_examples", "empty_support",
     "empty_inputs", "too_many_inputs", "invalid_steps", "invalid_ttl", "invalid_wait", "invalid_cursor",
     "metadata_too_large", "too_many_values",
-    "invalid_filter",
+    "invalid_filter", "invalid_webhook_url", "webhook_not_configured",
     # 429, 503, 507
     "quota_exceeded", "rate_limited", "unavailable", "timeout", "storage_full", "http_error",
 )  # fmt: skip
@@ -147,6 +153,16 @@ class AdaptationMetrics(BaseModel):
     cpu_priority: Literal["normal", "background"] = Field(
         "normal", description="background: the tenant had more jobs waiting, so this one yielded the CPU to others'"
     )
+
+
+class WebhookState(BaseModel):
+    url: str
+    status: Literal["delivered", "retrying", "failed"]
+    attempts: int
+    last_attempt_at: str
+    last_error: str | None = Field(None, description="why the last attempt failed")
+    delivered_at: str | None = None
+    next_attempt_at: str | None = Field(None, description="while retrying")
 
 
 class Adaptation(BaseModel):
@@ -197,6 +213,8 @@ class Adaptation(BaseModel):
     attempts: int = Field(0, description="times a worker started the job (more than 1: put back after an error)")
     error: ErrorInfo | None = None
     metrics: AdaptationMetrics | None = None
+    webhook_url: str | None = None
+    webhook: WebhookState | None = Field(None, description="the webhook's calls so far; null before the first")
 
 
 class AdaptationList(BaseModel):

@@ -3,6 +3,8 @@ RAPID_ADAPT_ (pydantic-settings), e.g. RAPID_ADAPT_API_KEYS=acme:s3cret."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -92,6 +94,15 @@ class Settings(BaseSettings):
     # default (a thread per core in each) oversubscribes them under load (bench/results/flood*.md); 0: torch's default
     torch_threads: int = 1
 
+    # webhooks (app/core/webhooks.py): "tenant:secret,..." signs each tenant's calls (Standard Webhooks; a
+    # secret of at least 24 characters, whsec_BASE64 as its libraries make them); a tenant without one
+    # cannot ask for a webhook
+    webhook_secrets: str = ""
+    webhook_allow_private: bool = False  # let webhooks call loopback and private addresses (tests, one host)
+    webhook_timeout_seconds: float = Field(5.0, gt=0)  # a receiver that answers slower has failed this attempt
+    webhook_max_attempts: int = Field(8, ge=1)  # then the webhook is given up (its state says so)
+    webhook_backoff_seconds: float = Field(2.0, gt=0)  # before the 2nd attempt; doubling after each, at most 10 min
+
     job_max_attempts: int = Field(3, ge=1)  # tries of a job whose run raised or whose worker died; then failed
     job_soft_time_limit: float = 60.0
     job_hard_time_limit: float = 90.0
@@ -114,6 +125,12 @@ class Settings(BaseSettings):
                     raise ValueError(f"{file}: {path} is empty")
                 setattr(self, url, with_password(getattr(self, url), password))
         return self
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets_parse(cls, text: str) -> str:
+        webhook_secrets(text)
+        return text
 
     @field_validator("metrics_key")
     @classmethod
@@ -165,6 +182,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"RAPID_ADAPT_API_KEYS gives one key to {out[digest]!r} and {tenant!r}")
             out[digest] = tenant
         return out
+
+
+def webhook_secrets(text: str) -> dict[str, bytes]:
+    """RAPID_ADAPT_WEBHOOK_SECRETS -> tenant: the HMAC key (whsec_BASE64 decoded, as Standard
+    Webhooks' libraries read it; any other secret as its UTF-8)."""
+    out: dict[str, bytes] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        tenant, sep, secret = pair.partition(":")
+        if not sep or not keys.TENANT.fullmatch(tenant) or not secret:
+            raise ValueError("RAPID_ADAPT_WEBHOOK_SECRETS must be tenant:secret pairs separated by commas")
+        if len(secret) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"RAPID_ADAPT_WEBHOOK_SECRETS: {tenant!r}'s secret has {len(secret)} characters, "
+                f"at least {MIN_KEY_LENGTH} are needed"
+            )
+        if tenant in out:
+            raise ValueError(f"RAPID_ADAPT_WEBHOOK_SECRETS gives {tenant!r} two secrets")
+        if secret.startswith("whsec_"):
+            try:
+                out[tenant] = base64.b64decode(secret[6:], validate=True)
+            except binascii.Error:
+                raise ValueError(f"RAPID_ADAPT_WEBHOOK_SECRETS: {tenant!r}'s whsec_ secret is not base64") from None
+        else:
+            out[tenant] = secret.encode()
+    return out
 
 
 def with_password(url: str, password: str) -> str:

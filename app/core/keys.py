@@ -21,6 +21,8 @@ Per tenant T (no TTL: Redis drops an index once its last member is pruned):
   ra:{T}:b                sorted set: id -> bytes it holds in Redis (the tenant's byte quota)
   ra:{T}:bt               their sum, kept on write (a create checks the byte quota in O(1))
   ra:{T}:r:{second}       prediction images of the tenant in that second (2 s TTL)
+  ra:{T}:h                sorted set: ids whose webhook is due -> when (a final status adds one, in the
+                          script that sets it; app/core/webhooks.py delivers, retries and removes)
   ra:{T}:m:{h}            sorted set of the ids whose metadata holds one key=value pair (h: its SHA-256),
                           by creation time: a filtered listing walks it, not the whole index; it lives
                           as long as its longest-lived member, and a listing drops members since gone
@@ -106,6 +108,10 @@ def rate(tenant: str, second: int) -> str:
 def tenant_of(key: str) -> str:
     """The tenant of one of its keys (the text of the hash tag)."""
     return key[key.index("{") + 1 : key.index("}")]
+
+
+def webhooks(tenant: str) -> str:
+    return f"{_t(tenant)}:h"
 
 
 def pending(tenant: str) -> str:

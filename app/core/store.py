@@ -50,26 +50,27 @@ local function append(old, items, from, to)
 end
 """
 
-# KEYS: record, the tenant's usage and its total; ARGV[1] allowed current statuses (JSON list),
-# ARGV[2] a channel to publish ARGV[3] on ('' for none: a final status publishes), ARGV[3] the
-# notice (the id, then a space and the record's public JSON when the caller has it), ARGV[4] the
-# id, ARGV[5] bytes to charge besides (its weights, in the cache), ARGV[6] n, then n events, then
-# field, value pairs. -> the status it had (JSON), or nil when the record is gone; the fields are
-# set, the events appended, the notice published and the tenant charged what the record grew by
-# (read from the old values in the same HMGET) only when allowed.
+# KEYS: record, the tenant's usage and its total, its webhooks due; ARGV[1] allowed current statuses
+# (JSON list), ARGV[2] a channel to publish ARGV[3] on ('' for none: a final status publishes),
+# ARGV[3] the notice (the id, then a space and the record's public JSON when the caller has it),
+# ARGV[4] the id, ARGV[5] bytes to charge besides (its weights, in the cache), ARGV[6] n, then n
+# events, then field, value pairs. -> the status it had (JSON), or nil when the record is gone; the
+# fields are set, the events appended, the notice published, a record with a webhook made due
+# (with a final status: in the same script, so no end goes untold) and the tenant charged what
+# the record grew by (read from the old values in the same HMGET) only when allowed.
 _TRANSITION = (
     _BYTES_FUNCTION
     + """
 local n = tonumber(ARGV[6])
 local first = 7 + n
-local names = {'status', '_events'}
+local names = {'status', '_events', 'webhook_url'}
 for i = first, #ARGV, 2 do names[#names + 1] = ARGV[i] end
 local old = redis.call('HMGET', KEYS[1], unpack(names))
 local status = old[1]
 if not status then return nil end
 for _, allowed in ipairs(cjson.decode(ARGV[1])) do
   if cjson.decode(status) == allowed then
-    local grew, pairs, k = tonumber(ARGV[5]), {}, 3
+    local grew, pairs, k = tonumber(ARGV[5]), {}, 4
     for i = first, #ARGV, 2 do
       local was = old[k]
       grew = grew + alloc(#ARGV[i + 1]) - (was and alloc(#was) or -(alloc(#ARGV[i]) + 24))
@@ -81,7 +82,13 @@ for _, allowed in ipairs(cjson.decode(ARGV[1])) do
       pairs[#pairs + 1], pairs[#pairs + 2] = '_events', events
     end
     redis.call('HSET', KEYS[1], unpack(pairs))
-    if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+    if ARGV[2] ~= '' then
+      redis.call('PUBLISH', ARGV[2], ARGV[3])
+      if old[3] then
+        local now = redis.call('TIME')
+        redis.call('ZADD', KEYS[4], now[1] + now[2] / 1e6, ARGV[4])
+      end
+    end
     charge(KEYS[2], KEYS[3], ARGV[4], grew)
     return status
   end
@@ -214,7 +221,7 @@ return 1
 RECORD_FIELDS = (
     "id", "tenant", "model", "model_version", "task", "status", "mode", "steps", "ttl_seconds",
     "metadata", "n_support", "created_at", "created_ts", "expires_at", "classes", "target_shape",
-    "idempotency_key", "started_at", "attempts", "finished_at", "metrics", "error",
+    "idempotency_key", "started_at", "attempts", "finished_at", "metrics", "error", "webhook_url", "webhook",
 )  # fmt: skip
 SUPPORT, EVENTS = "_support", "_events"  # the record's other two fields
 
@@ -490,7 +497,7 @@ class Store:
         gone. With `replicas`, the call returns once that many replicas hold this write and every
         one before it on its primary
         (Redis's WAIT, on the same connection), or after `store_replica_wait_ms` (logged)."""
-        ks = [keys.record(tenant, aid), keys.usage(tenant), keys.usage_total(tenant)]
+        ks = [keys.record(tenant, aid), keys.usage(tenant), keys.usage_total(tenant), keys.webhooks(tenant)]
         told = aid if notice is True else f"{aid} {json.dumps(notice)}"
         args = [json.dumps(list(allowed)), keys.DONE if notice else "", told, aid, charge, len(events)]
         args += [json.dumps(e) for e in events]

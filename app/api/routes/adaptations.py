@@ -17,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from models import exported
 from models.registry import Registry
 
-from ...core.config import Settings
+from ...core.config import Settings, webhook_secrets
 from ...core.jobs import Jobs
 from ...core.jobs.lifecycle import FLUSH_SECONDS
 from ...core.store import QuotaExceeded, Store
+from ...core.webhooks import Refused, check_url
 from .. import metrics
 from ..bases import base_of, spec_of
 from ..bodies import BoundedJSONRoute
@@ -119,6 +120,8 @@ def create(
     ttl = settings.default_ttl_seconds if body.ttl_seconds is None else body.ttl_seconds
     if not 1 <= ttl <= settings.max_ttl_seconds:
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
+    if body.webhook_url is not None:
+        check_webhook(body.webhook_url, tenant, settings)
     if not idempotency_key:  # over its quota, a tenant costs no decoding (a retry with a key may find its adaptation)
         store.check_quotas(tenant)
     tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
@@ -142,6 +145,8 @@ def create(
         "target_shape": None,
         **fields,
     }
+    if body.webhook_url is not None:
+        record["webhook_url"] = body.webhook_url
     idem = None
     if idempotency_key:
         idem = (idempotency_key, hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest())
@@ -153,6 +158,20 @@ def create(
         metrics.ADAPTATIONS.labels(body.model).inc()
         return record
     return store.get(tenant, stored) or {**record, "id": stored}
+
+
+def check_webhook(url: str, tenant: str, settings: Settings) -> None:
+    """A webhook the service can sign and may call, or a 422 naming webhook_url."""
+    if tenant not in webhook_secrets(settings.webhook_secrets):
+        message = (
+            f"tenant {tenant!r} has no webhook secret to sign calls with: the operator sets one in "
+            "RAPID_ADAPT_WEBHOOK_SECRETS (tenant:secret), or follow the job with ?wait= or the events stream"
+        )
+        raise invalid("webhook_not_configured", message, "webhook_url")
+    try:
+        check_url(url, settings.webhook_allow_private)
+    except Refused as exc:
+        raise invalid("invalid_webhook_url", str(exc), "webhook_url") from None
 
 
 @router.get(

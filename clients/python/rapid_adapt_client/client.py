@@ -104,11 +104,13 @@ class _Methods:
         metadata: dict[str, str] | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
+        webhook_url: str | None = None,
     ) -> Adaptation:
         """Queue an adaptation. It always carries an Idempotency-Key (a new one unless given),
-        so a retry after a lost answer returns the same adaptation instead of a second one."""
+        so a retry after a lost answer returns the same adaptation instead of a second one.
+        `webhook_url` is called when the job ends (signed with your tenant's webhook secret)."""
         body = {"model": model, "support": support} | _params(
-            mode=mode, steps=steps, ttl_seconds=ttl_seconds, metadata=metadata
+            mode=mode, steps=steps, ttl_seconds=ttl_seconds, metadata=metadata, webhook_url=webhook_url
         )
         headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
         return self._run(Call("POST", "/v1/adaptations", _params(wait=wait), body, headers))

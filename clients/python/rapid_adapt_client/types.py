@@ -31,6 +31,8 @@ class Adaptation(TypedDict, total=False):
     finished_at: str | None
     error: dict | None
     metrics: dict[str, Any] | None
+    webhook_url: str | None
+    webhook: dict[str, Any] | None  # the webhook's calls: status delivered | retrying | failed, attempts, last_error
 
 
 class Prediction(TypedDict, total=False):
