@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, HAProxy, Chromium and its driver, the Noto
+# Install what Rapid Adapt needs on a fresh Debian machine, idempotently: Redis, HAProxy, Prometheus, Chromium and its driver, the Noto
 # fonts, kubectl (apt), a virtual environment in .venv (PEP 668: never the system Python), CPU PyTorch 2.13.0 (a local
 # wheel where pip's configuration has one, else PyTorch's CPU index, never the multi-GB CUDA build), the locked
 # dependencies (requirements/dev.lock, hash-checked), the project and its client package.
@@ -14,6 +14,7 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # also Sentinel and cluster mode (tests/test_fleet.py)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)            # the load balancer of bench/drill.py's host drill
 command -v chromium >/dev/null 2>&1 || need+=(chromium)          # the page's browser tests
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)        # the rules' unit tests and a real scrape (tests/test_monitoring.py)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ -f /usr/share/fonts/truetype/noto/NotoSansThai-Thin.ttf ] || need+=(fonts-noto-core fonts-noto-extra)  # glyphs benchmark
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"

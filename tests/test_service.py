@@ -165,6 +165,48 @@ def test_the_duration_histogram_costs_one_bucket_a_job_and_reads_cumulative(api)
     assert [bucket(le) for le in ("0.01", "0.025", "0.05", "1.0", "30.0", "+Inf")] == [1, 1, 2, 3, 3, 4]
 
 
+def test_metrics_count_jobs_per_tenant_and_base_their_waits_quota_refusals_and_the_stores_memory(redis_server):
+    """The operator's figures (issue 32): jobs by tenant, base and status, the wait in line and
+    the whole life as histograms, 429s by tenant and limit, the store's memory against its cap.
+    With METRICS_TENANT_LABEL off every tenant's series is one, tenant="all"."""
+    from bench.stack import METRICS_KEY
+
+    from .conftest import make_settings
+
+    def scrape(api) -> dict[str, float]:
+        auth = {"Authorization": f"Bearer {METRICS_KEY}"}
+        return metric_values(api.request("GET", "/metrics", None, headers=auth).text)
+
+    for by_tenant in (True, False):
+        redis.Redis(port=redis_server.redis_port).flushall()
+        settings = make_settings(redis_server, tenant_max_jobs=2, metrics_tenant_label=by_tenant)
+        with InProcess(create_app(settings)) as api:
+            body = {"model": "sinusoid-mlp", "support": sinusoid_task(5)[0]}
+            made = [api.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(2)]
+            assert api.request("POST", "/v1/adaptations", json=body).status_code == 429  # tenant_max_jobs
+            other = api.request("POST", "/v1/adaptations", key="globex", json=body).json()["id"]
+            assert run_next_job(settings) == "succeeded"
+            assert run_next_job(settings) == "succeeded"  # globex's: the rotation takes turns
+            assert api.request("POST", f"/v1/adaptations/{made[1]}/cancel").status_code == 200
+            assert api.request("GET", f"/v1/adaptations/{other}", key="globex").json()["status"] == "succeeded"
+            time.sleep(1.2)  # the workers' counts reach Redis within a second
+            values = scrape(api)
+            acme = "acme" if by_tenant else "all"
+            job = 'rapid_adapt_jobs_finished_total{{model="sinusoid-mlp",status="{}",tenant="{}"}}'
+            assert values[job.format("cancelled", acme)] == 1
+            if by_tenant:
+                assert values[job.format("succeeded", "acme")] == values[job.format("succeeded", "globex")] == 1
+            else:
+                assert values[job.format("succeeded", "all")] == 2
+            assert values['rapid_adapt_job_queued_seconds_bucket{le="+Inf"}'] == 2
+            assert values['rapid_adapt_job_end_to_end_seconds_bucket{le="+Inf"}'] == 2
+            assert 0 < values["rapid_adapt_job_queued_seconds_sum"] < values["rapid_adapt_job_end_to_end_seconds_sum"]
+            assert values[f'rapid_adapt_quota_refusals_total{{limit="tenant_max_jobs",tenant="{acme}"}}'] == 1
+            assert values['rapid_adapt_store_memory_bytes{node="0"}'] > 100_000
+            assert values['rapid_adapt_store_memory_limit_bytes{node="0"}'] == 0  # the test's Redis has none
+            assert values['rapid_adapt_predictor_waiting{lane="interactive"}'] == 0
+
+
 def test_a_wait_is_told_of_its_job_s_end_and_reads_the_record_about_once_a_second(api, settings):
     """?wait= costs a read a second plus one when the end is published (app/api/notices.py),
     not a poll every few milliseconds; with the notices away it still ends, by its reads."""

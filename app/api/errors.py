@@ -8,12 +8,13 @@ import logging
 import re
 
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from kombu.exceptions import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.store import QuotaExceeded, StorageFull
+from . import metrics
 from .responses import FastJSON
 
 log = logging.getLogger("rapid_adapt.api")
@@ -92,7 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return ApiError(exc.status_code, code, str(exc.detail), [], exc.headers).response()
 
     @app.exception_handler(QuotaExceeded)
-    async def over_quota(_, exc: QuotaExceeded):
+    async def over_quota(request: Request, exc: QuotaExceeded):
+        tenant = getattr(request.state, "tenant", None)
+        metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(request.app.state.settings, tenant), exc.limit).inc()
         message = f"over this tenant's limit of {exc.value} {exc}"
         details = [exc.limit, exc.value]
         return ApiError(429, "quota_exceeded", message, details, {"Retry-After": str(exc.retry_after)}).response()

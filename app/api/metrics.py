@@ -1,10 +1,15 @@
 """Prometheus metrics of the API (served at /metrics). With several API processes
 (`python -m app.serve --workers N`) they write to PROMETHEUS_MULTIPROC_DIR and /metrics
-sums every process's, so that counters never go backwards between scrapes."""
+sums every process's, so that counters never go backwards between scrapes.
+
+Two kinds: this process's (HTTP, predictions, quota refusals, the predictor lanes), and the
+fleet's (`StoreCollector`: jobs, the backlog, workers, the store's memory), read from Redis at
+scrape time, so every API process reports the same fleet figures: aggregate them across API
+instances with max, not sum (deploy/monitoring/rules.yml does)."""
 
 import os
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 from ..core import stats
 from ..core.jobs import heartbeats
@@ -25,6 +30,17 @@ PREDICT_BATCH = Histogram(
     "rapid_adapt_predict_batch_images", "images per batched forward pass", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
 )
 
+QUOTA_REFUSALS = Counter(
+    "rapid_adapt_quota_refusals_total", "requests refused 429 over a tenant's quota", ["tenant", "limit"]
+)
+LANE_WAITING = Gauge(
+    "rapid_adapt_predictor_waiting", "prediction requests waiting for a lane", ["lane"], multiprocess_mode="livesum"
+)
+
+
+def tenant_label(settings, tenant: str | None) -> str:
+    return (tenant or "unknown") if settings.metrics_tenant_label else "all"
+
 
 class StoreCollector:
     """Figures that live in Redis, read at scrape time: jobs by final status and
@@ -33,6 +49,7 @@ class StoreCollector:
 
     def __init__(self, jobs, heartbeat_window: float, tenants: list[str]):
         self.jobs, self.store, self.window, self.tenants = jobs, jobs.store, heartbeat_window, tenants
+        self.by_tenant = jobs.settings.metrics_tenant_label
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -43,6 +60,7 @@ class StoreCollector:
             workers = len(heartbeats.alive(self.store.r, self.window))
             depth = self.jobs.scheduler.backlog()
             running = self.jobs.scheduler.in_flight()
+            memory = self.store.memory()
         except Exception:
             return  # Redis away: /readyz says so; the other metrics still answer
         finished = CounterMetricFamily(
@@ -58,6 +76,39 @@ class StoreCollector:
             buckets=buckets,
             sum_value=counts.get("duration_sum", 0.0),
         )
+        jobs = CounterMetricFamily(
+            "rapid_adapt_jobs_finished",
+            "adaptation jobs that ended, by tenant (all: METRICS_TENANT_LABEL off), base and final status",
+            labels=["tenant", "model", "status"],
+        )
+        merged: dict[tuple[str, str, str], float] = {}
+        for (tenant, model, status), n in stats.per_job(counts).items():
+            key = (tenant if self.by_tenant else "all", model, status)
+            merged[key] = merged.get(key, 0.0) + n
+        for key, n in sorted(merged.items()):
+            jobs.add_metric(list(key), n)
+        yield jobs
+        for name, what, prefix, total in (
+            ("rapid_adapt_job_queued_seconds", "time from a job's creation to its start", "q:", "queued_sum"),
+            ("rapid_adapt_job_end_to_end_seconds", "time from a job's creation to its end", "e:", "end_to_end_sum"),
+        ):
+            yield HistogramMetricFamily(
+                name,
+                what,
+                buckets=stats.cumulative(counts, prefix, stats.WAIT_BUCKETS),
+                sum_value=counts.get(total, 0.0),
+            )
+        used = GaugeMetricFamily(
+            "rapid_adapt_store_memory_bytes", "memory the store's Redis uses (each primary)", labels=["node"]
+        )
+        most = GaugeMetricFamily(
+            "rapid_adapt_store_memory_limit_bytes", "the store Redis's maxmemory (0: none)", labels=["node"]
+        )
+        for i, (u, m) in enumerate(memory):
+            used.add_metric([str(i)], u)
+            most.add_metric([str(i)], m)
+        yield used
+        yield most
         yield GaugeMetricFamily("rapid_adapt_queue_depth", "adaptation jobs waiting for a worker", value=depth)
         yield GaugeMetricFamily("rapid_adapt_jobs_running", "adaptation jobs claimed by a worker", value=running)
         yield GaugeMetricFamily("rapid_adapt_adaptations_stored", "adaptations stored (kept on write)", value=stored)

@@ -114,10 +114,12 @@ class FairQueue:
     tenant with nothing waiting comes in at the front (as new flows do in FQ-CoDel), so a
     tenant's occasional request waits for at most the pass under way, not a backlog's next."""
 
-    def __init__(self):
+    def __init__(self, lane: str = "interactive"):
         self.ready = threading.Condition()
         self.by_tenant: OrderedDict[str, deque[Job]] = OrderedDict()
         self.closed = False
+        self.waiting = metrics.LANE_WAITING.labels(lane)  # jobs in it, on /metrics
+        self.waiting.set(0)
 
     def close(self) -> list[Job]:
         """Wake the lane to stop. -> the jobs still waiting, to be answered."""
@@ -125,6 +127,7 @@ class FairQueue:
             self.closed = True
             left = [job for jobs in self.by_tenant.values() for job in jobs]
             self.by_tenant.clear()
+            self.waiting.set(0)
             self.ready.notify_all()
             return left
 
@@ -137,6 +140,7 @@ class FairQueue:
                     self.by_tenant.move_to_end(job.tenant, last=False)
             jobs = self.by_tenant[job.tenant]
             jobs.appendleft(job) if rest else jobs.append(job)
+            self.waiting.inc()
             self.ready.notify()
 
     def take(self, block: bool, room: int | None = None) -> Job | None:
@@ -149,6 +153,7 @@ class FairQueue:
             if jobs is None:
                 return None
             job = jobs.popleft()
+            self.waiting.dec()
             del self.by_tenant[tenant]
             if jobs:
                 self.by_tenant[tenant] = jobs  # to the back of the rotation
@@ -183,7 +188,7 @@ class Predictor:
         self.rebuilding_lock = threading.Lock()
 
     def start(self) -> None:
-        self.interactive, self.bulk = FairQueue(), FairQueue()
+        self.interactive, self.bulk = FairQueue("interactive"), FairQueue("bulk")
         nice = self.settings.background_nice
         self.rebuilder = ThreadPoolExecutor(
             1, "predictor-rebuild", initializer=priority.lower_this_thread, initargs=(nice,)

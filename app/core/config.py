@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_keys: str = ""  # "tenant:key,tenant2:key2", keys of at least 24 characters; a tenant may have several
     allow_demo_key: bool = False  # accept the README's `demo-key` (scripts/quickstart.sh sets it, nothing else)
     metrics_key: str = ""  # Bearer key of GET /metrics; unset, /metrics is open only with auth off
+    # label per-tenant series of /metrics with the tenant (jobs, quota refusals); off: tenant="all", for
+    # deployments with so many tenants that a series each would burden Prometheus
+    metrics_tenant_label: bool = True
 
     models_dir: str = ""  # directories of bases to serve, ":"-separated, "shipped" = the committed ones (default)
     models_poll_seconds: float = 2.0  # how often a directory is looked at again for new or replaced bases

@@ -1,13 +1,17 @@
 """Finished jobs counted in Redis by the workers, so that every API process reports
-the same figures on /metrics: jobs by final status and a duration histogram.
+the same figures on /metrics: jobs by final status, by tenant and base, and histograms of
+their run, their wait in line and their whole life.
 
 A job's end counts in the one bucket of its status that its duration falls in (`b:{status}:{le}`,
 not cumulative; `+Inf` past the last) and in the sum; a job ended without a duration (cancelled)
-counts `status:{status}`. A worker tallies its jobs' ends in memory (`Tally`) and writes them at
-most once a second and at each upkeep turn, so a busy worker's many short jobs cost Redis a few
-increments a second, not two a job; /metrics lags by that second. At scrape time `finished` adds a
-status's buckets up, and `cumulative` every status's, for Prometheus. (Counts of earlier
-versions, `status:{status}` and `b:{le}`, are added in.)"""
+counts `status:{status}`. Per tenant and base, `j:{tenant}:{model}:{status}` counts it (a tenant's
+name has no colon, keys.TENANT); `q:{le}` and `e:{le}` (sums `queued_sum`, `end_to_end_sum`) bucket
+the time from its creation to its start and to its end. A worker tallies its jobs' ends in memory
+(`Tally`) and writes them at most once a second, so a busy worker's many short jobs cost Redis a
+few increments a second, not several a job; /metrics lags by that second. At scrape time
+`finished` adds a status's buckets up, `cumulative` makes a histogram Prometheus's form, and
+`per_job` reads the per-tenant counts. (Counts of earlier versions, `status:{status}` and
+`b:{le}`, are added in.)"""
 
 from __future__ import annotations
 
@@ -22,23 +26,52 @@ import redis
 from . import keys
 
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WAIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def bucket(seconds: float, buckets: tuple[float, ...] = DURATION_BUCKETS) -> str:
+    """The le of the first bucket that holds `seconds`."""
+    i = bisect.bisect_left(buckets, seconds)
+    return str(buckets[i]) if i < len(buckets) else "+Inf"
 
 
 def field(status: str, seconds: float | None) -> str:
-    """The counter a job's end adds one to."""
-    if seconds is None:
-        return f"status:{status}"
-    i = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bucket with seconds <= le
-    return f"b:{status}:{DURATION_BUCKETS[i] if i < len(DURATION_BUCKETS) else '+Inf'}"
+    """The duration counter a job's end adds one to."""
+    return f"status:{status}" if seconds is None else f"b:{status}:{bucket(seconds)}"
 
 
-def record_outcome(r: redis.Redis, status: str, seconds: float | None) -> None:
-    """One job's end, written at once (the API's cancels: rare)."""
+def fields(
+    status: str,
+    seconds: float | None,
+    tenant: str | None = None,
+    model: str | None = None,
+    queued: float | None = None,
+    end_to_end: float | None = None,
+) -> tuple[Counter, Counter]:
+    """What one job's end adds. -> (counters, sums)."""
+    counts, sums = Counter({field(status, seconds): 1}), Counter({"duration_sum": seconds or 0.0})
+    if tenant is not None:
+        counts[f"j:{tenant}:{model or ''}:{status}"] += 1
+    for prefix, name, value in (("q", "queued_sum", queued), ("e", "end_to_end_sum", end_to_end)):
+        if value is not None:
+            counts[f"{prefix}:{bucket(max(value, 0.0), WAIT_BUCKETS)}"] += 1
+            sums[name] += max(value, 0.0)
+    return counts, sums
+
+
+def write(r: redis.Redis, counts: Counter, sums: Counter) -> None:
     p = r.pipeline(transaction=False)
-    p.hincrby(keys.STATS, field(status, seconds), 1)
-    if seconds is not None:
-        p.hincrbyfloat(keys.STATS, "duration_sum", seconds)
+    for name, n in counts.items():
+        p.hincrby(keys.STATS, name, n)
+    for name, x in sums.items():
+        if x:
+            p.hincrbyfloat(keys.STATS, name, x)
     p.execute()
+
+
+def record_outcome(r: redis.Redis, status: str, seconds: float | None, **about) -> None:
+    """One job's end, written at once (the API's cancels: rare). about: as `fields`."""
+    write(r, *fields(status, seconds, **about))
 
 
 class Tally:
@@ -49,14 +82,16 @@ class Tally:
     EVERY = 1.0
 
     def __init__(self, r: redis.Redis):
-        self.r, self._counts, self._sum, self._flushed = r, Counter(), 0.0, None
+        self.r, self._counts, self._sums, self._flushed = r, Counter(), Counter(), None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
-    def add(self, status: str, seconds: float | None) -> None:
+    def add(self, status: str, seconds: float | None, **about) -> None:
+        """about: the job's tenant, model, queued and end_to_end seconds (`fields`)."""
+        counts, sums = fields(status, seconds, **about)
         with self._lock:
-            self._counts[field(status, seconds)] += 1
-            self._sum += seconds or 0.0
+            self._counts.update(counts)
+            self._sums.update(sums)
             wait = 0.0 if self._flushed is None else self.EVERY - (time.monotonic() - self._flushed)
             if wait > 0 and self._timer is None:  # the rest within the second, even if no job follows
                 self._timer = threading.Timer(wait, self._later)
@@ -73,21 +108,16 @@ class Tally:
 
     def flush(self) -> None:
         with self._lock:
-            counts, total, self._counts, self._sum = self._counts, self._sum, Counter(), 0.0
+            counts, sums, self._counts, self._sums = self._counts, self._sums, Counter(), Counter()
             self._flushed = time.monotonic()
         if not counts:
             return
         try:
-            p = self.r.pipeline(transaction=False)
-            for name, n in counts.items():
-                p.hincrby(keys.STATS, name, n)
-            if total:
-                p.hincrbyfloat(keys.STATS, "duration_sum", total)
-            p.execute()
+            write(self.r, counts, sums)
         except redis.RedisError:
             with self._lock:  # kept for the next try
                 self._counts.update(counts)
-                self._sum += total
+                self._sums.update(sums)
             raise
 
 
@@ -100,15 +130,27 @@ def finished(counts: dict[str, float], status: str) -> float:
     return counts.get(f"status:{status}", 0.0) + sum(v for k, v in counts.items() if k.startswith(f"b:{status}:"))
 
 
-def cumulative(counts: dict[str, float]) -> list[tuple[str, float]]:
-    """(le, jobs with a duration of at most le) for each bucket, and +Inf: Prometheus's form."""
+def cumulative(counts: dict[str, float], prefix: str = "b:", buckets=DURATION_BUCKETS) -> list[tuple[str, float]]:
+    """(le, jobs of at most le seconds) for each bucket, and +Inf: Prometheus's form. prefix: b:
+    the run (every status's), q: the wait in line (with WAIT_BUCKETS), e: creation to end (same)."""
     per_le: dict[str, float] = {}
     for k, v in counts.items():
-        if k.startswith("b:"):
+        if k.startswith(prefix):
             le = k.rsplit(":", 1)[1]
             per_le[le] = per_le.get(le, 0.0) + v
     out, total = [], 0.0
-    for le in DURATION_BUCKETS:
+    for le in buckets:
         total += per_le.get(str(le), 0.0)
         out.append((str(le), total))
     return out + [("+Inf", total + per_le.get("+Inf", 0.0))]
+
+
+def per_job(counts: dict[str, float]) -> dict[tuple[str, str, str], float]:
+    """(tenant, model, status) -> the jobs that ended so."""
+    out = {}
+    for k, v in counts.items():
+        if k.startswith("j:"):
+            tenant, rest = k[2:].split(":", 1)
+            model, status = rest.rsplit(":", 1)
+            out[(tenant, model, status)] = v
+    return out

@@ -448,13 +448,17 @@ class Store:
         second; on a cluster, of its fullest primary."""
         checked, value = self._fill
         if time.monotonic() - checked > 1.0:
-            if isinstance(self.r, redis.RedisCluster):
-                nodes = self.r.info("memory", target_nodes=redis.RedisCluster.PRIMARIES).values()
-            else:
-                nodes = [self.r.info("memory")]
-            value = max(int(n["used_memory"]) / int(n["maxmemory"]) if int(n["maxmemory"]) else 0.0 for n in nodes)
+            value = max(used / most if most else 0.0 for used, most in self.memory())
             self._fill = (time.monotonic(), value)
         return value
+
+    def memory(self) -> list[tuple[int, int]]:
+        """(used_memory, maxmemory) of the store's Redis, or of each primary of a cluster."""
+        if isinstance(self.r, redis.RedisCluster):
+            nodes = self.r.info("memory", target_nodes=redis.RedisCluster.PRIMARIES).values()
+        else:
+            nodes = [self.r.info("memory")]
+        return [(int(n["used_memory"]), int(n["maxmemory"])) for n in nodes]
 
     def get(self, tenant: str, aid: str) -> dict | None:
         return decode_fields(self.r.hmget(keys.record(tenant, aid), RECORD_FIELDS))

@@ -246,8 +246,8 @@ def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDe
     responses={409: {"model": ErrorBody}},
 )
 def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDep):
-    owned(store, aid, tenant)
-    had = jobs.cancel(aid, tenant)
+    record = owned(store, aid, tenant)
+    had = jobs.cancel(aid, tenant, record["model"])
     if had in ("succeeded", "failed"):
         raise ApiError(409, "adaptation_finished", f"adaptation already {had}", [had])
     return public(owned(store, aid, tenant))

@@ -55,6 +55,7 @@ class Job:
     resumed: bool = False  # retried after a Redis error: its record may already say running
     record: dict = field(default_factory=dict)
     started: float = 0.0  # perf_counter at start
+    started_ts: float = 0.0  # unix time at start
     held: bool = False  # a job of a tenant at its running limit may lack a ticket: top up after this one
     more: bool = False  # its tenant had more jobs in line when it was claimed
     unsent: list = field(default_factory=list)  # step events not yet in Redis
@@ -115,12 +116,12 @@ class Jobs:
                 raise
         return aid, created
 
-    def cancel(self, aid: str, tenant: str) -> str | None:
+    def cancel(self, aid: str, tenant: str, model: str | None = None) -> str | None:
         """queued or running -> cancelled. -> the status it had."""
         had = self.move(tenant, aid, CANCELLED, "client", events=[event("cancelled")], finished_at=now_iso())
         if had in (QUEUED, RUNNING):
             self.scheduler.forget(aid, tenant)  # out of line at once: no longer one of the tenant's jobs
-            stats.record_outcome(self.store.r, CANCELLED, None)
+            stats.record_outcome(self.store.r, CANCELLED, None, tenant=tenant, model=model)
         return had
 
     def delete(self, record: dict) -> None:
@@ -151,7 +152,7 @@ class Jobs:
             self.scheduler.finish(job.aid, job.tenant)
             return None
         fields = {"status": RUNNING, "started_at": started_at, "attempts": record.get("attempts", 0) + 1}
-        job.record, job.started = record | fields, time.perf_counter()
+        job.record, job.started, job.started_ts = record | fields, time.perf_counter(), time.time()
         job.flushed, job.unsent = job.started, []
         return codecs.bytes_to_support(data)
 
@@ -203,7 +204,7 @@ class Jobs:
             if had != SUCCEEDED:  # cancelled or deleted meanwhile (not a twin run that finished first)
                 self.store.drop_weights(job.aid)
             return "gone"
-        self.tally.add(SUCCEEDED, time.perf_counter() - job.started)
+        self.tally.add(SUCCEEDED, time.perf_counter() - job.started, **about(job))
         log.info(
             "adaptation succeeded",
             extra={
@@ -222,7 +223,7 @@ class Jobs:
             ended = [*job.unsent, event("failed", code=code)]
             if self.move(job.tenant, job.aid, FAILED, by, events=ended, **fields) == RUNNING:
                 seconds = time.perf_counter() - job.started if job.started else None
-                self.tally.add(FAILED, seconds)
+                self.tally.add(FAILED, seconds, **about(job))
             self.scheduler.finish(job.aid, job.tenant)
         except redis.RedisError:
             pass  # still in flight: the reaper puts the job back; it is not lost
@@ -250,7 +251,7 @@ class Jobs:
         tries = record.get("attempts", 0)
         if record["status"] == RUNNING and tries >= self.settings.job_max_attempts:
             message = f"tried {tries} times (job_max_attempts); the last try ended with: {reason}"
-            return self.fail(job or Job(aid, tenant, by), "too_many_attempts", message, by)
+            return self.fail(job or Job(aid, tenant, by, record=record), "too_many_attempts", message, by)
         if self.move(tenant, aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
             self.scheduler.enqueue(aid, tenant, front=True)
             unsent = job.unsent if job else []  # the steps of a job that raised, as far as it got
@@ -287,6 +288,17 @@ class Jobs:
         if self.store.r.set(keys.SWEEPER, name, nx=True, px=int(1000 * self.settings.sweep_seconds)):
             return self.store.prune_all()
         return 0
+
+
+def about(job: Job) -> dict:
+    """What /metrics counts of a job's end besides its status and run time (stats.fields)."""
+    created, now = job.record.get("created_ts"), time.time()
+    return {
+        "tenant": job.tenant,
+        "model": job.record.get("model"),
+        "queued": job.started_ts - created if created and job.started_ts else None,
+        "end_to_end": now - created if created else None,
+    }
 
 
 def name_of_this_process() -> str:
