@@ -12,7 +12,9 @@ meta-trained on) at its lowest-loss weights instead of returning garbage.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -123,25 +125,28 @@ def adapt(
     trajectory: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     seed: int = 0,
+    phase: Callable[[str], AbstractContextManager] = lambda name: contextlib.nullcontext(),
 ) -> Adapted:
     """Adapt `model` to a support set; see the module docstring. `mode` "fine-tune" adapts
     the base's tail too where it has one (`fine_tune`); `on_step(k, loss)` is called after
-    each step (progress, cancellation: whatever it raises stops the loop)."""
+    each step (progress, cancellation: whatever it raises stops the loop); `phase(name)` wraps
+    each part (embed, steps, head: the service's trace spans)."""
     x, y, n_ways = check_support(model, support_x, support_y, n_ways)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "fine-tune" and hasattr(model, "tail"):
         kw = {"train": train, "first_order": first_order, "trajectory": trajectory, "on_step": on_step, "seed": seed}
+        kw["phase"] = phase
         return fine_tune(model, x, y, n_ways, steps, **kw)
     steps = model.default_steps if steps is None else steps
     if not 0 <= steps <= model.max_steps:
         raise ValueError(f"steps must lie in 0..{model.max_steps}, got {steps}")
     t, s = x.shape[:2]
-    with torch.set_grad_enabled(train):
+    with phase("embed"), torch.set_grad_enabled(train):
         feats = model.embed_support(x.flatten(0, 1)).unflatten(0, (t, s))
     stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
     curve = []
-    with torch.enable_grad():
+    with phase("steps"), torch.enable_grad():
         fast = model.init_fast(feats, y, n_ways)
         if not train:
             fast = {n: p.detach().requires_grad_() for n, p in fast.items()}
@@ -177,7 +182,18 @@ def adapt(
 
 
 def fine_tune(
-    model, x, y, n_ways, steps, *, train=False, first_order=False, trajectory=False, on_step=None, seed=0
+    model,
+    x,
+    y,
+    n_ways,
+    steps,
+    *,
+    train=False,
+    first_order=False,
+    trajectory=False,
+    on_step=None,
+    seed=0,
+    phase=lambda name: contextlib.nullcontext(),
 ) -> Adapted:
     """The `fine-tune` inner loop of a base with a tail (Conv4), for one task (T = 1).
 
@@ -195,7 +211,7 @@ def fine_tune(
         raise ValueError(f"steps must lie in 0..{model.tune_steps} for fine-tune, got {steps}")
     xs, ys = x[0], y[0]
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
+    with phase("embed"), torch.no_grad():
         h_views = model.trunk(support_views(xs, gen, model.tune_views))
         h_support = [model.trunk(v) for v in model.support_views(xs)]  # the first is the plain support
     y_views = ys.repeat(model.tune_views)
@@ -212,7 +228,7 @@ def fine_tune(
 
     tail = {n: p.detach().requires_grad_() for n, p in model.tail_params().items()}
     best, best_loss, curve, stopped, path = tail, float("inf"), [], False, []
-    with torch.enable_grad():
+    with phase("steps"), torch.enable_grad():
         for k in range(steps):
             if trajectory:
                 path.append(adapted({n: p.detach() for n, p in tail.items()}))
@@ -229,7 +245,7 @@ def fine_tune(
                 tail = {n: p.detach().requires_grad_() for n, p in tail.items()}
             if on_step:
                 on_step(k, float(loss.detach()))
-    with torch.set_grad_enabled(train):
+    with phase("head"), torch.set_grad_enabled(train):
         last = view_loss(tail)
         if not train and steps and (stopped or diverged(last.detach(), curve[0])):
             stopped, tail, last = True, best, torch.tensor(best_loss)

@@ -13,6 +13,7 @@ import socket
 
 from celery import signals
 
+from app.core import tracing
 from app.core.adaptation import device, warm_up
 from app.core.config import get_settings
 from app.core.jobs import Jobs, Tickets, make_celery
@@ -62,6 +63,7 @@ def _init_process(**_):
     """Every base loaded once per pool process, on the GPU when there is one; this process's own
     Redis connections (none inherited across the fork)."""
     Held.jobs = None
+    tracing.setup("rapid-adapt-worker")  # after the fork: a batch exporter's thread does not survive one
     warm_up(registry(), device(), get_settings().torch_threads)
 
 

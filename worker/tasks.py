@@ -13,11 +13,12 @@ and the API, come first."""
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core import priority
+from app.core import priority, tracing
 from app.core.adaptation import device, run_adaptation
 from app.core.config import get_settings
 from app.core.jobs import TASK_NAME, Job
@@ -58,10 +59,19 @@ def adapt_job(self, *_legacy, resume: list | None = None) -> str:
 
 
 def run(job: Job) -> str:
-    settings, lifecycle = get_settings(), jobs()
-    support = lifecycle.start(job)
+    """Start the job, and run it inside its trace span (tracing.py) when there is one."""
+    began = time.time_ns()
+    support = jobs().start(job)
     if support is None:
         return "skipped"  # deleted, expired, cancelled while queued, or done by a twin run
+    with tracing.job_span(job.record, began) as span:
+        if span is not None:  # the start, done before the record (and its trace) was read
+            tracing.tracer.start_span("store start", start_time=began).end()
+        return adapt_started(job, support)
+
+
+def adapt_started(job: Job, support: dict) -> str:
+    settings, lifecycle = get_settings(), jobs()
 
     def on_step(k: int, loss: float) -> None:
         if not lifecycle.step(job, k, loss):

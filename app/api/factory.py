@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from models.registry import Registry
 
-from ..core import logs
+from ..core import logs, tracing
 from ..core.adaptation import warm_up
 from ..core.config import DEMO_KEY, Settings, get_settings, key_digest
 from ..core.jobs import Jobs, Tickets, make_celery
@@ -118,4 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_deadline=settings.body_deadline_seconds,
     )
     app.add_middleware(Drain)  # outermost: a draining process refuses before any work
+    if tracing.setup("rapid-adapt-api"):  # OTEL_TRACES_EXPORTER set: requests are server spans
+        tracing.instrument_app(app)
     return app

@@ -12,6 +12,8 @@ from models import runtime
 from models.adapt import adapt, choose_mode
 from models.registry import Registry
 
+from . import tracing
+
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,14 +39,18 @@ def run_adaptation(
     base version is gone. The `auto` mode is resolved here, from the support set
     (`models.adapt.choose_mode`)."""
     dev = dev or torch.device("cpu")
-    model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
+    with tracing.phase("load base"):
+        model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
     x, y = support["x"].to(dev), support["y"].to(dev)
     n_ways = len(record["classes"]) if record.get("classes") else None
     started = time.perf_counter()
     mode = record.get("mode", "fast")
     if mode == "auto":
         mode = choose_mode(model, x, y)
-    adapted = adapt(model, x, y, record.get("steps"), mode=mode, n_ways=n_ways, on_step=on_step)
+    with tracing.phase(f"adapt {mode}"):
+        adapted = adapt(
+            model, x, y, record.get("steps"), mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase
+        )
     stored = {k: v.cpu() for k, v in model.to_stored(adapted.fast).items()}
     if dev.type == "cuda":
         torch.cuda.synchronize()

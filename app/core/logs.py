@@ -1,5 +1,6 @@
 """Structured logs: one JSON object per line, per event, with the request and
-adaptation ids where there are some (pass them with `extra={...}`)."""
+adaptation ids where there are some (pass them with `extra={...}`), and the trace and
+span ids inside a traced request or job (core/tracing.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 import time
+
+from opentelemetry import trace
 
 FIELDS = (
     "request_id",
@@ -32,6 +35,9 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
         }
         event.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:  # inside a traced request or job
+            event["trace_id"], event["span_id"] = format(span.trace_id, "032x"), format(span.span_id, "016x")
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return json.dumps(event, default=str)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import redis
 import torch
 
-from . import codecs, keys
+from . import codecs, keys, tracing
 from .config import Settings
 from .migrate import migrate
 
@@ -222,6 +222,7 @@ RECORD_FIELDS = (
     "id", "tenant", "model", "model_version", "task", "status", "mode", "steps", "ttl_seconds",
     "metadata", "n_support", "created_at", "created_ts", "expires_at", "classes", "target_shape",
     "idempotency_key", "started_at", "attempts", "finished_at", "metrics", "error", "webhook_url", "webhook",
+    "trace",
 )  # fmt: skip
 SUPPORT, EVENTS = "_support", "_events"  # the record's other two fields
 
@@ -372,7 +373,8 @@ class Store:
             if self.fill() >= self.settings.store_max_fill:
                 raise StorageFull("the store is nearly full; retry later")
             s, now = self.settings, time.time()
-            name, queued = keys.record(tenant, aid), json.dumps(event("queued"))
+            traced = {"trace_id": tid} if (tid := tracing.trace_id(record.get("trace") or {})) else {}
+            name, queued = keys.record(tenant, aid), json.dumps(event("queued", **traced))
             pairs = [(k.encode(), v.encode()) for k, v in json_pairs(record)]
             pairs += [(SUPPORT.encode(), data), (EVENTS.encode(), queued.encode())]
             held = self._held(name, pairs, queued, tenant, record)

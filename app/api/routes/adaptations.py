@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from models import exported
 from models.registry import Registry
 
+from ...core import tracing
 from ...core.config import Settings, webhook_secrets
 from ...core.jobs import Jobs
 from ...core.jobs.lifecycle import FLUSH_SECONDS
@@ -147,6 +148,8 @@ def create(
     }
     if body.webhook_url is not None:
         record["webhook_url"] = body.webhook_url
+    if carried := tracing.carrier():  # the request's trace, for the job's span to join (core/tracing.py)
+        record["trace"] = carried
     idem = None
     if idempotency_key:
         idem = (idempotency_key, hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest())
