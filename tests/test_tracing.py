@@ -48,14 +48,19 @@ def test_one_post_with_wait_is_one_trace_across_the_api_the_job_and_the_store(re
     redis_spans = [s for s in in_trace if s["attributes"].get("db.system") == "redis"]
     assert any(under(s, server) and not under(s, job) for s in redis_spans)  # the API's writes
     assert any(under(s, job) and s["name"] == "EVALSHA" for s in redis_spans)  # the job's end, written
-    others = [s for s in spans if s["trace_id"] != trace]  # the test's GET of the events: a request of its own
-    assert others and all(s["name"].startswith("GET /v1/adaptations/{aid}/events") or s["parent_id"] for s in others)
-    assert {s["trace_id"] for s in others} != {trace} and not any(s["name"] == "adaptation job" for s in others)
+    job_parts = {"adaptation job", "store start", "load base", "adapt fast", "embed", "steps"}
+    assert all(s["trace_id"] == trace for s in spans if s["name"] in job_parts)  # none in another trace
     worker_line = next(e for e in out["logs"] if e["event"] == "adaptation succeeded")
     assert worker_line["trace_id"] == trace and worker_line["adaptation_id"] == aid
     request_line = next(e for e in out["logs"] if e["event"] == "request" and e.get("route") == "/v1/adaptations")
     assert request_line["trace_id"] == trace
     assert out["events"][0]["type"] == "queued" and out["events"][0]["data"]["trace_id"] == trace
+    # a prediction pass serves several requests: a span of its own, linked to each request it served
+    requests = [s for s in spans if s["kind"] == "SERVER" and s["name"].startswith("POST /v1/adaptations/{aid}/pred")]
+    passes = [s for s in spans if s["name"] == "prediction pass"]
+    assert len(requests) == 3 and 1 <= len(passes) <= 3
+    assert sorted(link for p in passes for link in p["links"]) == sorted(r["span_id"] for r in requests)
+    assert sum(int(p["attributes"]["images"]) for p in passes) == 6
 
 
 def test_untraced_by_default(api):

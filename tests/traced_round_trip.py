@@ -6,6 +6,7 @@ runs it): a tracer provider, once set, is the process's for good.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ def main(port: int) -> None:
     from app.demo import sinusoid_task
     from bench.stack import Stack
 
-    from .conftest import InProcess, make_settings, run_next_job
+    from .conftest import KEYS, InProcess, make_settings, run_next_job
 
     spans = InMemorySpanExporter()
     assert tracing.setup("rapid-adapt-test", exporter=spans)
@@ -39,6 +40,15 @@ def main(port: int) -> None:
         made = api.request("POST", "/v1/adaptations?wait=10", json=body).json()
         timer.join()
         events = api.request("GET", f"/v1/adaptations/{made['id']}/events").json()["data"]
+        path, auth = f"/v1/adaptations/{made['id']}/predictions", {"Authorization": f"Bearer {KEYS['acme']}"}
+
+        async def at_once():  # passes may serve several
+            return await asyncio.gather(
+                *[api.client.post(path, json={"inputs": [[0.5], [1.0]]}, headers=auth) for _ in range(3)]
+            )
+
+        answers = api._run(at_once())
+        assert all(a.status_code == 200 for a in answers)
     tracing.flush()
     out = {
         "adaptation": made,
@@ -51,6 +61,7 @@ def main(port: int) -> None:
                 "parent_id": format(s.parent.span_id, "016x") if s.parent else None,
                 "kind": s.kind.name,
                 "attributes": {k: str(v) for k, v in s.attributes.items()},
+                "links": [format(link.context.span_id, "016x") for link in s.links],
             }
             for s in spans.get_finished_spans()
         ],

@@ -35,7 +35,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from cachetools import TLRUCache
@@ -43,7 +43,7 @@ from cachetools import TLRUCache
 from models.exported import outputs
 from models.registry import Registry
 
-from ..core import priority
+from ..core import priority, tracing
 from ..core.adaptation import run_adaptation
 from ..core.config import Settings
 from ..core.store import Store
@@ -102,6 +102,7 @@ class Job:
     done: int = 0  # images taken into a pass
     outs: list = field(default_factory=list)  # their outputs, slice by slice
     failed: bool = False
+    span: Any = None  # the request's span context, which a pass serving it links to (tracing)
 
     @property
     def left(self) -> int:
@@ -215,7 +216,7 @@ class Predictor:
         past `timeout`."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        job = Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result))
+        job = Job(aid, tenant, inputs, lambda result: _reply(loop, fut, result), span=tracing.current())
         (self.bulk if self.large(inputs) else self.interactive).put(job)
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -283,7 +284,9 @@ class Predictor:
             for group in groups.values():
                 try:
                     model = base_of(self.registry, group[0][0].record)[0]
-                    outs = forward_merged(model, [(j.fast, x) for j, x in group], self.settings.predict_max_batch)
+                    images, base = sum(len(x) for _, x in group), group[0][0].record["model"]
+                    with tracing.shared("prediction pass", [j.span for j, _ in group], images=images, model=base):
+                        outs = forward_merged(model, [(j.fast, x) for j, x in group], self.settings.predict_max_batch)
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")
                     for job, _ in group:

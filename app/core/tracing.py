@@ -140,6 +140,20 @@ def job_span(record: dict, started_ns: int):
         yield s
 
 
+def current():
+    """The current span's context (a request's), to link a shared pass to; None untraced."""
+    return trace.get_current_span().get_span_context() if enabled() else None
+
+
+def shared(name: str, contexts: list, **attributes):
+    """A span for work done for several requests at once (a prediction pass), in a trace of its
+    own, linked to each request's span: a trace shows which requests shared it."""
+    if not enabled():
+        return contextlib.nullcontext()
+    links = [trace.Link(c) for c in contexts if c is not None and c.is_valid]
+    return tracer.start_as_current_span(name, links=links, attributes=attributes)
+
+
 def phase(name: str):
     """A span for one part of a job (models.adapt's `phase` hook, the store's writes)."""
     return tracer.start_as_current_span(name) if enabled() else contextlib.nullcontext()
