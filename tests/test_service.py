@@ -198,9 +198,13 @@ def test_metrics_count_jobs_per_tenant_and_base_their_waits_quota_refusals_and_t
                 assert values[job.format("succeeded", "acme")] == values[job.format("succeeded", "globex")] == 1
             else:
                 assert values[job.format("succeeded", "all")] == 2
-            assert values['rapid_adapt_job_queued_seconds_bucket{le="+Inf"}'] == 2
-            assert values['rapid_adapt_job_end_to_end_seconds_bucket{le="+Inf"}'] == 2
-            assert 0 < values["rapid_adapt_job_queued_seconds_sum"] < values["rapid_adapt_job_end_to_end_seconds_sum"]
+            for kind in ("queued", "run", "end_to_end"):  # by base
+                assert values[f'rapid_adapt_job_{kind}_seconds_bucket{{le="+Inf",model="sinusoid-mlp"}}'] == 2
+            queued, run, total = (
+                values[f'rapid_adapt_job_{kind}_seconds_sum{{model="sinusoid-mlp"}}']
+                for kind in ("queued", "run", "end_to_end")
+            )
+            assert 0 < queued < total and 0 < run < total
             assert values[f'rapid_adapt_quota_refusals_total{{limit="tenant_max_jobs",tenant="{acme}"}}'] == 1
             assert values['rapid_adapt_store_memory_bytes{node="0"}'] > 100_000
             assert values['rapid_adapt_store_memory_limit_bytes{node="0"}'] == 0  # the test's Redis has none

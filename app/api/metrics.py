@@ -88,16 +88,15 @@ class StoreCollector:
         for key, n in sorted(merged.items()):
             jobs.add_metric(list(key), n)
         yield jobs
-        for name, what, prefix, total in (
-            ("rapid_adapt_job_queued_seconds", "time from a job's creation to its start", "q:", "queued_sum"),
-            ("rapid_adapt_job_end_to_end_seconds", "time from a job's creation to its end", "e:", "end_to_end_sum"),
+        for name, what, prefix in (
+            ("rapid_adapt_job_queued_seconds", "time from a job's creation to its start, by base", "q"),
+            ("rapid_adapt_job_run_seconds", "a job's run on a worker, by base", "r"),
+            ("rapid_adapt_job_end_to_end_seconds", "time from a job's creation to its end, by base", "e"),
         ):
-            yield HistogramMetricFamily(
-                name,
-                what,
-                buckets=stats.cumulative(counts, prefix, stats.WAIT_BUCKETS),
-                sum_value=counts.get(total, 0.0),
-            )
+            family = HistogramMetricFamily(name, what, labels=["model"])
+            for model, (buckets, total) in stats.per_model(counts, prefix).items():
+                family.add_metric([model], buckets, sum_value=total)
+            yield family
         used = GaugeMetricFamily(
             "rapid_adapt_store_memory_bytes", "memory the store's Redis uses (each primary)", labels=["node"]
         )

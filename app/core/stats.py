@@ -5,8 +5,9 @@ their run, their wait in line and their whole life.
 A job's end counts in the one bucket of its status that its duration falls in (`b:{status}:{le}`,
 not cumulative; `+Inf` past the last) and in the sum; a job ended without a duration (cancelled)
 counts `status:{status}`. Per tenant and base, `j:{tenant}:{model}:{status}` counts it (a tenant's
-name has no colon, keys.TENANT); `q:{le}` and `e:{le}` (sums `queued_sum`, `end_to_end_sum`) bucket
-the time from its creation to its start and to its end. A worker tallies its jobs' ends in memory
+name has no colon, keys.TENANT); per base, `q:{model}:{le}`, `r:{model}:{le}` and `e:{model}:{le}`
+(sums `q_sum:{model}`, ...) bucket the time from its creation to its start, its run, and the time
+from its creation to its end (`per_model`). A worker tallies its jobs' ends in memory
 (`Tally`) and writes them at most once a second, so a busy worker's many short jobs cost Redis a
 few increments a second, not several a job; /metrics lags by that second. At scrape time
 `finished` adds a status's buckets up, `cumulative` makes a histogram Prometheus's form, and
@@ -52,10 +53,10 @@ def fields(
     counts, sums = Counter({field(status, seconds): 1}), Counter({"duration_sum": seconds or 0.0})
     if tenant is not None:
         counts[f"j:{tenant}:{model or ''}:{status}"] += 1
-    for prefix, name, value in (("q", "queued_sum", queued), ("e", "end_to_end_sum", end_to_end)):
-        if value is not None:
-            counts[f"{prefix}:{bucket(max(value, 0.0), WAIT_BUCKETS)}"] += 1
-            sums[name] += max(value, 0.0)
+    for prefix, value in (("q", queued), ("r", seconds), ("e", end_to_end)):
+        if value is not None and tenant is not None:
+            counts[f"{prefix}:{model or ''}:{bucket(max(value, 0.0), WAIT_BUCKETS)}"] += 1
+            sums[f"{prefix}_sum:{model or ''}"] += max(value, 0.0)
     return counts, sums
 
 
@@ -131,8 +132,8 @@ def finished(counts: dict[str, float], status: str) -> float:
 
 
 def cumulative(counts: dict[str, float], prefix: str = "b:", buckets=DURATION_BUCKETS) -> list[tuple[str, float]]:
-    """(le, jobs of at most le seconds) for each bucket, and +Inf: Prometheus's form. prefix: b:
-    the run (every status's), q: the wait in line (with WAIT_BUCKETS), e: creation to end (same)."""
+    """(le, jobs of at most le seconds) for each bucket, and +Inf: Prometheus's form, of the
+    counters starting with prefix (b: the run, every status's)."""
     per_le: dict[str, float] = {}
     for k, v in counts.items():
         if k.startswith(prefix):
@@ -143,6 +144,20 @@ def cumulative(counts: dict[str, float], prefix: str = "b:", buckets=DURATION_BU
         total += per_le.get(str(le), 0.0)
         out.append((str(le), total))
     return out + [("+Inf", total + per_le.get("+Inf", 0.0))]
+
+
+def per_model(counts: dict[str, float], prefix: str) -> dict[str, tuple[list[tuple[str, float]], float]]:
+    """A per-base histogram (prefix q, r or e): model -> (cumulative buckets, sum)."""
+    models = {k[len(prefix) + 1 :].rsplit(":", 1)[0] for k in counts if k.startswith(prefix + ":")}
+    out = {}
+    for model in sorted(models):
+        mine = {
+            k: v
+            for k, v in counts.items()
+            if k.startswith(f"{prefix}:{model}:") and k.count(":") == model.count(":") + 2
+        }
+        out[model] = (cumulative(mine, f"{prefix}:", WAIT_BUCKETS), counts.get(f"{prefix}_sum:{model}", 0.0))
+    return out
 
 
 def per_job(counts: dict[str, float]) -> dict[tuple[str, str, str], float]:
