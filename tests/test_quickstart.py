@@ -109,6 +109,14 @@ def test_quick_start_round_trip_cli_and_a_second_quick_start_refused(tmp_path, c
             [*cli, "models"], env=env | {"RAPID_ADAPT_API_KEY": "x" * 30}, capture_output=True, text=True
         )
         assert keyless.returncode == 1 and "RAPID_ADAPT_API_KEY or pass --key" in keyless.stderr
+        status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        told = json.loads(status.stdout)
+        assert told["status"] == "ready" and told["your key"] == "accepted" and told["workers alive"] >= 1
+        refused = subprocess.run(
+            [*cli, "status"], env=env | {"RAPID_ADAPT_API_KEY": "x" * 30}, capture_output=True, text=True
+        )
+        assert refused.returncode == 1 and "RAPID_ADAPT_API_KEY" in json.loads(refused.stdout)["your key"]
         missing = subprocess.run([*cli, "get", "ad_" + "0" * 32], env=env, capture_output=True, text=True)
         assert missing.returncode == 1 and "not_found" in missing.stderr
         down = subprocess.run(

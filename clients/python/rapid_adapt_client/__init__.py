@@ -12,7 +12,7 @@ RAPID_ADAPT_API_KEY.
 
 from .client import AsyncClient, Client
 from .errors import RapidAdaptError
-from .inputs import image_input
+from .inputs import image_input, read_inputs, read_support
 from .types import Adaptation, Event, Model, Page, Prediction
 
 __all__ = [
@@ -25,4 +25,6 @@ __all__ = [
     "Prediction",
     "RapidAdaptError",
     "image_input",
+    "read_inputs",
+    "read_support",
 ]

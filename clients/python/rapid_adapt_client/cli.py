@@ -18,6 +18,7 @@ from .inputs import expand, read_inputs, read_support
 
 EXAMPLES = """examples:
   export RAPID_ADAPT_URL=http://127.0.0.1:8000 RAPID_ADAPT_API_KEY=demo-key
+  rapid-adapt status                                              # is it up, and is my key accepted?
   rapid-adapt models
   rapid-adapt adapt --model omniglot-conv4 ./classes --wait      # ./classes/LABEL/*.png
   rapid-adapt adapt --model sinusoid-mlp points.csv --wait        # rows of x,y
@@ -45,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="API key (default: $RAPID_ADAPT_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="the service at a glance: ready, Redis, workers, bases, your key")
     sub.add_parser("models", help="the bases you can adapt")
     a = sub.add_parser("adapt", help="queue an adaptation from support examples")
     a.add_argument("--model", required=True, help="a base from `rapid-adapt models`")
@@ -109,7 +111,34 @@ def adaptation_row(a: dict) -> list:
     return [a["id"], a["status"], a["model"], m.get("mode", a.get("mode")), classes, a["created_at"]]
 
 
+def status(args, c: Client) -> int:
+    """Exit 0 when the service is ready and the key accepted, 4 when it is not ready, 1 when the
+    key is refused."""
+    h = c.health()
+    rows = [
+        ["service", str(c.http.base_url).rstrip("/")],
+        ["status", h["status"]],
+        ["redis", h.get("redis", "")],
+        ["workers alive", h.get("workers", "")],
+        ["bases", ", ".join(h.get("bases", []))],
+    ]
+    code = 0 if h["status"] == "ready" else 4
+    try:
+        latest = c.adaptations(limit=1)["data"]
+        rows.append(["your key", "accepted"])
+        rows.append(["your latest", f"{latest[0]['id']} {latest[0]['status']}" if latest else "no adaptations yet"])
+    except RapidAdaptError as exc:
+        if exc.status != 401:
+            raise
+        rows.append(["your key", "refused" + hint(exc, args).replace("\n ", ":")])
+        code = code or 1
+    show(args, {r[0]: r[1] for r in rows}, rows[1:], rows[0])
+    return code
+
+
 def run(args, c: Client) -> int:
+    if args.command == "status":
+        return status(args, c)
     if args.command == "models":
         ms = c.models()
         rows = [

@@ -36,6 +36,7 @@ class Call:
     idempotent: bool = True
     parse: Callable[[Any], Any] = lambda body: body
     raw: bool = False  # parse the body's bytes, not its JSON
+    answers: tuple[int, ...] = ()  # error statuses whose body is the answer, not an error (/readyz's 503)
 
 
 def _params(**values) -> dict:
@@ -86,6 +87,11 @@ class _Methods:
 
     def _run(self, call: Call):
         raise NotImplementedError
+
+    def health(self) -> dict[str, Any]:
+        """The service's readiness (GET /readyz, no key needed): `status` ready or not_ready, `redis`,
+        `workers` alive, `bases` loaded."""
+        return self._run(Call("GET", "/readyz", answers=(503,)))
 
     def models(self) -> list[Model]:
         return self._run(Call("GET", "/v1/models", parse=lambda b: b["data"]))
@@ -288,7 +294,7 @@ def _outcome(call: Call, r: httpx.Response | httpx.TransportError) -> tuple[Any,
     a service that could not be reached."""
     if isinstance(r, httpx.TransportError):
         return None, RapidAdaptError(0, "unreachable", f"{type(r).__name__}: {r}")
-    if r.status_code >= 400:
+    if r.status_code >= 400 and r.status_code not in call.answers:
         return None, _error(r)
     if call.raw:
         return call.parse(r.content), None
