@@ -81,7 +81,8 @@ def open_page(browser, stack):
     key = browser.find_element(By.ID, "key")
     key.clear()
     key.send_keys(KEYS["acme"], Keys.TAB)  # kept in sessionStorage, never in the URL
-    wait(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 2)
+    listed = lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 2  # noqa: E731
+    wait(browser, lambda d: listed(d) and d.find_element(By.ID, "model").is_enabled())  # enabled once listed
     assert KEYS["acme"] not in browser.current_url
 
 
