@@ -43,7 +43,7 @@ def setup(service: str, exporter=None) -> bool:
 
     if exporter is None:
         name = exporter_name()
-        if name in ("", "none"):
+        if name in ("", "none") or enabled():  # the environment's exporter is installed once a process
             return enabled()
         exporter = _exporter(name)
         processor = BatchSpanProcessor(exporter)
