@@ -144,6 +144,14 @@ def adapt(
     t, s = x.shape[:2]
     with phase("embed"), torch.set_grad_enabled(train):
         feats = model.embed_support(x.flatten(0, 1)).unflatten(0, (t, s))
+    on_feats, on_y = feats, y  # what the steps' loss is taken on
+    if mode == "fine-tune" and getattr(model, "head_views", 0) and t == 1:
+        # a backbone's fine-tune: the head's steps also see augmented copies of the support set,
+        # embedded once by the frozen backbone (the head is still built from the plain support)
+        views = support_views(x[0], torch.Generator().manual_seed(seed), model.head_views)
+        with phase("embed views"), torch.no_grad():
+            extra = model.embed(views).unsqueeze(0)
+        on_feats, on_y = torch.cat([feats, extra], 1), torch.cat([y, y.repeat(1, model.head_views)], 1)
     stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
     curve = []
     with phase("steps"), torch.enable_grad():
@@ -153,7 +161,7 @@ def adapt(
         path = [fast] if trajectory else None
         loss_before, best, best_loss = None, fast, torch.full((t,), float("inf"), device=x.device)
         for k in range(steps):
-            loss = model.loss(model.fast_forward(fast, feats), y)
+            loss = model.loss(model.fast_forward(fast, on_feats), on_y)
             loss_before = loss.detach() if loss_before is None else loss_before
             curve.append(loss.detach())
             grads = torch.autograd.grad(loss.sum(), list(fast.values()), create_graph=train and not first_order)
@@ -169,16 +177,17 @@ def adapt(
             if on_step:
                 on_step(k, float(loss.detach().mean()))
     with torch.no_grad():
-        loss_after = model.loss(model.fast_forward(fast, feats.detach()), y)
+        loss_after = model.loss(model.fast_forward(fast, on_feats.detach()), on_y)
         if not train and steps:
             stopped |= diverged(loss_after, loss_before)
             if stopped.any():  # only then do the kept weights differ from the last step's
                 fast = pick(stopped, best, fast)
-                loss_after = model.loss(model.fast_forward(fast, feats), y)
+                loss_after = model.loss(model.fast_forward(fast, on_feats), on_y)
             fast = {n: p.detach() for n, p in fast.items()}
     curve.append(loss_after)
     before = loss_after if loss_before is None else loss_before
-    return Adapted(fast, before, loss_after, steps, path, stopped, "fast", torch.stack(curve, 1))
+    ran = "fine-tune" if on_feats is not feats else "fast"
+    return Adapted(fast, before, loss_after, steps, path, stopped, ran, torch.stack(curve, 1))
 
 
 def fine_tune(

@@ -43,7 +43,14 @@ def load(path: Path) -> tuple[Base, dict]:
             f"{path.name} was trained on images prepared as {prepared or 'an unrecorded box resize'}, but this "
             f"code prepares them as {PREPROCESSING} (models/preprocess.py): retrain it"
         )
-    model = build(meta)
+    if meta["architecture"] == "backbone":  # an exported program with φ beside it (models/backbone.py)
+        from .backbone import Backbone
+
+        model = Backbone.from_program(path, meta)
+        model.default_steps = meta.get("default_steps", model.max_steps)
+        model.auto_threshold = None
+    else:
+        model = build(meta)
     missing, unexpected = model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))), strict=False)
     if unexpected or any(not k.startswith(OPTIONAL) for k in missing):
         raise ValueError(f"{path.name}: tensors missing {missing} or unexpected {unexpected} for its architecture")

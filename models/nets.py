@@ -75,7 +75,21 @@ class Base(nn.Module):
         return stored
 
 
-class Conv4(Base):
+class PrototypeHead:
+    """Fast weights of a linear head built per task from the class prototypes of the support
+    embeddings (Proto-MAML: W_k = 2 c_k, b_k = -|c_k|^2, the prototype classifier by squared
+    distance): any N from 2 to `max_ways`, any labels, unequal shots."""
+
+    def init_fast(self, feats, y, n_ways):
+        onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
+        protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
+        return {"weight": 2 * protos, "bias": -(protos**2).sum(-1)}
+
+    def fast_forward(self, fast, feats):
+        return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
+
+
+class Conv4(PrototypeHead, Base):
     """The image base: four 3x3 conv blocks (conv, group norm, ReLU, 2x2 max-pool) over
     `in_channels` x `size` x `size` images, then the mean over what is left of the map
     (nothing to average at 28 pixels: 28 -> 14 -> 7 -> 3 -> 1), a `channels`-wide
@@ -194,14 +208,6 @@ class Conv4(Base):
     def support_views(self, x):
         """The views a support image's prototype averages over: [V, B, ...]."""
         return shifted_views(x) if self.support_shifts else x.unsqueeze(0)
-
-    def init_fast(self, feats, y, n_ways):
-        onehot = F.one_hot(y, n_ways).to(feats.dtype)  # [T, S, N]
-        protos = onehot.transpose(1, 2) @ feats / onehot.sum(1).unsqueeze(-1)  # [T, N, D]
-        return {"weight": 2 * protos, "bias": -(protos**2).sum(-1)}
-
-    def fast_forward(self, fast, feats):
-        return torch.baddbmm(fast["bias"].unsqueeze(1), feats, fast["weight"].transpose(1, 2))
 
     def tune_step_size(self, name: str, step: int) -> torch.Tensor:
         return self.tune_step_sizes[key(name)][step]

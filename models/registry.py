@@ -68,15 +68,21 @@ class Held:
         return self.on[device]
 
 
+def files_of(path: Path) -> list[Path]:
+    """A base's files: its JSON and weights, and a backbone's exported program."""
+    files = [path.with_suffix(".json"), path.with_suffix(".safetensors")]
+    return files + [path.with_suffix(".pt2")] if path.with_suffix(".pt2").exists() else files
+
+
 def version_of(path: Path) -> str:
-    h = hashlib.sha256(path.with_suffix(".json").read_bytes())
-    h.update(path.with_suffix(".safetensors").read_bytes())
+    h = hashlib.sha256()
+    for f in files_of(path):
+        h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 
 def signature(path: Path) -> tuple:
-    a, b = path.with_suffix(".json").stat(), path.with_suffix(".safetensors").stat()
-    return (a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns)
+    return tuple(x for f in files_of(path) for x in (f.stat().st_size, f.stat().st_mtime_ns))
 
 
 def input_spec(meta: dict) -> dict:
@@ -96,7 +102,10 @@ def input_spec(meta: dict) -> dict:
 
 def check(path: Path, meta: dict) -> None:
     """Refuse what this code cannot serve, before any weights are built."""
-    if meta.get("architecture") not in ARCHITECTURES:
+    if meta.get("architecture") == "backbone":
+        if not path.with_suffix(".pt2").exists():
+            raise ValueError("a backbone base needs its exported program, NAME.pt2")
+    elif meta.get("architecture") not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {meta.get('architecture')!r}")
     spec = input_spec(meta)
     kind = spec.get("preprocessing", {}).get("kind")

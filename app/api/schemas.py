@@ -111,6 +111,7 @@ ERROR_CODES = (
     # 401, 404, 405, 408, 409, 413
     "unauthorized", "not_found", "unknown_model", "method_not_allowed", "body_timeout", "not_ready",
     "adaptation_failed", "adaptation_cancelled", "adaptation_finished", "base_changed", "idempotency_conflict",
+    "not_exportable",
     "body_too_large",
     # 422
     "invalid_request", "invalid_json", "invalid_shape", "invalid_input", "non_finite", "invalid_image",
@@ -274,7 +275,7 @@ class InputSpec(BaseModel):
     kind: Literal["image", "vector"]
     shape: list[int]
     channels: int | None = Field(None, description="images: 1 (gray) or 3 (RGB)")
-    range: list[float]
+    range: list[float] | None = Field(None, description="the values the base expects; null: any finite number")
     encodings: list[str]
     preprocessing: str = Field(description="what the service does to a posted image, in words")
     preprocessing_kind: str = Field("none", description="its name, recorded with the base: ink-centred-v3, resize-v1")

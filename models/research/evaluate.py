@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .. import checkpoint, registry, runtime
 from ..adapt import MODES, adapt, choose_mode, predict
+from ..backbone import Backbone
 from ..nets import Base
 from ..preprocess import decode_image
 from . import folder, glyphs, omniglot, sinusoid
@@ -78,12 +79,13 @@ def evaluate_classification(args, sampler, title: str) -> dict:
             chosen.append(choose_mode(model, sx, sy))
             scores.setdefault(f"{args.base}, auto (the default request)", []).append(final[chosen[-1]])
             torch.manual_seed(args.seed * 1_000_003 + i)
-            scratch = classic_finetune(
-                Classifier(type(model)(**kwargs), n_way), sx, sy, steps, args.scratch_lr, "classification"
-            )
             head_only = lambda m: m.head.parameters()
-            with torch.no_grad():
-                scores.setdefault(f"scratch (all weights, {steps} Adam steps)", []).append(acc(scratch(qx)))
+            if not isinstance(model, Backbone):  # a backbone's network is someone else's: no scratch copy of it
+                scratch = classic_finetune(
+                    Classifier(type(model)(**kwargs), n_way), sx, sy, steps, args.scratch_lr, "classification"
+                )
+                with torch.no_grad():
+                    scores.setdefault(f"scratch (all weights, {steps} Adam steps)", []).append(acc(scratch(qx)))
             if transfer is not None:
                 tuned = classic_finetune(
                     Classifier(transfer, n_way), sx, sy, steps, args.transfer_lr, "classification", params=head_only

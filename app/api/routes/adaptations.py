@@ -347,6 +347,9 @@ def export_adaptation(aid: str, tenant: TenantDep, store: StoreDep, registry: Re
         message = f"adaptation is {record['status']}: only a succeeded one exports"
         raise ApiError(409, "not_ready", message, [record["status"]])
     model, meta = base_of(registry, record, checkpoint=True)
+    if meta["architecture"] == "backbone":  # its program is the operator's file, not this export's
+        message = f"{record['model']} is a backbone base: its exported program is not in an adaptation's export"
+        raise ApiError(409, "not_exportable", message, ["model"])
     stored = predictor.cached(record) or predictor.rebuild(record).result(timeout=120)
     data = exported.export(model, meta, record, stored)
     disposition = f'attachment; filename="{aid}.safetensors"'

@@ -13,7 +13,16 @@ router = APIRouter(prefix="/v1", tags=["models"])
 
 @router.get("/models", response_model=ModelList, summary="List the bases")
 def list_models(registry: RegistryDep):
-    return {"data": [registry.load(n)[1] for n in registry.names()]}
+    return {"data": [spec for name in registry.names() if (spec := loaded(registry, name))]}
+
+
+def loaded(registry, name: str) -> dict | None:
+    """A listed base's spec; None for one refused when loaded (logged by the registry): the
+    listing goes on without it."""
+    try:
+        return registry.load(name)[1]
+    except KeyError:
+        return None
 
 
 @router.get("/models/{name}", response_model=ModelInfo, summary="One base: input spec, limits, meta-test metrics")
