@@ -9,6 +9,7 @@ Every figure is a median with its spread, next to the naive baseline
      spread over 100 and 10,000 adaptations; served images/s vs the bare
      forward pass of the base on the same cores
   D. Redis bytes per adaptation vs the pickled adapted model
+  E. tracing's cost to the round trip of B, off and on (bench/tracing.py)
 Writes bench/results/latest.md, latest.json and latest.png.
 """
 
@@ -37,6 +38,7 @@ from app.core.store import Store
 from bench.stack import KEYS, Stack
 from models import registry, runtime
 from models.adapt import adapt, choose_mode, predict
+from models.export import export_base
 from models.research import glyphs, omniglot, sinusoid
 
 from . import naive
@@ -234,6 +236,10 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
         aid = c.post("/v1/adaptations?wait=10", json=body).json()["id"]
         c.post(f"/v1/adaptations/{aid}/predictions", json=q20)
+        fast = {}  # a fast adaptation of the native base and of it exported as a backbone (issue 33)
+        for model in ("omniglot-conv4", "omniglot-conv4-backbone"):
+            fast[model] = c.post("/v1/adaptations?wait=10", json=body | {"model": model, "mode": "fast"}).json()["id"]
+            c.post(f"/v1/adaptations/{fast[model]}/predictions", json=q20)
         lat = []
         for _ in tqdm(range(reps), desc="C. 20 images, warm", mininterval=2):
             t = time.perf_counter()
@@ -247,6 +253,8 @@ def bench_prediction(stack: Stack, reps: int, seconds: float) -> dict:
         ("one_image_100_adaptations", ids100, q1, 32),
         ("one_image_10000_adaptations", ids10k, q1, 32),
         ("twenty_images_1_adaptation", [aid], q20, 8),
+        ("twenty_images_native_fast", [fast["omniglot-conv4"]], q20, 8),
+        ("twenty_images_backbone_fast", [fast["omniglot-conv4-backbone"]], q20, 8),
     ]:
         print(f"C. load: {name} for {seconds:.0f} s")
         if name == "twenty_images_1_adaptation":  # its baseline, right before and after it: the machine drifts
@@ -287,8 +295,8 @@ def seed_adaptations(stack: Stack, body: dict, n: int) -> list[str]:
     store = Store(settings)
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         template = c.post("/v1/adaptations?wait=10", json=body).json()
-    record = store.get(template["tenant"], template["id"])
-    support = store.support(template["tenant"], template["id"])
+    record = store.get("acme", template["id"])  # KEY is acme's; the public record has no tenant
+    support = store.support("acme", template["id"])
     fast, metrics = run_adaptation(registry.shipped(), record, support)
     ids = []
     for i in tqdm(range(n), desc="C. seeding adaptations", mininterval=2):
@@ -381,6 +389,10 @@ def report(res: dict, threads: int) -> str:
         f"| served images/s (20-image requests, 8 clients) vs bare forward | {twenty['images_per_s']:.0f} | "
         f"bare forward {bare:.0f}: the mean of {bare_text(C['bare_forward_before'])} just before "
         f"and {bare_text(C['bare_forward_after'])} just after | {twenty['images_per_s'] / bare:.2f} |",
+        f"| served images/s through omniglot-conv4 exported as a backbone (fast adaptations, same load) | "
+        f"{C['twenty_images_backbone_fast']['images_per_s']:.0f} | the native base "
+        f"{C['twenty_images_native_fast']['images_per_s']:.0f} | "
+        f"{C['twenty_images_backbone_fast']['images_per_s'] / C['twenty_images_native_fast']['images_per_s']:.2f} |",
         "",
         "## D. Redis bytes per Omniglot adaptation (20-way 1-shot, MEMORY USAGE)",
         "",
@@ -394,8 +406,15 @@ def report(res: dict, threads: int) -> str:
             f"| {mode} | {d['record']} | {d['support']} | {d['events']} | {d['weights']} | {d['total']} | "
             f"{naive_bytes} | {naive_bytes / d['total']:.1f}x |"
         )
-    L.append("")
+    L += ["", "## E. Tracing (B's round trip, a 10-way support set, two stacks, rounds alternating)", ""]
+    L += tracing_rows(res["tracing"]) + [""]
     return "\n".join(L)
+
+
+def tracing_rows(m: dict) -> list[str]:
+    from bench import tracing
+
+    return tracing.rows(m)
 
 
 def bare_text(b: dict) -> str:
@@ -441,13 +460,23 @@ def main(argv=None) -> None:
         "tenant_max_bytes": 2**40,
         "tenant_predict_images_per_second": 10**9,
     }  # the benchmark measures speed, not the quotas
-    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")), torch_threads=threads, **quotas).start()
+    backbones = Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-backbones-"))
+    export_base("omniglot-conv4", backbones)  # served beside the native base (section C)
+    stack = Stack(
+        Path(tempfile.mkdtemp(prefix="rapid-adapt-bench-")),
+        torch_threads=threads,
+        models_dir=f"shipped:{backbones}",
+        **quotas,
+    ).start()
     try:
         res["e2e"] = bench_end_to_end(stack, args.jobs)
         res["predict"] = bench_prediction(stack, args.reps, args.seconds)
         res["size"] = bench_size(stack)
     finally:
         stack.stop()
+    from bench import tracing  # it imports this module's omniglot_bodies
+
+    res["tracing"] = tracing.measure(rounds=4, per_round=15)
     text = report(res, threads)
     save("latest", text, res)
     plot(res, RESULTS / "latest.png")

@@ -74,11 +74,8 @@ def off_path_seconds() -> float:
     return min(timeit.repeat(one, number=n, repeat=5)) / n
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--per-round", type=int, default=15)
-    args = ap.parse_args()
+def measure(rounds: int, per_round: int) -> dict:
+    """Round trips (ms) with tracing off and on, the bytes of spans exported, the off path's µs."""
     collector = Collector()
     stacks = {
         "off": Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-trace-off-"))),
@@ -97,9 +94,9 @@ def main() -> None:
         for c in clients.values():
             for b in bodies[:3]:
                 c.post("/v1/adaptations?wait=10", json=b)  # warm up
-        for r in tqdm(range(args.rounds), desc="rounds (off, on)"):
+        for r in tqdm(range(rounds), desc="tracing rounds (off, on)"):
             for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
-                for i in range(args.per_round):
+                for i in range(per_round):
                     t = time.perf_counter()
                     got = clients[name].post("/v1/adaptations?wait=10", json=bodies[i % len(bodies)])
                     lat[name].append((time.perf_counter() - t) * 1000)
@@ -110,31 +107,42 @@ def main() -> None:
     finally:
         for s in stacks.values():
             s.stop()
-    off = statistics.median(lat["off"])
-    off_us = off_path_seconds() * 1e6
+    return {"off": lat["off"], "on": lat["on"], "off_path_us": off_path_seconds() * 1e6, "bytes": collector.received}
+
+
+def rows(m: dict) -> list[str]:
+    """The table's rows and the off path's line."""
+    off = statistics.median(m["off"])
+    lines = ["| tracing | requests | p50 | p95 | vs off |", "| --- | --- | --- | --- | --- |"]
+    for name in ("off", "on"):
+        xs = sorted(m[name])
+        p50, p95 = statistics.median(xs), xs[int(0.95 * (len(xs) - 1))]
+        lines.append(f"| {name} | {len(xs)} | {p50:.1f} ms | {p95:.1f} ms | {p50 / off:.3f}x |")
+    return lines + [
+        "",
+        f"Off: the tracing calls of one request and its job take {m['off_path_us']:.2f} µs in process (nothing "
+        f"installed: no-op spans), {100 * m['off_path_us'] / 1000 / off:.4f}% of the off p50.",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--per-round", type=int, default=15)
+    args = ap.parse_args()
+    m = measure(args.rounds, args.per_round)
     lines = [
         "# Tracing's cost to the HTTP round trip",
         "",
         f"`python -m bench.tracing --rounds {args.rounds} --per-round {args.per_round}`: POST ?wait= of a 10-way "
         "Omniglot support set to succeeded, two stacks side by side, rounds alternating; on exports OTLP/HTTP to "
-        f"a receiver in the bench process ({collector.received:,} bytes of spans received).",
+        f"a receiver in the bench process ({m['bytes']:,} bytes of spans received).",
         "",
-        "| tracing | requests | p50 | p95 | vs off |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name in ("off", "on"):
-        xs = sorted(lat[name])
-        p50, p95 = statistics.median(xs), xs[int(0.95 * (len(xs) - 1))]
-        lines.append(f"| {name} | {len(xs)} | {p50:.1f} ms | {p95:.1f} ms | {p50 / off:.3f}x |")
-    lines += [
-        "",
-        f"Off: the tracing calls of one request and its job take {off_us:.2f} µs in process (nothing installed: "
-        f"no-op spans), {100 * off_us / 1000 / off:.4f}% of the off p50.",
+        *rows(m),
         "",
         "Bars (issue 32): off at most 2% of the round trip's p50; on at most 10%.",
     ]
-    figures = {"off": lat["off"], "on": lat["on"], "off_path_us": off_us, "bytes_exported": collector.received}
-    save("tracing", "\n".join(lines) + "\n", figures)
+    save("tracing", "\n".join(lines) + "\n", m)
 
 
 if __name__ == "__main__":
