@@ -1,6 +1,6 @@
 """Real processes for tests and benchmarks: a Redis server, Celery worker processes and
-uvicorn, each on a free 127.0.0.1 port, stopped by their own pid at the end. Shared by
-tests/ and bench/, so it lives here (tests import bench, never the reverse)."""
+uvicorn, each on a free 127.0.0.1 port, stopped by their own pid at the end; and a `Receiver`
+of POSTs (webhooks, OTLP spans) on one. Shared by tests/ and bench/, so it lives here (tests import bench, never the reverse)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -37,6 +39,37 @@ def wait_until(check, timeout: float, what: str):
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 (a thread of this process) that records each POST, (headers
+    lower-cased, body), and answers the next of `answers` (then 204) after `delay` seconds: a
+    webhook receiver for the tests, an OTLP collector for bench.tracing."""
+
+    def __init__(self, answers=(), delay: float = 0.0, path: str = ""):
+        self.calls: list[tuple[dict, bytes]] = []
+        self.answers, self.delay = list(answers), delay
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                time.sleep(outer.delay)
+                self.send_response(outer.answers.pop(0) if outer.answers else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Stack:

@@ -1,7 +1,7 @@
 """What tracing costs the HTTP round trip: `python -m bench.tracing [--rounds 8] [--per-round 15]`.
 
 Two stacks side by side (Redis, one worker, one API each): tracing off (the default) and on
-(OTEL_TRACES_EXPORTER=otlp, exporting to a receiver in this process that answers 200, as a
+(OTEL_TRACES_EXPORTER=otlp, exporting to a receiver in this process that answers 204, as a
 collector would). Rounds alternate between them, so the machine's noise falls on both; each
 request is a POST ?wait= of a 10-way Omniglot support set to succeeded, as bench.run's B.
 Off has no build without the tracing calls to compare with, so its cost is measured directly:
@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 import timeit
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -25,29 +23,7 @@ from tqdm import tqdm
 
 from bench.report import save
 from bench.run import omniglot_bodies
-from bench.stack import KEYS, Stack
-
-
-class Collector:
-    """An OTLP/HTTP endpoint that takes the spans and answers 200: bytes received, counted."""
-
-    def __init__(self):
-        self.received = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.received += len(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+from bench.stack import KEYS, Receiver, Stack
 
 
 def off_path_seconds() -> float:
@@ -76,7 +52,7 @@ def off_path_seconds() -> float:
 
 def measure(rounds: int, per_round: int) -> dict:
     """Round trips (ms) with tracing off and on, the bytes of spans exported, the off path's µs."""
-    collector = Collector()
+    collector = Receiver()  # an OTLP/HTTP endpoint: the spans' bytes, counted
     stacks = {
         "off": Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-trace-off-"))),
         "on": Stack(
@@ -107,7 +83,9 @@ def measure(rounds: int, per_round: int) -> dict:
     finally:
         for s in stacks.values():
             s.stop()
-    return {"off": lat["off"], "on": lat["on"], "off_path_us": off_path_seconds() * 1e6, "bytes": collector.received}
+        collector.close()
+    received = sum(len(body) for _, body in collector.calls)
+    return {"off": lat["off"], "on": lat["on"], "off_path_us": off_path_seconds() * 1e6, "bytes": received}
 
 
 def rows(m: dict) -> list[str]:

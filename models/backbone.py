@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .nets import Base, PrototypeHead, shifted_views
+from .nets import Base, PrototypeHead
 
 
 class Backbone(PrototypeHead, Base):
@@ -62,11 +62,6 @@ class Backbone(PrototypeHead, Base):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self._net[0](x)
-
-    def embed_support(self, x):
-        if not self.support_shifts:
-            return self.embed(x)
-        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
 
     def _apply(self, fn, *args, **kwargs):
         """.to(device) moves the program too, though it is not a registered submodule."""

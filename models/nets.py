@@ -23,6 +23,7 @@ class Base(nn.Module):
     task: str  # "classification" | "regression"
     input_shape: tuple[int, ...]
     max_ways: int = 0
+    support_shifts: bool = False  # a support image's embedding: the mean over it and its one-pixel shifts
 
     def __init__(self, steps: int, step_size: float):
         super().__init__()
@@ -35,9 +36,12 @@ class Base(nn.Module):
         raise NotImplementedError
 
     def embed_support(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding of support inputs, which `adapt` computes once per task: `embed` unless
-        the base averages it over views of each input (Conv4's `support_shifts`)."""
-        return self.embed(x)
+        """The embedding of support inputs, which `adapt` computes once per task: `embed`, or with
+        `support_shifts` the mean over the views, embedded one view at a time (the service's
+        largest support set, `max_support` 500 images, peaks at the memory of one plain pass)."""
+        if not self.support_shifts:
+            return self.embed(x)
+        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
 
     def init_fast(self, feats: torch.Tensor, y: torch.Tensor, n_ways: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -196,14 +200,6 @@ class Conv4(PrototypeHead, Base):
 
     def finish(self, h, fast):
         return self.tail(h, {n: fast[n][0] for n in self.TAIL if n in fast})
-
-    def embed_support(self, x):
-        """With `support_shifts`, the mean over the views, embedded one view at a time: the
-        service's largest support set (`max_support`, 500 images) peaks at the memory of one
-        plain pass."""
-        if not self.support_shifts:
-            return super().embed_support(x)
-        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
 
     def support_views(self, x):
         """The views a support image's prototype averages over: [V, B, ...]."""

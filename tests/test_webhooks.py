@@ -8,19 +8,17 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import redis
 
+from app.api.schemas import public
 from app.core import keys
 from app.core.webhooks import Deliverer
 from app.demo import sinusoid_task
-from bench.stack import KEYS, wait_until
-from worker.celery_app import public
+from bench.stack import KEYS, Receiver, wait_until
 
 from .conftest import make_settings, run_next_job
 
@@ -28,42 +26,12 @@ SECRET = base64.b64encode(b"a-secret-of-thirty-two-bytes-!!!").decode()
 SECRETS = f"acme:whsec_{SECRET}"
 
 
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records each call and answers the next of `answers`
-    (then 204), after `delay` seconds."""
-
-    def __init__(self, answers=(), delay: float = 0.0):
-        self.calls: list[tuple[dict, bytes]] = []
-        self.answers, self.delay = list(answers), delay
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                time.sleep(outer.delay)
-                self.send_response(outer.answers.pop(0) if outer.answers else 204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/rapid-adapt"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
     made = []
 
     def make(*answers, delay=0.0):
-        made.append(Receiver(answers, delay))
+        made.append(Receiver(answers, delay, "/hooks/rapid-adapt"))
         return made[-1]
 
     yield make

@@ -72,6 +72,8 @@ def _start_upkeep(sender=None, **_):
     name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
     Held.upkeep = Upkeep(jobs(), name, name_of_this_process())
     Held.upkeep.start()
+    from app.api.schemas import public  # a webhook's data is the record as GET shows it
+
     Held.deliverer = Deliverer(jobs().store, get_settings(), public)
     Held.deliverer.start()
 
@@ -84,10 +86,3 @@ def _stop_upkeep(**_):
     if Held.deliverer is not None:
         Held.deliverer.stop()
         Held.deliverer = None
-
-
-def public(record: dict) -> dict:
-    """A record as the API shows it: the body of its webhook."""
-    from app.api.schemas import Adaptation
-
-    return Adaptation.model_validate(record).model_dump(mode="json")

@@ -49,7 +49,6 @@ class StoreCollector:
 
     def __init__(self, jobs, heartbeat_window: float, tenants: list[str]):
         self.jobs, self.store, self.window, self.tenants = jobs, jobs.store, heartbeat_window, tenants
-        self.by_tenant = jobs.settings.metrics_tenant_label
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -83,7 +82,7 @@ class StoreCollector:
         )
         merged: dict[tuple[str, str, str], float] = {}
         for (tenant, model, status), n in stats.per_job(counts).items():
-            key = (tenant if self.by_tenant else "all", model, status)
+            key = (tenant_label(self.jobs.settings, tenant), model, status)
             merged[key] = merged.get(key, 0.0) + n
         for key, n in sorted(merged.items()):
             jobs.add_metric(list(key), n)

@@ -60,14 +60,18 @@ class Notices:
     def waiting(self, tenant: str) -> int:
         return self._per_tenant[tenant]
 
+    def admit(self, tenant: str) -> None:
+        """QuotaExceeded when the tenant already has `max_waits` waits in this process."""
+        if self._per_tenant[tenant] >= self.max_waits:
+            raise QuotaExceeded("max_waits_per_tenant", self.max_waits, "requests waiting at once", 1)
+
     @contextlib.contextmanager
     def watch(self, aid: str, tenant: str) -> Iterator[Ended]:
         """An event set when a notice of `aid`'s end arrives; enter it before reading the record,
         so that an end between the read and the wait is not missed. Called on the event loop."""
         waiter = (asyncio.get_running_loop(), Ended())
         with self._lock:
-            if self._per_tenant[tenant] >= self.max_waits:
-                raise QuotaExceeded("max_waits_per_tenant", self.max_waits, "requests waiting at once", 1)
+            self.admit(tenant)
             self._per_tenant[tenant] += 1
             self._waiting.setdefault(aid, set()).add(waiter)
         try:

@@ -20,7 +20,6 @@ from ..core.jobs.states import TERMINAL
 from ..core.store import Position, Store
 from .errors import invalid, not_found
 from .notices import Ended
-from .schemas import Adaptation
 
 DONE = TERMINAL
 ID = re.compile(r"ad_[0-9a-f]{32}")
@@ -29,10 +28,6 @@ MAX_OFFSET = 10_000  # the legacy numeric cursor: further than this, page with n
 
 def iso(t: datetime) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def public(record: dict) -> dict:
-    return Adaptation.model_validate(record).model_dump()
 
 
 def owned(store: Store, aid: str, tenant: str) -> dict:

@@ -218,6 +218,11 @@ class Adaptation(BaseModel):
     webhook: WebhookState | None = Field(None, description="the webhook's calls so far; null before the first")
 
 
+def public(record: dict) -> dict:
+    """A stored record as the API shows it (GET, listings, a webhook's data): JSON types only."""
+    return Adaptation.model_validate(record).model_dump(mode="json")
+
+
 class AdaptationList(BaseModel):
     data: list[Adaptation]
     has_more: bool = Field(False, description="whether another page follows")

@@ -116,13 +116,10 @@ def carrier() -> dict[str, str]:
     return out
 
 
-def trace_id(carried: dict | None = None) -> str | None:
-    """The trace id of a carried context, or of the current span; None outside a trace."""
-    if carried is not None:
-        parts = carried.get("traceparent", "").split("-")
-        return parts[1] if len(parts) == 4 else None
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+def trace_id(carried: dict) -> str | None:
+    """The trace id of a carried context (`carrier`); None when it carries none."""
+    parts = carried.get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 else None
 
 
 @contextlib.contextmanager

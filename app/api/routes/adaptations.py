@@ -30,8 +30,8 @@ from ..deps import JobsDep, NoticesDep, PredictorDep, RegistryDep, SettingsDep, 
 from ..errors import ApiError, invalid
 from ..fairness import done_reading
 from ..inputs import Limits, support_tensors
-from ..records import DONE, decode_cursor, encode_cursor, iso, owned, public, wait_for, wait_param
-from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, Event, EventList
+from ..records import DONE, decode_cursor, encode_cursor, iso, owned, wait_for, wait_param
+from ..schemas import Adaptation, AdaptationCreate, AdaptationList, ErrorBody, Event, EventList, public
 
 router = APIRouter(prefix="/v1", tags=["adaptations"], route_class=BoundedJSONRoute)
 QUEUED = {
@@ -281,8 +281,7 @@ async def list_events(
     streaming = "text/event-stream" in request.headers.get("accept", "")
     start = event_index(after if after is not None else (last_event_id if streaming else None))
     if streaming:
-        if notices.waiting(tenant) >= notices.max_waits:
-            raise QuotaExceeded("max_waits_per_tenant", notices.max_waits, "requests waiting at once", 1)
+        notices.admit(tenant)  # refused here, as a 429, rather than inside the stream
         stream = event_stream(store, notices, settings, aid, tenant, start)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     items, more = await run_in_threadpool(store.events, tenant, aid, start, limit or settings.list_page_size)
@@ -298,7 +297,6 @@ def event_index(cursor: str | None) -> int:
     return int(cursor[3:]) + 1
 
 
-ENDS = ("succeeded", "failed", "cancelled")
 KEEP_ALIVE_SECONDS = 15.0
 
 
@@ -315,7 +313,7 @@ async def event_stream(store: Store, notices, settings: Settings, aid: str, tena
                     data = json.dumps(Event.model_validate(e).model_dump())  # as the JSON listing has it
                     yield f"id: {e['id']}\nevent: {e['type']}\ndata: {data}\n\n"
                 start, quiet = start + len(items), (time.monotonic() if items else quiet)
-                if items and items[-1]["type"] in ENDS:
+                if items and items[-1]["type"] in DONE:
                     return
                 if not items and await run_in_threadpool(store.status, tenant, aid) is None:
                     yield "event: gone\ndata: {}\n\n"  # deleted, or its TTL passed
