@@ -1,6 +1,7 @@
 """Real processes for tests and benchmarks: a Redis server, Celery worker processes and
 uvicorn, each on a free 127.0.0.1 port, stopped by their own pid at the end; and a `Receiver`
-of POSTs (webhooks, OTLP spans) on one. Shared by tests/ and bench/, so it lives here (tests import bench, never the reverse)."""
+of POSTs (webhooks, OTLP spans) on one. Shared by tests/ and bench/, so it lives here (tests
+import bench, never the reverse)."""
 
 from __future__ import annotations
 
