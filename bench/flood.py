@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -33,24 +34,31 @@ from models.research import omniglot
 from .report import RESULTS, pyplot, save, save_figure
 from .run import png_b64
 
-ROUNDS = 25  # globex adaptations, each followed by 3 predictions, quiet and again under the flood
+ROUNDS = 25  # globex adaptations, each followed by 3 predictions, quiet and again under the flood (--rounds)
 
 
-def measure(url: str, adapt_body: dict, queries: dict, n: int) -> tuple[list[float], list[float]]:
-    adapt_ms, predict_ms = [], []
+def measure(url: str, adapt_body: dict, queries: dict, n: int = ROUNDS) -> tuple[list[float], ...]:
+    """-> globex's adaptation latencies, prediction latencies, each adaptation's wait in line (its
+    record's started_at - created_at) and its run (finished_at - started_at), in ms."""
+    adapt_ms, predict_ms, queued_ms, running_ms = [], [], [], []
+    at = lambda a, k: datetime.fromisoformat(a[k].replace("Z", "+00:00")).timestamp() * 1000  # noqa: E731
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['globex']}"}, timeout=120) as c:
         aid = c.post("/v1/adaptations?wait=30", json=adapt_body).json()["id"]
         for _ in range(n):
             t = time.perf_counter()
-            r = c.post("/v1/adaptations?wait=30", json=adapt_body)
+            a = c.post("/v1/adaptations?wait=30", json=adapt_body).json()
+            while a.get("status") in ("queued", "running"):  # still in line after 30 s (a baseline without slices)
+                a = c.get(f"/v1/adaptations/{a['id']}?wait=30").json()
             adapt_ms.append((time.perf_counter() - t) * 1000)
-            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text[:200]
+            assert a.get("status") == "succeeded", str(a)[:200]
+            queued_ms.append(at(a, "started_at") - at(a, "created_at"))
+            running_ms.append(at(a, "finished_at") - at(a, "started_at"))
             for _ in range(3):
                 t = time.perf_counter()
                 r = c.post(f"/v1/adaptations/{aid}/predictions", json=queries)
                 predict_ms.append((time.perf_counter() - t) * 1000)
                 assert r.status_code == 200, r.text[:200]
-    return adapt_ms, predict_ms
+    return adapt_ms, predict_ms, queued_ms, running_ms
 
 
 def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
@@ -64,7 +72,12 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
             else:
                 ids = [a["id"] for a in c.get("/v1/adaptations?limit=100").json()["data"]]
             statuses = [c.get(f"/v1/adaptations/{aid}").json().get("status") for aid in ids]
-            answers = c.post(f"/v1/adaptations/{ids[-1]}/predictions", json=queries).json()
+            for _ in range(10):  # right after its flood, a tenant may still be over its rate of images
+                answers = c.post(f"/v1/adaptations/{ids[-1]}/predictions", json=queries)
+                if answers.status_code != 429:
+                    break
+                time.sleep(1)
+            answers = answers.json()
             out[tenant] = {"ids": ids, "statuses": statuses, "predictions": answers}
     return out
 
@@ -101,14 +114,14 @@ def flood(url: str, aid: str, stop: threading.Event, big_job: dict, big_query: d
                     seen[r.status_code] += 1
 
 
-def run_once(env: dict[str, str], bodies: tuple[dict, dict, dict, dict]) -> dict:
+def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS) -> dict:
     """One stack with `env` on top of the environment: globex quiet, then under acme's flood."""
     adapt_body, query_body, big_job, big_query = bodies
     stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-flood-")))
     stack.env |= {"WEB_CONCURRENCY": "2", **env}
-    stack.start(workers=2)
+    stack.start(workers=workers)
     try:
-        quiet = measure(stack.url, adapt_body, query_body, ROUNDS)
+        quiet = measure(stack.url, adapt_body, query_body, rounds)
         acme_first = httpx.post(
             stack.url + "/v1/adaptations?wait=30", json=adapt_body, headers={"Authorization": f"Bearer {KEYS['acme']}"}
         )
@@ -126,7 +139,7 @@ def run_once(env: dict[str, str], bodies: tuple[dict, dict, dict, dict]) -> dict
         roots = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getpid()}
         roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
         cpu0, t0 = cpu_seconds(roots), time.monotonic()
-        flooded = measure(stack.url, adapt_body, query_body, ROUNDS)
+        flooded = measure(stack.url, adapt_body, query_body, rounds)
         cpu1, wall = cpu_seconds(roots), time.monotonic() - t0
         stop.set()
         for t in threads:
@@ -142,6 +155,10 @@ def run_once(env: dict[str, str], bodies: tuple[dict, dict, dict, dict]) -> dict
         "adaptation_p50_flooded_ms": med(flooded[0]),
         "prediction_p50_quiet_ms": med(quiet[1]),
         "prediction_p50_flooded_ms": med(flooded[1]),
+        "adaptation_queued_p50_quiet_ms": med(quiet[2]),
+        "adaptation_queued_p50_flooded_ms": med(flooded[2]),
+        "adaptation_running_p50_quiet_ms": med(quiet[3]),
+        "adaptation_running_p50_flooded_ms": med(flooded[3]),
         "acme_answers": dict(sorted(seen.items())),
         "workers_alive": workers_alive,
         "stored_kept": kept,
@@ -169,22 +186,36 @@ def bodies() -> tuple[dict, dict, dict, dict]:
     return adapt_body, {"inputs": queries}, big_job, {"inputs": pngs}
 
 
-ARMS = {"background priority (default)": {}, "baseline: background priority off": {"RAPID_ADAPT_BACKGROUND_NICE": "0"}}
+DEFAULT = "the defaults (a worker reserved while another tenant is active, jobs yield, background priority)"
+BASELINES = {  # --baseline: the arm measured beside the defaults
+    "priority": ("baseline: background priority off", {"RAPID_ADAPT_BACKGROUND_NICE": "0"}),
+    "slices": ("baseline: jobs never yield", {"RAPID_ADAPT_JOB_SLICE_SECONDS": "0"}),
+    "reserved": (
+        "baseline: before issue 31 (a hard reservation, jobs never yield nor batch)",
+        {
+            "RAPID_ADAPT_JOB_SLICE_SECONDS": "0",
+            "RAPID_ADAPT_TENANT_RESERVED_WORKERS": "1",
+            "RAPID_ADAPT_TENANT_ACTIVE_SECONDS": "0",
+            "RAPID_ADAPT_JOB_BATCH_MAX": "1",
+        },
+    ),
+}
 
 
-def report(runs: dict[str, list[dict]], quotas: dict) -> str:
+def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: str, rounds: int) -> str:
     med = statistics.median
     rows = []
     for arm, rs in runs.items():
         for i, r in enumerate(rs, 1):
             rows.append(
                 f"| {arm} | {i} | {r['adaptation_p50_quiet_ms']:.0f} | {r['adaptation_p50_flooded_ms']:.0f} | "
-                f"{r['adaptation_ratio']:.2f} | {r['prediction_p50_quiet_ms']:.1f} | "
+                f"{r['adaptation_ratio']:.2f} | {r['adaptation_queued_p50_quiet_ms']:.0f} / "
+                f"{r['adaptation_queued_p50_flooded_ms']:.0f} | {r['prediction_p50_quiet_ms']:.1f} | "
                 f"{r['prediction_p50_flooded_ms']:.1f} | {r['prediction_ratio']:.2f} | {r['acme_answers']} | "
                 f"{r['workers_alive']} | {r['stored_kept']} |"
             )
         rows.append(
-            f"| **{arm}: median of runs** | | | | **{med(r['adaptation_ratio'] for r in rs):.2f}** | | | "
+            f"| **{arm}: median of runs** | | | | **{med(r['adaptation_ratio'] for r in rs):.2f}** | | | | "
             f"**{med(r['prediction_ratio'] for r in rs):.2f}** | | | |"
         )
     cores = [
@@ -194,19 +225,21 @@ def report(runs: dict[str, list[dict]], quotas: dict) -> str:
     ]
     return "\n".join([
         "# Flood", "",
-        f"`python -m bench.flood --runs {len(next(iter(runs.values())))}` on {time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} cores: each run a stack of its own with 2 API processes and 2 workers, quotas {quotas}; "
+        f"`python -m bench.flood --runs {len(next(iter(runs.values())))} --workers {workers} --baseline {baseline} "
+        f"--rounds {rounds}` on {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} cores: each run a stack of its own with 2 API processes and {workers} worker(s), "
+        f"quotas {quotas}; "
         f"acme floods from 8 threads with 500-drawing fine-tune jobs and 500-drawing predictions while globex's "
-        f"medians are measured ({ROUNDS} adaptations, {3 * ROUNDS} predictions, quiet and then flooded). "
-        "Bars: adaptation within 2x of quiet, prediction within 3x. The baseline arm turns background priority "
-        "off (RAPID_ADAPT_BACKGROUND_NICE=0); the arms' runs are interleaved.", "",
-        "| arm | run | adaptation quiet ms | flooded ms | ratio | prediction quiet ms | flooded ms | ratio "
-        "| acme's answers | workers alive | stored kept |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"medians are measured ({rounds} adaptations, {3 * rounds} predictions, quiet and then flooded). "
+        f"Bars: adaptation within 2x of quiet, prediction within 3x. The baseline arm ({baseline}) sets "
+        f"{BASELINES[baseline][1]}; the arms' runs are interleaved.", "",
+        "| arm | run | adaptation quiet ms | flooded ms | ratio | in line, quiet / flooded ms | prediction quiet ms "
+        "| flooded ms | ratio | acme's answers | workers alive | stored kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows, "",
         "Cores in use while globex was measured under the flood (a process and its children):", "",
         *cores, "",
-        "![globex's medians, quiet and flooded](flood.png)", "",
+        f"![globex's medians, quiet and flooded]({name(workers, baseline)}.png)", "",
     ])  # fmt: skip
 
 
@@ -219,7 +252,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
             ax.scatter([k] * len(ratios), ratios, alpha=0.6)
             ax.plot([k - 0.2, k + 0.2], [statistics.median(ratios)] * 2, color="black")
         ax.axhline(bar, color="red", linestyle="--", label=f"bar: {bar}x")
-        ax.set_xticks(range(len(runs)), [a.split(":")[0].replace(" (default)", "") for a in runs], fontsize=8)
+        ax.set_xticks(range(len(runs)), [a.split(" (")[0].replace("baseline: ", "") for a in runs], fontsize=8)
         ax.set_xlim(-0.5, len(runs) - 0.5)
         ax.set_ylim(0, None)
         ax.set_title(f"globex's {what} p50, flooded / quiet", fontsize=9)
@@ -231,20 +264,31 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.flood", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="runs of each arm, interleaved")
+    p.add_argument("--workers", type=int, default=2, help="Celery workers of the stack")
+    p.add_argument("--baseline", choices=BASELINES, default="priority", help="the arm beside the defaults")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="globex's adaptations, quiet and flooded")
     args = p.parse_args(argv)
     quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
     changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
-    name = "flood" if not changed else "flood-" + "-".join(k.removeprefix("RAPID_ADAPT_").lower() for k in changed)
-    arms = {a: env for a, env in ARMS.items() if not set(env) & set(changed)}  # a variable set by hand holds
+    out = name(args.workers, args.baseline, changed)
+    arms = dict([(DEFAULT, {}), BASELINES[args.baseline]])
+    arms = {a: env for a, env in arms.items() if not set(env) & set(changed)}  # a variable set by hand holds
     data, runs = bodies(), {arm: [] for arm in arms}
     for i in range(args.runs):
         for arm, env in arms.items():
             print(f"run {i + 1}/{args.runs}: {arm} ...", flush=True)
-            r = run_once(env, data)
+            r = run_once(env, data, args.workers, args.rounds)
             runs[arm].append(r)
             print(f"  adaptation {r['adaptation_ratio']:.2f}x, prediction {r['prediction_ratio']:.2f}x", flush=True)
-    save(name, report(runs, quotas), {"runs": runs, "quotas": quotas})
-    plot(runs, RESULTS / f"{name}.png")
+    save(out, report(runs, quotas, args.workers, args.baseline, args.rounds), {"runs": runs, "quotas": quotas})
+    plot(runs, RESULTS / f"{out}.png")
+
+
+def name(workers: int, baseline: str, changed: list[str] = ()) -> str:
+    """flood (2 workers, background priority as the baseline), else flood-<what differs>."""
+    parts = [f"{workers}-workers"] * (workers != 2) + [baseline] * (baseline != "priority")
+    parts += [k.removeprefix("RAPID_ADAPT_").lower() for k in changed]
+    return "-".join(["flood", *parts])
 
 
 if __name__ == "__main__":

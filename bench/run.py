@@ -191,15 +191,14 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
 
 
 def throughput(c: httpx.Client, bodies: list[dict], jobs: int) -> float:
-    """Jobs/s of two tenants' jobs, alternating: one tenant alone leaves a worker to the others
-    (`tenant_reserved_workers`), so the service's capacity shows with two."""
-    auth = [{"Authorization": f"Bearer {KEYS[t]}"} for t in ("acme", "globex")]
-    create = lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)], headers=auth[i % 2]).json()["id"]
+    """Jobs/s of one tenant alone, its jobs posted from 8 threads and waited for: every idle worker
+    takes waiting work, whoever owns it (issue 31)."""
+    create = lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"]  # noqa: E731
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(create, range(jobs)))
-        for i, aid in enumerate(ids):
-            while c.get(f"/v1/adaptations/{aid}?wait=10", headers=auth[i % 2]).json()["status"] not in DONE:
+        for aid in ids:
+            while c.get(f"/v1/adaptations/{aid}?wait=10").json()["status"] not in DONE:
                 pass
     return jobs / (time.perf_counter() - started)
 
@@ -370,8 +369,8 @@ def report(res: dict, threads: int) -> str:
         "| --- | --- |",
         f"| p50 / p95 / p99 | {lat['median']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} ms (n={lat['n']}) |",
         f"| worker compute (adaptation_ms) | {fmt(B['worker_compute'])} |",
-        f"| jobs/s of two tenants, 1 worker / 2 workers | {B['jobs_per_s_1_workers']:.1f} / "
-        f"{B['jobs_per_s_2_workers']:.1f} |",
+        f"| jobs/s of one tenant alone, 1 worker / 2 workers (bar: 1.8x) | {B['jobs_per_s_1_workers']:.1f} / "
+        f"{B['jobs_per_s_2_workers']:.1f} ({B['jobs_per_s_2_workers'] / B['jobs_per_s_1_workers']:.2f}x) |",
         f"| naive job in process (copy, Adam loop, pickle to Redis), no HTTP | {fmt(B['naive_job'])} |",
         f"| ratio naive job / our whole HTTP round trip | {B['naive_job']['median'] / lat['median']:.1f}x |",
         "",

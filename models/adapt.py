@@ -23,6 +23,26 @@ import torch.nn.functional as F
 from .augment import support_views
 from .nets import Base
 
+CHUNK = 64  # images per embedding pass: near CPU's fastest batch (larger ones spill the caches), and a slice
+
+
+def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pause: Callable[[], None]) -> torch.Tensor:
+    """fn over x [B, ...] in passes of CHUNK images, calling `pause()` between them: a 500-image
+    support set is embedded in slices that a worker may interleave with other tenants' jobs. A
+    per-image fn gives the same values in one pass or in chunks (batched tasks rely on it)."""
+    if len(x) <= CHUNK:
+        return fn(x)
+    out = []
+    for i in range(0, len(x), CHUNK):
+        if i:
+            pause()
+        out.append(fn(x[i : i + CHUNK]))
+    return torch.cat(out)
+
+
+def no_pause() -> None:
+    pass
+
 
 @dataclass
 class Adapted:
@@ -123,34 +143,37 @@ def adapt(
     train: bool = False,
     first_order: bool = False,
     trajectory: bool = False,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, list[float]], None] | None = None,
     seed: int = 0,
     phase: Callable[[str], AbstractContextManager] = lambda name: contextlib.nullcontext(),
+    pause: Callable[[], None] = no_pause,
 ) -> Adapted:
     """Adapt `model` to a support set; see the module docstring. `mode` "fine-tune" adapts
     the base's tail too where it has one (`fine_tune`); `on_step(k, loss)` is called after
-    each step (progress, cancellation: whatever it raises stops the loop); `phase(name)` wraps
-    each part (embed, steps, head: the service's trace spans)."""
+    each step with each task's loss (progress, cancellation: whatever it raises stops the
+    loop); `phase(name)` wraps each part (embed,
+    steps, head: the service's trace spans); `pause()` is called between slices of the work
+    (embedding chunks, steps), where a worker runs other tenants' waiting jobs."""
     x, y, n_ways = check_support(model, support_x, support_y, n_ways)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "fine-tune" and hasattr(model, "tail"):
         kw = {"train": train, "first_order": first_order, "trajectory": trajectory, "on_step": on_step, "seed": seed}
-        kw["phase"] = phase
+        kw["phase"], kw["pause"] = phase, pause
         return fine_tune(model, x, y, n_ways, steps, **kw)
     steps = model.default_steps if steps is None else steps
     if not 0 <= steps <= model.max_steps:
         raise ValueError(f"steps must lie in 0..{model.max_steps}, got {steps}")
     t, s = x.shape[:2]
     with phase("embed"), torch.set_grad_enabled(train):
-        feats = model.embed_support(x.flatten(0, 1)).unflatten(0, (t, s))
+        feats = chunked(model.embed_support, x.flatten(0, 1), pause).unflatten(0, (t, s))
     on_feats, on_y = feats, y  # what the steps' loss is taken on
     if mode == "fine-tune" and getattr(model, "head_views", 0) and t == 1:
         # a backbone's fine-tune: the head's steps also see augmented copies of the support set,
         # embedded once by the frozen backbone (the head is still built from the plain support)
         views = support_views(x[0], torch.Generator().manual_seed(seed), model.head_views)
         with phase("embed views"), torch.no_grad():
-            extra = model.embed(views).unsqueeze(0)
+            extra = chunked(model.embed, views, pause).unsqueeze(0)
         on_feats, on_y = torch.cat([feats, extra], 1), torch.cat([y, y.repeat(1, model.head_views)], 1)
     stopped = torch.zeros(t, dtype=torch.bool, device=x.device)
     curve = []
@@ -175,7 +198,8 @@ def adapt(
             if path is not None:
                 path.append(fast)
             if on_step:
-                on_step(k, float(loss.detach().mean()))
+                on_step(k, loss.detach().tolist())
+            pause()
     with torch.no_grad():
         loss_after = model.loss(model.fast_forward(fast, on_feats.detach()), on_y)
         if not train and steps:
@@ -203,6 +227,7 @@ def fine_tune(
     on_step=None,
     seed=0,
     phase=lambda name: contextlib.nullcontext(),
+    pause=no_pause,
 ) -> Adapted:
     """The `fine-tune` inner loop of a base with a tail (Conv4), for one task (T = 1).
 
@@ -221,8 +246,8 @@ def fine_tune(
     xs, ys = x[0], y[0]
     gen = torch.Generator().manual_seed(seed)
     with phase("embed"), torch.no_grad():
-        h_views = model.trunk(support_views(xs, gen, model.tune_views))
-        h_support = [model.trunk(v) for v in model.support_views(xs)]  # the first is the plain support
+        h_views = chunked(model.trunk, support_views(xs, gen, model.tune_views), pause)
+        h_support = [chunked(model.trunk, v, pause) for v in model.support_views(xs)]  # the first: the plain support
     y_views = ys.repeat(model.tune_views)
     onehot = F.one_hot(ys, n_ways).to(h_views.dtype)
 
@@ -253,7 +278,8 @@ def fine_tune(
             if not train:
                 tail = {n: p.detach().requires_grad_() for n, p in tail.items()}
             if on_step:
-                on_step(k, float(loss.detach()))
+                on_step(k, [float(loss.detach())])
+            pause()
     with phase("head"), torch.set_grad_enabled(train):
         last = view_loss(tail)
         if not train and steps and (stopped or diverged(last.detach(), curve[0])):

@@ -26,7 +26,7 @@ def lifecycle(settings) -> Jobs:
     return Jobs(Store(settings), Tickets(make_celery(settings)), settings)
 
 
-def submit(jobs: Jobs, tenant: str = "acme", ttl: int = 60) -> str:
+def submit(jobs: Jobs, tenant: str = "acme", ttl: int = 60, mode: str = "fast") -> str:
     """A 5-point sinusoid adaptation, as the API creates it."""
     now = time.time()
     record = {
@@ -36,12 +36,13 @@ def submit(jobs: Jobs, tenant: str = "acme", ttl: int = 60) -> str:
         "model_version": shipped().load("sinusoid-mlp")[1]["version"],
         "task": "regression",
         "status": QUEUED,
-        "mode": "fast",
+        "mode": mode,
         "steps": None,
         "ttl_seconds": ttl,
         "created_ts": now,
         "classes": None,
         "target_shape": [1],
+        "n_support": 5,
     }
     x = torch.linspace(-4, 4, 5).unsqueeze(1)
     aid, created = jobs.submit(record, {"x": x, "y": torch.sin(x)}, ttl)
@@ -153,7 +154,7 @@ def _reap_the_last_try(jobs, settings):
 @walks(QUEUED, CANCELLED, "client")
 def _cancel_queued(jobs, settings):
     aid = submit(jobs)
-    assert jobs.cancel(aid, "acme") == QUEUED and status(jobs, aid) == CANCELLED
+    assert jobs.cancel(jobs.store.get("acme", aid)) == QUEUED and status(jobs, aid) == CANCELLED
     assert jobs.claim("w1") is None and jobs.scheduler.jobs("acme") == 0  # out of line at once: it never runs
     assert status(jobs, aid) == CANCELLED and not in_flight(jobs, aid)
 
@@ -162,7 +163,7 @@ def _cancel_queued(jobs, settings):
 def _cancel_running(jobs, settings):
     job = started(jobs)
     assert jobs.step(job, 0, 1.0)
-    assert jobs.cancel(job.aid, "acme") == RUNNING
+    assert jobs.cancel(jobs.store.get("acme", job.aid)) == RUNNING
     time.sleep(FLUSH_SECONDS)
     assert not jobs.step(job, 1, 0.5)  # the worker stops at its next step that reaches Redis
     fast, metrics = run_adaptation(shipped(), job.record, jobs.store.support("acme", job.aid))
@@ -180,7 +181,7 @@ def _into(jobs: Jobs, target: str) -> str:
     elif target == FAILED:
         jobs.fail(job, "invalid_support", "a reason")
     elif target == CANCELLED:
-        jobs.cancel(job.aid, "acme")
+        jobs.cancel(jobs.store.get("acme", job.aid))
     return job.aid
 
 
@@ -242,17 +243,50 @@ def test_a_job_resumed_after_a_redis_error_runs_on_its_claim(settings):
     assert jobs.start(job) is not None and jobs.store.get("acme", job.aid)["attempts"] == 2
 
 
-def test_the_claim_takes_tenants_in_turn_and_keeps_a_tenant_at_its_limit_waiting(settings):
+def test_the_claim_takes_tenants_in_turn_and_keeps_a_tenant_at_its_limit_while_another_is_active(settings):
     jobs = lifecycle(settings)
     acme = [submit(jobs, "acme") for _ in range(3)]
     globex = [submit(jobs, "globex") for _ in range(2)]
     order = [jobs.scheduler.claim("w", max_running=10) for _ in range(5)]
     assert [a for a, *_ in order] == [acme[0], globex[0], acme[1], globex[1], acme[2]]
     jobs.store.r.flushdb()
+    one = [submit(jobs, "acme") for _ in range(3)]
+    claim = lambda **kw: jobs.scheduler.claim("w", max_running=1, **kw)  # noqa: E731
+    assert claim()[0] == one[0] and claim()[0] == one[1]  # alone, a tenant has no limit
+    assert claim(active_seconds=0) == ("", "", True, False, "")  # a hard reservation holds even then
+    jobs.store.r.flushdb()
+    other = submit(jobs, "globex")
+    assert claim()[0] == other  # globex is active now
     one = [submit(jobs, "acme") for _ in range(2)]
-    assert jobs.scheduler.claim("w", max_running=1)[0] == one[0]
-    assert jobs.scheduler.claim("w", max_running=1) == ("", "", True, False)  # acme runs its one: the next waits
+    assert claim()[0] == one[0]
+    assert claim() == ("", "", True, False, "")  # acme runs its one: the next waits for a free worker
     assert jobs.scheduler.waiting("acme") == 1
+    assert claim(active_seconds=1e-9)[0] == one[1]  # globex no longer counts as active
+
+
+def test_a_yielding_jobs_claim_passes_over_its_own_tenant(settings):
+    """A job yielding between slices (worker/tasks.py) claims other tenants' work only."""
+    jobs = lifecycle(settings)
+    acme = [submit(jobs, "acme") for _ in range(2)]
+    assert jobs.claim("w", exclude=("acme",)) is None and jobs.scheduler.waiting("acme") == 2
+    globex = submit(jobs, "globex")
+    assert jobs.claim("w", exclude=("acme",)).aid == globex
+    assert jobs.claim("w").aid == acme[0]  # and acme's line is as it was
+
+
+def test_a_batch_claims_jobs_of_its_key_in_turns_of_the_rotation(settings):
+    """Tenants' next jobs of the same batch key, taken in turns; a job of another key keeps its
+    tenant's line where it is, and a tenant's last waiting job is left to be claimed alone."""
+    jobs, claim = lifecycle(settings), lambda: jobs.scheduler.claim("w", max_running=10)
+    acme = [submit(jobs, "acme") for _ in range(4)]
+    globex = [submit(jobs, "globex") for _ in range(2)]
+    initech = [submit(jobs, "initech", mode="fine-tune")]  # never batched
+    aid, _, _, more, batch = claim()
+    assert aid == acme[0] and more and batch
+    got = jobs.scheduler.claim_batch("w", batch, 5)
+    assert [m[0] for m in got] == [globex[0], acme[1], acme[2]]
+    assert [claim()[0] for _ in range(4)] == [globex[1], initech[0], acme[3], ""]
+    assert jobs.store.r.llen(keys.pending("acme")) == 0
 
 
 def test_tickets_are_topped_up_to_the_backlog(settings):
@@ -322,6 +356,21 @@ def test_a_claim_finds_a_tenant_that_joined_the_rotation_after_it_was_last_read(
     still found (the script reads one tenant past those it was given)."""
     jobs = lifecycle(settings)
     acme = [submit(jobs, "acme") for _ in range(2)]
-    assert jobs.scheduler.claim("w", max_running=1)[0] == acme[0]  # reads the rotation: [acme]
+    hard = {"max_running": 1, "active_seconds": 0}  # acme at its limit even before globex is active
+    assert jobs.scheduler.claim("w", **hard)[0] == acme[0]  # reads the rotation: [acme]
     globex = submit(jobs, "globex")
-    assert jobs.scheduler.claim("w", max_running=1)[:3] == (globex, "globex", True)
+    assert jobs.scheduler.claim("w", **hard)[:3] == (globex, "globex", True)
+
+
+def test_jobs_riding_in_a_batch_use_no_worker_of_their_own(settings):
+    """While globex is active, acme may use all workers but one (here, one of two). Its jobs riding
+    in globex's batch on w1 use no worker of acme's: acme still takes a job for w2, then is held."""
+    jobs = lifecycle(settings)
+    globex = [submit(jobs, "globex") for _ in range(3)]
+    acme = [submit(jobs, "acme") for _ in range(4)]
+    aid, _, _, _, batch = jobs.scheduler.claim("w1", max_running=1)
+    assert aid == globex[0] and {t for _, t, _ in jobs.scheduler.claim_batch("w1", batch, 3)} == {"acme", "globex"}
+    jobs.scheduler.beat(acme[0], "w1", "acme", rider=True)  # a beat keeps the rider a rider
+    got = jobs.scheduler.claim("w2", max_running=1)
+    assert got[1] == "acme" and got[0] in acme
+    assert jobs.scheduler.claim("w3", max_running=1)[:3] == ("", "", True)  # both tenants on a worker each: held

@@ -135,6 +135,11 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
+class YieldedTo(BaseModel):
+    jobs: int
+    ms: float
+
+
 class AdaptationMetrics(BaseModel):
     mode: Literal["fast", "fine-tune"] = Field("fast", description="the inner loop that ran")
     steps: int
@@ -153,6 +158,12 @@ class AdaptationMetrics(BaseModel):
     weights_bytes: int
     cpu_priority: Literal["normal", "background"] = Field(
         "normal", description="background: the tenant had more jobs waiting, so this one yielded the CPU to others'"
+    )
+    batched: int | None = Field(
+        None, description="adapted together with this many waiting jobs (adaptation_ms is the batch's)"
+    )
+    yielded: YieldedTo | None = Field(
+        None, description="other tenants' jobs this one ran between its slices (adaptation_ms includes them)"
     )
 
 

@@ -4,12 +4,13 @@ calls models' `adapt`. Deterministic: the same support set gives the same weight
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
 
 from models import runtime
-from models.adapt import adapt, choose_mode
+from models.adapt import adapt, choose_mode, no_pause
 from models.registry import Registry
 
 from . import tracing
@@ -32,37 +33,84 @@ def warm_up(registry: Registry, dev: torch.device, threads: int = 0) -> None:
 
 
 def run_adaptation(
-    registry: Registry, record: dict, support: dict[str, torch.Tensor], dev: torch.device | None = None, on_step=None
+    registry: Registry,
+    record: dict,
+    support: dict[str, torch.Tensor],
+    dev: torch.device | None = None,
+    on_step=None,
+    pause=no_pause,
 ):
     """-> (the adaptation's tensors as stored, on CPU (`Base.to_stored`), metrics). Raises
     ValueError for a support set `adapt` refuses, `registry.BaseChanged` or KeyError when its
-    base version is gone. The `auto` mode is resolved here, from the support set
+    base version is gone. `on_step` and `pause` are `adapt`'s."""
+    return run_adaptations(registry, [record], [support], dev, on_step, pause)[0]
+
+
+def resolved_mode(registry: Registry, record: dict, support: dict[str, torch.Tensor], dev: torch.device) -> str:
+    """The inner loop a job runs: its mode, with `auto` resolved from the support set
     (`models.adapt.choose_mode`)."""
-    dev = dev or torch.device("cpu")
-    with tracing.phase("load base"):
-        model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
-    x, y = support["x"].to(dev), support["y"].to(dev)
-    n_ways = len(record["classes"]) if record.get("classes") else None
-    started = time.perf_counter()
     mode = record.get("mode", "fast")
-    if mode == "auto":
-        mode = choose_mode(model, x, y)
+    if mode != "auto":
+        return mode
+    model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
+    return choose_mode(model, support["x"].to(dev), support["y"].to(dev))
+
+
+def batch_key(record: dict) -> str:
+    """What jobs must share to adapt together (one `adapt` over their stacked support sets), read
+    from the record alone: base version, steps, support size and classes (a base's inputs all
+    have its one shape), in the fast mode (requested, or `auto` where it resolves so), as a short
+    digest. '' for a job that never batches (fine-tune adapts one task at a time)."""
+    if record.get("mode", "fast") not in ("fast", "auto"):
+        return ""
+    n_ways = len(record["classes"]) if record.get("classes") else 0
+    what = f"{record['model']}@{record.get('model_version')}:{record.get('steps')}:{record.get('n_support')}:{n_ways}"
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
+def run_adaptations(
+    registry: Registry,
+    records: list[dict],
+    supports: list[dict[str, torch.Tensor]],
+    dev: torch.device | None = None,
+    on_step=None,
+    pause=no_pause,
+) -> list[tuple[dict, dict]]:
+    """`run_adaptation` of several jobs of one batch key (`batch_key`, their mode resolved to
+    fast) adapted together: one `adapt` over T stacked support sets, each task's weights equal
+    to its own run's (embedding is per image; the fast loop and its guard are per task).
+    `on_step(k, losses)` gets each job's loss. -> each job's (tensors as stored, metrics)."""
+    dev, first = dev or torch.device("cpu"), records[0]
+    with tracing.phase("load base"):
+        model, _ = registry.load(first["model"], first.get("model_version"), dev.type)
+    x = torch.stack([s["x"] for s in supports]).to(dev)
+    y = torch.stack([s["y"] for s in supports]).to(dev)
+    n_ways = len(first["classes"]) if first.get("classes") else None
+    started = time.perf_counter()
+    mode = resolved_mode(registry, first, supports[0], dev) if len(records) == 1 else "fast"
     with tracing.phase(f"adapt {mode}"):
-        adapted = adapt(
-            model, x, y, record.get("steps"), mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase
-        )
-    stored = {k: v.cpu() for k, v in model.to_stored(adapted.fast).items()}
+        steps = first.get("steps")
+        adapted = adapt(model, x, y, steps, mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase, pause=pause)
+    stored = [
+        {k: v.cpu() for k, v in model.to_stored({n: p[i : i + 1] for n, p in adapted.fast.items()}).items()}
+        for i in range(len(records))
+    ]
     if dev.type == "cuda":
         torch.cuda.synchronize()
     ms = (time.perf_counter() - started) * 1000
-    metrics = {
-        "mode": adapted.mode if hasattr(model, "tail") else mode,
-        "steps": adapted.steps,
-        "support_loss_before": round(adapted.loss_before.item(), 6),
-        "support_loss_after": round(adapted.loss_after.item(), 6),
-        "loss_curve": [round(v, 6) for v in adapted.loss_curve[0].tolist()],
-        "adaptation_ms": round(ms, 3),
-        "stopped_early": bool(adapted.stopped_early.any()),
-        "device": dev.type,
-    }
-    return stored, metrics
+    out = []
+    for i, weights in enumerate(stored):
+        metrics = {
+            "mode": adapted.mode if hasattr(model, "tail") else mode,
+            "steps": adapted.steps,
+            "support_loss_before": round(adapted.loss_before[i].item(), 6),
+            "support_loss_after": round(adapted.loss_after[i].item(), 6),
+            "loss_curve": [round(v, 6) for v in adapted.loss_curve[i].tolist()],
+            "adaptation_ms": round(ms, 3),
+            "stopped_early": bool(adapted.stopped_early[i]),
+            "device": dev.type,
+        }
+        if len(records) > 1:
+            metrics["batched"] = len(records)  # adapted together with this many jobs: adaptation_ms is theirs
+        out.append((weights, metrics))
+    return out

@@ -83,9 +83,20 @@ class Settings(BaseSettings):
     # request bodies in processing at once, per API process: more wait their turn (429 after
     # body_timeout_seconds), so one tenant's large bodies take its share, not the process; 0: no limit
     tenant_inflight_bytes: int = 256 * 2**10
-    # workers no one tenant's jobs may fill (while more are alive), so another tenant's job starts
-    # at once; 0 lets a lone tenant use every worker (single-tenant deployments)
-    tenant_reserved_workers: int = 1
+    # workers no one tenant's jobs may fill (while more are alive) while another tenant is active, so an
+    # active tenant's job finds a free worker; a lone tenant uses every worker. 0: none (jobs yielding
+    # between slices still keep tenants fair)
+    tenant_reserved_workers: int = Field(1, ge=0)
+    # a tenant is active this long after a job of it was claimed (one that used the service in the last half
+    # minute is likely mid-session); 0: always (a hard reservation, held even for a lone tenant)
+    tenant_active_seconds: float = Field(30.0, ge=0)
+    # the most waiting fast-mode jobs of one batch key (base version, steps, support shape) a worker claims
+    # and adapts together (worker/tasks.py): fewer passes and round trips per job, but each job of a batch
+    # ends when the batch does; 1: one at a time
+    job_batch_max: int = Field(16, ge=1)
+    # a running job's slice: this often it looks for other tenants' waiting jobs and runs one first
+    # (worker/tasks.py); 0: jobs never yield
+    job_slice_seconds: float = Field(0.05, ge=0)
     # CPU priority (a nice value, 0-19) of background work: prediction requests larger than one pass,
     # and jobs of a tenant with more jobs waiting (app/core/priority.py); 0: the same as the rest
     background_nice: int = Field(10, ge=0, le=19)
@@ -107,7 +118,7 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(2.0, gt=0)  # before the 2nd attempt; doubling after each, at most 10 min
 
     job_max_attempts: int = Field(3, ge=1)  # tries of a job whose run raised or whose worker died; then failed
-    job_soft_time_limit: float = 60.0
+    job_soft_time_limit: float = 60.0  # a job stops yielding once it has yielded half of this
     job_hard_time_limit: float = 90.0
     visibility_timeout: float = 300.0  # > hard limit: Celery redelivers an unacknowledged ticket after this
     restore_interval_seconds: int = 10  # how often workers look for tickets a dead worker left

@@ -27,11 +27,14 @@ Per tenant T (no TTL: Redis drops an index once its last member is pruned):
                           by creation time: a filtered listing walks it, not the whole index; it lives
                           as long as its longest-lived member, and a listing drops members since gone
 The scheduler (app/core/jobs/scheduler.py), one slot:
-  ra:{q}:p:{T}            list: the tenant's jobs in line, oldest first
+  ra:{q}:p:{T}            list: the tenant's jobs in line, oldest first: ids, or "ID/BATCH KEY" for a
+                          job that may adapt together with others (scheduler.entry)
   ra:{q}:rr               list: the rotation of tenants with jobs in line
   ra:{q}:f:{T}            hash: the tenant's flights, claimed job id -> {worker, tenant, beat}
   ra:{q}:flying           set: the tenants that may have flights (a claim adds its tenant, the
                           reaper drops one whose flights are empty)
+  ra:{q}:active           sorted set: tenant -> when a job of it was last claimed (the reservation
+                          holds workers for tenants active lately; older members are dropped)
 Single keys:
   ra:workers              hash: worker name -> last heartbeat (unix seconds)
   ra:reaper, ra:sweeper   locks: one worker at a time puts back dead workers' jobs / sweeps expired ids
@@ -55,6 +58,7 @@ REAPER = "ra:reaper"
 SWEEPER = "ra:sweeper"
 ROTATION = "ra:{q}:rr"
 FLYING = "ra:{q}:flying"
+ACTIVE = "ra:{q}:active"
 
 TENANT = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a tenant's name: also its hash tag, so no braces
 

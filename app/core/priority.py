@@ -2,8 +2,9 @@
 for, without ever leaving them idle (a nice value weighs a thread against others that want
 the core; alone, it runs at full speed).
 
-Background work is a prediction request larger than one pass (the API's bulk lane) and a
-job whose tenant has more jobs waiting (a worker). Measured in bench/results/flood.md: one
+Background work is a prediction request larger than one pass (the API's bulk lane), the
+decoding of a support set larger than one pass (`background_threads`), and a job whose
+tenant has more jobs waiting (a worker). Measured in bench/results/flood.md: one
 tenant's flood of both on two cores, and another tenant's latencies with and without.
 
 Linux weighs threads at two levels: within one scheduling group by each thread's nice value
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 AUTOGROUP = Path("/proc/self/autogroup")
@@ -31,6 +34,12 @@ def lower_this_thread(nice: int) -> None:
     if nice > 0 and hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # Linux: a thread id is a pid
+
+
+@functools.cache
+def background_threads(nice: int, workers: int = 4) -> ThreadPoolExecutor:
+    """A pool whose threads run at `nice`, for work that can wait (one per process and nice)."""
+    return ThreadPoolExecutor(workers, "background", initializer=lower_this_thread, initargs=(nice,))
 
 
 def session_nice() -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import time
@@ -17,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from models import exported
 from models.registry import Registry
 
-from ...core import tracing
+from ...core import priority, tracing
 from ...core.config import Settings, webhook_secrets
 from ...core.jobs import Jobs
 from ...core.jobs.lifecycle import FLUSH_SECONDS
@@ -76,13 +77,19 @@ async def create_adaptation(
     wait: float | None = WAIT,
     idempotency_key: str | None = Header(None, max_length=200),
 ):
-    """Checks, decodes and queues in one hop to the thread pool; a ?wait= then awaits the job's
-    end on the event loop, holding no thread."""
+    """Checks, decodes and queues in one hop to the thread pool (a support set larger than one
+    pass: to threads at background CPU priority, as the predictor's bulk lane, so that one
+    tenant's large uploads leave the cores to others' small requests); a ?wait= then awaits
+    the job's end on the event loop, holding no thread."""
     wait = wait_param(settings, wait)
     aid = f"ad_{uuid.uuid4().hex}"
     with notices.watch(aid, tenant) if wait else contextlib.nullcontext() as ended:  # before its job can end
         args = (aid, body, tenant, settings, store, jobs, registry, idempotency_key)
-        record = await run_in_threadpool(create, *args)
+        if len(body.support) > settings.predict_max_batch and settings.background_nice:  # decoded in background
+            pool, run = priority.background_threads(settings.background_nice), contextvars.copy_context().run
+            record = await asyncio.get_running_loop().run_in_executor(pool, run, create, *args)
+        else:
+            record = await run_in_threadpool(create, *args)
         response.headers["X-Adaptation-ID"] = record["id"]
         if wait:  # an idempotent retry's adaptation has another id: its wait looks once a second
             done_reading(request)
@@ -250,7 +257,7 @@ def delete_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDe
 )
 def cancel_adaptation(aid: str, tenant: TenantDep, store: StoreDep, jobs: JobsDep):
     record = owned(store, aid, tenant)
-    had = jobs.cancel(aid, tenant, record["model"])
+    had = jobs.cancel(record)
     if had in ("succeeded", "failed"):
         raise ApiError(409, "adaptation_finished", f"adaptation already {had}", [had])
     return public(owned(store, aid, tenant))

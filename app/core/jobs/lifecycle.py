@@ -29,10 +29,11 @@ from datetime import datetime, timezone
 import redis
 
 from .. import codecs, keys, stats
+from ..adaptation import batch_key
 from ..config import Settings
 from ..store import Store, event
 from . import heartbeats
-from .scheduler import Scheduler, max_running
+from .scheduler import NO_LIMIT, Scheduler, max_running
 from .states import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, sources
 from .tickets import Tickets
 
@@ -58,6 +59,8 @@ class Job:
     started_ts: float = 0.0  # unix time at start
     held: bool = False  # a job of a tenant at its running limit may lack a ticket: top up after this one
     more: bool = False  # its tenant had more jobs in line when it was claimed
+    batch: str = ""  # its batch key: jobs of the same key may adapt together (`claim_batch`)
+    rider: bool = False  # claimed into another job's batch: it uses no worker of its own
     unsent: list = field(default_factory=list)  # step events not yet in Redis
     flushed: float = 0.0  # perf_counter of the last flush
 
@@ -100,13 +103,13 @@ class Jobs:
 
     # ---- the API's -----------------------------------------------------------
     def submit(self, record: dict, support: dict, ttl: int, idempotency=None) -> tuple[str, bool]:
-        """Store a new adaptation, put its job in line and send its ticket. -> (id, whether it is
-        new); an idempotent retry returns the stored one. A tenant at its quota of jobs, or a
-        broker that refuses the ticket, leaves nothing stored and raises."""
+        """Store a new adaptation, put its job in line with its batch key and send its ticket.
+        -> (id, whether it is new); an idempotent retry returns the stored one. A tenant at its
+        quota of jobs, or a broker that refuses the ticket, leaves nothing stored and raises."""
         aid, created = self.store.create(record, support, ttl, idempotency)
         if created:
-            tenant = record["tenant"]
-            if not self.scheduler.enqueue(aid, tenant, most=self.settings.tenant_max_jobs):
+            tenant, batch = record["tenant"], batch_key(record)
+            if not self.scheduler.enqueue(aid, tenant, most=self.settings.tenant_max_jobs, batch=batch):
                 self.delete(self.store.get(tenant, aid) or record)
                 raise self.store.exceeded(tenant, "tenant_max_jobs")
             try:
@@ -116,29 +119,45 @@ class Jobs:
                 raise
         return aid, created
 
-    def cancel(self, aid: str, tenant: str, model: str | None = None) -> str | None:
+    def cancel(self, record: dict) -> str | None:
         """queued or running -> cancelled. -> the status it had."""
+        aid, tenant = record["id"], record["tenant"]
         had = self.move(tenant, aid, CANCELLED, "client", events=[event("cancelled")], finished_at=now_iso())
         if had in (QUEUED, RUNNING):
-            self.scheduler.forget(aid, tenant)  # out of line at once: no longer one of the tenant's jobs
-            stats.record_outcome(self.store.r, CANCELLED, None, tenant=tenant, model=model)
+            self.scheduler.forget(aid, tenant, batch_key(record))  # out of line at once: no longer one of its jobs
+            stats.record_outcome(self.store.r, CANCELLED, None, tenant=tenant, model=record.get("model"))
         return had
 
     def delete(self, record: dict) -> None:
         """Everything of the adaptation gone at once, its job out of line."""
         self.store.delete(record)
-        self.scheduler.forget(record["id"], record["tenant"])
+        self.scheduler.forget(record["id"], record["tenant"], batch_key(record))
 
     # ---- a worker's ----------------------------------------------------------
-    def claim(self, worker: str) -> Job | None:
-        """The next job of the next tenant whose running jobs are under its limit, now in flight."""
-        s = self.settings
+    def claim(self, worker: str, exclude: tuple[str, ...] = ()) -> Job | None:
+        """The next job of the next tenant whose running jobs are under its limit, now in flight;
+        `exclude`: tenants passed over (a yielding job's own: worker/tasks.py)."""
+        active = self.settings.tenant_active_seconds
+        aid, tenant, held, more, batch = self.scheduler.claim(worker, self.max_running(), exclude, active)
+        return Job(aid, tenant, worker, held=held, more=more, batch=batch) if aid else None
+
+    def claim_batch(self, job: Job, n: int) -> list[Job]:
+        """Up to n more jobs of `job`'s batch key (fairly across tenants), now in flight."""
+        got = self.scheduler.claim_batch(job.worker, job.batch, n)
+        return [Job(aid, tenant, job.worker, more=more, batch=job.batch, rider=True) for aid, tenant, more in got]
+
+    def max_running(self) -> int:
+        """The most jobs one tenant may run at once while another is active (scheduler.max_running)."""
+        reserved = self.settings.tenant_reserved_workers
+        return max_running(self.workers_alive(), reserved) if reserved else NO_LIMIT
+
+    def workers_alive(self) -> int:
+        """Workers with a fresh heartbeat, read at most once a heartbeat."""
         read, alive = self._alive
-        if time.monotonic() - read > s.worker_heartbeat_seconds:
-            alive = len(heartbeats.alive(self.store.r, s.heartbeat_window))
+        if time.monotonic() - read > self.settings.worker_heartbeat_seconds:
+            alive = len(heartbeats.alive(self.store.r, self.settings.heartbeat_window))
             self._alive = (time.monotonic(), alive)
-        aid, tenant, held, more = self.scheduler.claim(worker, max_running(alive, s.tenant_reserved_workers))
-        return Job(aid, tenant, worker, held=held, more=more) if aid else None
+        return alive
 
     def start(self, job: Job) -> dict | None:
         """queued -> running, one more attempt, its started event written, in one script (the
@@ -170,25 +189,16 @@ class Jobs:
         """Whether the job's tenant had more jobs waiting: then it can wait for others' (priority.py)."""
         return job.more
 
-    @contextlib.contextmanager
-    def beating(self, job: Job) -> Iterator[None]:
+    def beating(self, job: Job) -> contextlib.AbstractContextManager:
         """The job's beat, from a thread for as long as it runs: however slow a step, a job that
         beats is running, and one that stopped beating (its task ended or its process died) is
         put back by the reaper."""
-        stop = threading.Event()
 
         def beat():
-            while not stop.wait(self.settings.worker_heartbeat_seconds):
-                with contextlib.suppress(redis.RedisError):
-                    self.scheduler.beat(job.aid, job.worker, job.tenant)
+            with contextlib.suppress(redis.RedisError):
+                self.scheduler.beat(job.aid, job.worker, job.tenant, job.rider)
 
-        thread = threading.Thread(target=beat, name=f"beat-{job.aid}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        return alongside(self.settings.worker_heartbeat_seconds, beat, f"beat-{job.aid}")
 
     def succeed(self, job: Job, fast: dict, metrics: dict) -> str:
         """Store the weights, then running -> succeeded. A job cancelled or deleted meanwhile
@@ -253,7 +263,7 @@ class Jobs:
             message = f"tried {tries} times (job_max_attempts); the last try ended with: {reason}"
             return self.fail(job or Job(aid, tenant, by, record=record), "too_many_attempts", message, by)
         if self.move(tenant, aid, QUEUED, by) in (QUEUED, RUNNING):  # queued: claimed, never started
-            self.scheduler.enqueue(aid, tenant, front=True)
+            self.scheduler.enqueue(aid, tenant, front=True, batch=batch_key(record))
             unsent = job.unsent if job else []  # the steps of a job that raised, as far as it got
             self.store.add_events(tenant, aid, *unsent, event("requeued", reason=reason[:200]))
             self.tickets.send()
@@ -288,6 +298,27 @@ class Jobs:
         if self.store.r.set(keys.SWEEPER, name, nx=True, px=int(1000 * self.settings.sweep_seconds)):
             return self.store.prune_all()
         return 0
+
+
+@contextlib.contextmanager
+def alongside(every: float, task, name: str, first: float | None = None) -> Iterator[None]:
+    """`task()` every `every` seconds (the first after `first`, else `every`) on a thread of its
+    own while the block runs; the thread is stopped, and joined, when the block ends."""
+    stop = threading.Event()
+
+    def loop():
+        wait = every if first is None else first
+        while not stop.wait(wait):
+            task()
+            wait = every
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def about(job: Job) -> dict:
