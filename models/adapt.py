@@ -151,9 +151,9 @@ def adapt(
     """Adapt `model` to a support set; see the module docstring. `mode` "fine-tune" adapts
     the base's tail too where it has one (`fine_tune`); `on_step(k, loss)` is called after
     each step with each task's loss (progress, cancellation: whatever it raises stops the
-    loop); `phase(name)` wraps each part (embed,
-    steps, head: the service's trace spans); `pause()` is called between slices of the work
-    (embedding chunks, steps), where a worker runs other tenants' waiting jobs."""
+    loop); `phase(name)` wraps each part (embed, steps, head: the service's trace spans);
+    `pause()` is called between slices of the work (embedding chunks, steps), where a worker
+    runs other tenants' waiting jobs."""
     x, y, n_ways = check_support(model, support_x, support_y, n_ways)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -88,18 +88,24 @@ def run_batch(batch: list[Job]) -> str:
     return f"batch of {len(batch)}"
 
 
+def cpu_priority(behind: bool) -> int:
+    """This process's CPU priority for a job (or batch) whose tenants have more waiting, or not:
+    background (`background_nice`) or normal, set now. -> the nice value."""
+    nice = get_settings().background_nice if behind else 0
+    priority.set_session(nice)
+    return nice
+
+
 def adapt_together(pairs: list[tuple[Job, dict]]) -> list[tuple[Job, dict]]:
     """Adapt started jobs as one batch and end each. -> the jobs to run alone instead (all of them,
     when the batch raised: a bad support set or a bug then fails only its own job)."""
-    lifecycle, settings = jobs(), get_settings()
+    lifecycle = jobs()
 
     def on_step(k: int, losses: list[float]) -> None:
         for (job, _), loss in zip(pairs, losses):
             lifecycle.step(job, k, loss)  # a job cancelled meanwhile ends with the batch; its end drops its weights
 
-    background = settings.background_nice > 0 and all(lifecycle.background(j) for j, _ in pairs)
-    nice = settings.background_nice if background else 0
-    priority.set_session(nice)
+    nice = cpu_priority(all(lifecycle.background(j) for j, _ in pairs))
     slices = Slices(pairs[0][0], nice, tenants=tuple({j.tenant for j, _ in pairs}))
     try:
         with contextlib.ExitStack() as beats:
@@ -114,7 +120,7 @@ def adapt_together(pairs: list[tuple[Job, dict]]) -> list[tuple[Job, dict]]:
         log.warning("batch raised: its jobs run one at a time", extra={"error": f"{exc.__class__.__name__}: {exc}"})
         return pairs
     for (job, _), (fast, metrics) in zip(pairs, results):
-        metrics["cpu_priority"] = "background" if background else "normal"
+        metrics["cpu_priority"] = "background" if nice else "normal"
         lifecycle.succeed(job, fast, metrics)
     return []
 
@@ -124,8 +130,8 @@ class Slices:
     (`job_slice_seconds`) for waiting jobs of tenants other than those whose jobs this worker is
     running; when one waits (and, with other workers alive, is still waiting at the next look,
     so that an idle worker takes it first), the thread claims it and runs it to its end at once,
-    at normal CPU priority, while the job it interrupts stops at its next pause (`adapt`'s `pause`: an
-    embedding chunk, a step) until that job has ended. So a short job waits about half a slice
+    at normal CPU priority, while the job it interrupts stops at its next pause (`adapt`'s
+    `pause`: an embedding chunk, a step) until that job has ended. So a short job waits about half a slice
     plus one pause behind a long one, on a busy machine too (a long job at background priority
     would otherwise reach its pause slowly). A yielded-to job may yield in turn, up to MAX_DEPTH
     jobs deep; a job stops yielding once it has yielded half its soft time limit."""
@@ -207,9 +213,7 @@ def adapt_started(job: Job, support: dict, outer: Slices | None = None) -> str:
 
     behind = lifecycle.background(job)
     job.held = job.held or behind  # a ticket taken while this job ran may have found its tenant at its limit
-    background = settings.background_nice > 0 and behind
-    nice = settings.background_nice if background else 0
-    priority.set_session(nice)
+    nice = cpu_priority(behind)
     slices = Slices(job, nice, outer)
     try:
         with lifecycle.beating(job), slices.watching():
@@ -229,7 +233,7 @@ def adapt_started(job: Job, support: dict, outer: Slices | None = None) -> str:
         raise  # the task retries (transient) or fails the job (refused write)
     except Exception as exc:  # a bug, CUDA out of memory: tried again, at most job_max_attempts times
         return lifecycle.crashed(job, exc)
-    metrics["cpu_priority"] = "background" if background else "normal"
+    metrics["cpu_priority"] = "background" if nice else "normal"
     if slices.yielded_to:  # its adaptation_ms is wall time: this much of it went to others' jobs
         metrics["yielded"] = {"jobs": slices.yielded_to, "ms": round(slices.yielded_s * 1000, 3)}
     return lifecycle.succeed(job, fast, metrics)

@@ -202,12 +202,11 @@ NO_LIMIT = 2**31
 
 
 def max_running(workers_alive: int, reserved: int) -> int:
-    """How many jobs one tenant may run at once while another is active: all workers but
-    `reserved` (at least one; workers are counted by heartbeat, one per host name, each with
-    --concurrency 1; the claim counts the workers a tenant's jobs are on, jobs riding in another's
-    batch on none);
-    with none reserved, no limit."""
-    return max(1, workers_alive - reserved) if reserved else NO_LIMIT
+    """How many jobs one tenant may run at once while another is active, with `reserved` workers
+    held back: all workers but those, at least one. Workers are counted by heartbeat (one per
+    host name, each with --concurrency 1); the claim counts the workers a tenant's jobs are on,
+    jobs riding in another's batch on none. With none reserved there is no limit (NO_LIMIT)."""
+    return max(1, workers_alive - reserved)
 
 
 class Scheduler:
