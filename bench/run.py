@@ -10,6 +10,8 @@ Every figure is a median with its spread, next to the naive baseline
      forward pass of the base on the same cores
   D. Redis bytes per adaptation vs the pickled adapted model
   E. tracing's cost to the round trip of B, off and on (bench/tracing.py)
+  F. what each mode's accuracy costs: per image base and mode, adaptation and
+     prediction time and accuracy on the same tasks of each family
 Writes bench/results/latest.md, latest.json and latest.png.
 """
 
@@ -132,6 +134,49 @@ def bench_adapt_compute(reps: int) -> list[dict]:
             "quality": f"MSE {statistics.mean(mse_ours):.3f} vs {statistics.mean(mse_base):.3f}",
         }
     )
+    return rows
+
+
+def bench_mode_costs(reps: int) -> list[dict]:
+    """F. What each image base's accuracy costs, per mode, on the same tasks of each family:
+    adaptation (auto: its choice included) and the prediction of the task's query images, in
+    process, and the accuracy with its 95% interval."""
+    rows = []
+    families = [
+        ("Omniglot test", omniglot.EpisodeSampler(omniglot.load(), "test"), 20, 1),
+        ("glyphs test", glyphs.EpisodeSampler(glyphs.load(), "test"), 10, 1),
+        ("glyphs test", glyphs.EpisodeSampler(glyphs.load(), "test"), 10, 5),
+        ("thin glyphs test", glyphs.EpisodeSampler(glyphs.load(thin=True), "test"), 10, 1),
+    ]
+    shipped = registry.shipped()
+    for name in shipped.names():
+        model, _ = shipped.load(name)
+        if model.task != "classification":
+            continue
+        for what, sampler, n_way, k_shot in families:
+            gen = torch.Generator().manual_seed(n_way * 10 + k_shot)
+            tasks = [sampler.sample(n_way, k_shot, 2, gen) for _ in range(reps)]
+            for mode in ("fast", "fine-tune", "auto"):
+                adapt_ms, predict_ms, accs, ran = [], [], [], []
+                for sx, sy, qx, qy in tqdm(tasks, desc=f"F. {name} {what} {n_way}x{k_shot} {mode}", mininterval=2):
+                    ms, a = timed(adapt_as_requested, model, sx, sy, mode)
+                    adapt_ms.append(ms)
+                    ran.append(a.mode)
+                    ms, out = timed(predict, model, a.fast, qx)
+                    predict_ms.append(ms)
+                    accs.append((out.argmax(-1) == qy).float().mean().item())
+                chose = f" ({ran.count('fine-tune')} of {len(ran)} fine-tune)" if mode == "auto" else ""
+                rows.append(
+                    {
+                        "base": name,
+                        "task": f"{what}, {n_way}-way {k_shot}-shot",
+                        "mode": mode + chose,
+                        "queries": len(tasks[0][2]),
+                        "adapt": stats(adapt_ms),
+                        "predict": stats(predict_ms),
+                        "accuracy": {"mean": statistics.mean(accs), "ci95": 1.96 * statistics.stdev(accs) / reps**0.5},
+                    }
+                )
     return rows
 
 
@@ -407,6 +452,19 @@ def report(res: dict, threads: int) -> str:
         )
     L += ["", "## E. Tracing (B's round trip, a 10-way support set, two stacks, rounds alternating)", ""]
     L += tracing_rows(res["tracing"]) + [""]
+    L += [
+        f"## F. What each mode's accuracy costs (in process, {res['modes'][0]['adapt']['n']} tasks each, "
+        "default steps)",
+        "",
+        "| base | task | mode | accuracy | adaptation ms | prediction ms (the task's queries) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in res["modes"]:
+        acc = f"{100 * r['accuracy']['mean']:.1f}% ± {100 * r['accuracy']['ci95']:.1f}"
+        L.append(
+            f"| {r['base']} | {r['task']} | {r['mode']} | {acc} | {fmt(r['adapt'])} | "
+            f"{fmt(r['predict'])} ({r['queries']} images) |"
+        )
     return "\n".join(L)
 
 
@@ -441,16 +499,50 @@ def plot(res: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_modes(rows: list[dict], path: Path) -> None:
+    """F as a picture: each family's accuracy against adaptation time, one marker per mode."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    markers = {"fast": "o", "fine-tune": "s", "auto": "*"}
+    tasks = list(dict.fromkeys(f"{r['base']}: {r['task']}" for r in rows))
+    for r in rows:
+        mode = r["mode"].split(" ")[0]
+        task = f"{r['base']}: {r['task']}"
+        color = f"C{tasks.index(task)}"
+        ax.errorbar(
+            r["adapt"]["median"],
+            100 * r["accuracy"]["mean"],
+            yerr=100 * r["accuracy"]["ci95"],
+            color=color,
+            marker=markers[mode],
+            markersize=10 if mode == "auto" else 6,
+            capsize=2,
+        )
+    for i, t in enumerate(tasks):
+        ax.plot([], [], color=f"C{i}", label=t)
+    for mode, m in markers.items():
+        ax.plot([], [], "k" + m, linestyle="none", label=mode)
+    ax.set_xscale("log")
+    ax.set_xlabel("adaptation, ms (median, in process)")
+    ax.set_ylabel("accuracy, % (95% interval)")
+    ax.set_title("what each mode's accuracy costs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=100)
     p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--mode-reps", type=int, default=100, help="tasks per family and mode in section F")
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args(argv)
     require_wrk()  # before minutes of work, not after
     runtime.configure(2)
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     res["adapt"] = bench_adapt_compute(args.reps)
+    res["modes"] = bench_mode_costs(args.mode_reps)
     os.environ.setdefault("WEB_CONCURRENCY", "2")  # uvicorn worker processes: the GIL, not the cores, limits one
     threads = int(os.environ.get("RAPID_ADAPT_TORCH_THREADS", "1"))
     quotas = {
@@ -479,6 +571,7 @@ def main(argv=None) -> None:
     text = report(res, threads)
     save("latest", text, res)
     plot(res, RESULTS / "latest.png")
+    plot_modes(res["modes"], RESULTS / "modes.png")
 
 
 if __name__ == "__main__":

@@ -112,24 +112,13 @@ def mode_steps(model: Base) -> dict[str, dict[str, int]]:
 
 
 def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
-    """The `auto` mode's choice, from the support set alone: fine-tune when most support
-    images are bolder than nearly all of the base's training images (their median
-    `solid_ink` above the base's `auto_threshold`, the 99th percentile of its training
-    images'), else fast. Drawn strokes of the training kind get the fast mode, where
-    fine-tuning cost a point (docs/experiments.md); typeset glyphs, scans and other bold
-    ink get the fine-tune mode, where it adds 20. A base without a threshold is fast."""
-    threshold = getattr(model, "auto_threshold", None)
-    if threshold is None or not hasattr(model, "tail"):
+    """The `auto` mode's choice, from the support set as the base sees it: fine-tune when its
+    images lie beyond the base's training images (`familiarity`), else fast. A base that
+    carries no training statistics, or has no tail to fine-tune, is fast."""
+    familiar = getattr(model, "familiar", None)
+    if familiar is None or not hasattr(model, "tail"):
         return "fast"
-    return "fine-tune" if solid_ink(support_x).median().item() > threshold else "fast"
-
-
-def solid_ink(x: torch.Tensor) -> torch.Tensor:
-    """Per image [B, C, H, W] (ink 1): the share of its ink that a 3x3 minimum filter keeps.
-    Strokes one or two pixels wide (Omniglot's, at 28 pixels) keep almost none of it."""
-    ink = x.flatten(1).sum(1)
-    core = (-F.max_pool2d(-x, 3, 1, 1)).flatten(1).sum(1)
-    return core / ink.clamp(min=1e-6)
+    return "fine-tune" if familiar.unfamiliar(model, support_x) else "fast"
 
 
 def adapt(
@@ -244,11 +233,11 @@ def fine_tune(
     if not 0 <= steps <= model.tune_steps:
         raise ValueError(f"steps must lie in 0..{model.tune_steps} for fine-tune, got {steps}")
     xs, ys = x[0], y[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen, views = torch.Generator().manual_seed(seed), tune_views(model, len(xs))
     with phase("embed"), torch.no_grad():
-        h_views = chunked(model.trunk, support_views(xs, gen, model.tune_views), pause)
+        h_views = chunked(model.trunk, support_views(xs, gen, views), pause)
         h_support = [chunked(model.trunk, v, pause) for v in model.support_views(xs)]  # the first: the plain support
-    y_views = ys.repeat(model.tune_views)
+    y_views = ys.repeat(views)
     onehot = F.one_hot(ys, n_ways).to(h_views.dtype)
 
     def view_loss(tail):
@@ -289,6 +278,17 @@ def fine_tune(
     curve = torch.stack(curve).view(1, -1)
     path = path + [fast] if trajectory else None
     return Adapted(fast, curve[:, 0], curve[:, -1], steps, path, torch.tensor([stopped]), "fine-tune", curve)
+
+
+VIEW_IMAGES = 2000  # augmented images a fine-tune step sees at most, unless that leaves fewer than 4 views
+
+
+def tune_views(model, n_support: int) -> int:
+    """How many augmented copies of an n-image support set the fine-tune loop makes: the base's
+    `tune_views`, fewer for large support sets (a step sees at most VIEW_IMAGES images), never
+    fewer than 4. More views help most where there is least to learn from (1-shot: 4 -> 16
+    views, +6 points on the glyphs' validation scripts; docs/experiments.md)."""
+    return min(model.tune_views, max(4, VIEW_IMAGES // n_support))
 
 
 def diverged(loss: torch.Tensor, loss_before: torch.Tensor) -> torch.Tensor:

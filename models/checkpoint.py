@@ -8,6 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from .familiarity import Familiar
 from .nets import ARCHITECTURES, Base
 from .preprocess import KINDS, PREPROCESSING
 
@@ -18,7 +19,7 @@ OPTIONAL = ("tune_step_sizes.",)  # a checkpoint without them keeps their hand-s
 def build(meta: dict) -> Base:
     model = ARCHITECTURES[meta["architecture"]](**meta["architecture_kwargs"])
     model.default_steps = meta.get("default_steps", model.max_steps)
-    model.auto_threshold = meta.get("auto", {}).get("solid_ink_threshold")
+    model.familiar = Familiar.from_record(meta.get("auto"))
     return model
 
 
@@ -48,7 +49,7 @@ def load(path: Path) -> tuple[Base, dict]:
 
         model = Backbone.from_program(path, meta)
         model.default_steps = meta.get("default_steps", model.max_steps)
-        model.auto_threshold = None
+        model.familiar = None
     else:
         model = build(meta)
     missing, unexpected = model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))), strict=False)

@@ -106,7 +106,7 @@ class Conv4(PrototypeHead, Base):
       classifier by squared distance), so any N from 2 to `max_ways`, any labels and
       unequal shots work; the embedding runs once per support set.
     - `fine-tune`: the last block (the `tail`: conv and group norm, 37k weights) adapts
-      too, on `tune_views` augmented copies of the support set, with per-step step sizes
+      too, on `tune_views` augmented copies of the support set (`adapt.tune_views`), with per-step step sizes
       per tensor (`tune_step_sizes`: hand-set to 0.2 in the committed base, because meta-learning
       them with θ frozen did not beat that on validation, docs/experiments.md); the first three blocks
       (the `trunk`) run once per image and stay shared, so predictions of fine-tuned
@@ -169,16 +169,30 @@ class Conv4(PrototypeHead, Base):
         return self.tail(self.trunk(x))
 
     def trunk(self, x):
-        """The first three blocks, rewritten for forward-only CPU speed: the first conv as
-        a matmul over 3x3 patches, and 2x2 max-pooling as the max of four strided views,
-        taken before the ReLU (they commute), where PyTorch's NCHW max_pool2d and
+        """The first three blocks (`stages`)."""
+        *_, h = self.stages(x)
+        return h
+
+    def stages(self, x):
+        """The first three blocks' outputs in turn, rewritten for forward-only CPU speed: the
+        first conv as a matmul over 3x3 patches, and 2x2 max-pooling as the max of four strided
+        views, taken before the ReLU (they commute), where PyTorch's NCHW max_pool2d and
         few-channel conv are slow (docs/experiments.md has the figures)."""
         first = self.blocks[0][0]
         patches = F.unfold(x, 3, padding=1)  # [B, C*9, H*W]
         h = (first.weight.flatten(1) @ patches + first.bias.unsqueeze(1)).unflatten(2, x.shape[-2:])
         for i, (conv, norm) in enumerate(self.blocks[:3]):
             h = F.relu(pool2x2(norm(conv(h) if i else h)))
-        return h
+            yield h
+
+    def low_level(self, x):
+        """Per image, each channel's mean and spread over the first two blocks' maps: [B, 4 * channels].
+        How the base sees strokes, edges and texture, before anything specific to a class: what the
+        `auto` mode compares with the base's training images (models/familiarity.py)."""
+        out = []
+        for _, h in zip(range(2), self.stages(x)):
+            out += [h.mean((-2, -1)), h.flatten(2).std(-1)]
+        return torch.cat(out, 1)
 
     def tail(self, h, fast: dict | None = None):
         """The last block on trunk features h, with its weights from `fast` where given

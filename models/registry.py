@@ -143,12 +143,17 @@ def build_spec(name: str, path: Path, model: Base, meta: dict, version: str) -> 
     }
 
 
+CROSS_DOMAIN = {"cross_domain": "glyphs", "cross_domain_thin": "glyphs-thin"}  # key -> benchmark
+
+
 def metrics(path: Path) -> dict | None:
-    """The base's canonical meta-test evaluation, with the cross-domain one under `cross_domain`."""
-    evaluation, cross = path.with_suffix(".eval.json"), path.parent / f"{path.name}.glyphs.eval.json"
+    """The base's canonical meta-test evaluation, with the cross-domain ones under `cross_domain`
+    (the Noto glyphs) and `cross_domain_thin` (their thin-stroke family)."""
+    evaluation = path.with_suffix(".eval.json")
     found = json.loads(evaluation.read_text()) if evaluation.exists() else None
-    if found is not None and cross.exists():
-        found["cross_domain"] = json.loads(cross.read_text())
+    for key, benchmark in CROSS_DOMAIN.items():
+        if found is not None and (cross := path.parent / f"{path.name}.{benchmark}.eval.json").exists():
+            found[key] = json.loads(cross.read_text())
     return found
 
 

@@ -427,6 +427,23 @@ def test_fine_tune_is_deterministic_and_stores_compactly():
     assert model.from_stored(model.to_stored(adapt(model, sx, sy).fast)).keys() == {"weight", "bias"}
 
 
+def test_fine_tune_makes_the_base_s_views_fewer_for_large_support_sets(monkeypatch):
+    """The committed base fine-tunes on 16 augmented copies of a small support set; a large one
+    gets fewer (at most 2,000 augmented images a step) but never fewer than 4. Counted at the
+    augmentation itself."""
+    from models import adapt as adapt_module
+
+    model, meta = checkpoint.load(checkpoint.CHECKPOINT_DIR / "omniglot-conv4")
+    assert model.tune_views == meta["fine_tune"]["views"] == 16
+    made = []
+    real = adapt_module.support_views
+    monkeypatch.setattr(adapt_module, "support_views", lambda x, gen, n: made.append(n) or real(x, gen, n))
+    for n_support, views in ((10, 16), (125, 16), (200, 10), (500, 4), (900, 4)):
+        x = torch.rand(n_support, 1, 28, 28).round()
+        adapt(model, x, torch.arange(n_support) % 2, 1, mode="fine-tune")
+        assert made.pop() == views, n_support
+
+
 def test_fine_tune_step_sizes_get_a_meta_gradient_and_theta_none():
     model = checkpoint.build({"architecture": "conv4", "architecture_kwargs": {"tune_steps": 3}}).eval()
     model.requires_grad_(False)
@@ -440,19 +457,53 @@ def test_fine_tune_step_sizes_get_a_meta_gradient_and_theta_none():
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("tune_step_sizes"))
 
 
-def test_modes_and_the_auto_choice():
+def test_modes_and_the_auto_choice(ds):
+    """auto reads the support set as the committed base sees it: drawn characters of alphabets
+    it never saw go to the fast loop, typeset glyphs (bold or thin) to the fine-tune loop; a base
+    without training statistics is fast."""
     from models.adapt import choose_mode, mode_steps
+    from models.research import glyphs
 
     conv4, _ = registry.shipped().load("omniglot-conv4")
     mlp, _ = registry.shipped().load("sinusoid-mlp")
     assert mode_steps(conv4)["fine-tune"]["max_steps"] == conv4.tune_steps
     assert mode_steps(mlp)["fine-tune"] == mode_steps(mlp)["fast"]  # every weight adapts in both
+    gen = torch.Generator().manual_seed(0)
+    drawn = omniglot.EpisodeSampler(ds, "test")
+    assert [choose_mode(conv4, *drawn.sample(20, 1, 1, gen)[:2]) for _ in range(20)] == ["fast"] * 20
+    for thin in (False, True):
+        typeset = glyphs.EpisodeSampler(glyphs.load(thin=thin), "val")
+        chosen = [choose_mode(conv4, *typeset.sample(10, 5, 1, gen)[:2]) for _ in range(20)]
+        assert chosen == ["fine-tune"] * 20, thin
     sx, sy, _, _ = glyph_task(1)
-    assert choose_mode(conv4, sx, sy) in ("fast", "fine-tune")
+    plain = Conv4()
+    plain.familiar = None
+    assert choose_mode(plain, sx, sy) == "fast"
     with pytest.raises(ValueError, match="mode must be one of"):
         adapt(conv4, sx, sy, mode="slow")
     with pytest.raises(ValueError, match="for fine-tune"):
         adapt(conv4, sx, sy, conv4.tune_steps + 1, mode="fine-tune")
+
+
+def test_the_auto_record_is_the_training_images_own_statistics(ds, tmp_path):
+    """`models.train auto` rewrites a base's `auto` from its training images and nothing else:
+    the training images sit at the threshold's percentile, and the weights are untouched."""
+    from models import familiarity
+    from models.research import train
+
+    for suffix in (".json", ".safetensors"):
+        (tmp_path / f"base{suffix}").write_bytes((checkpoint.CHECKPOINT_DIR / f"omniglot-conv4{suffix}").read_bytes())
+    meta = json.loads((tmp_path / "base.json").read_text())
+    meta["auto"] = {}
+    (tmp_path / "base.json").write_text(json.dumps(meta))
+    train.main(["auto", "--name", "base", "--out", str(tmp_path)])
+    model, written = checkpoint.load(tmp_path / "base")
+    assert {k: v for k, v in written.items() if k != "auto"} == {k: v for k, v in meta.items() if k != "auto"}
+    chars = torch.tensor(ds.chars_of(omniglot.alphabets_of(written["data"]["trained_on"])))
+    images = ds.images[torch.isin(ds.char, chars)]
+    beyond = (model.familiar.distances(model, images) > model.familiar.threshold).float().mean().item()
+    assert abs(beyond - (1 - familiarity.PERCENTILE / 100)) < 0.01
+    assert written["auto"] == json.loads((checkpoint.CHECKPOINT_DIR / "omniglot-conv4.json").read_text())["auto"]
 
 
 def test_a_request_s_images_are_shrunk_one_at_a_time():

@@ -252,6 +252,7 @@ def main(argv=None) -> None:
     g.add_argument("--protocols", default="10x1,10x5", help="comma-separated WAYSxSHOTS")
     g.add_argument("--split", default="test", choices=list(glyphs.SPLITS))
     g.add_argument("--queries", type=int, default=10)
+    g.add_argument("--thin", action="store_true", help="the thin-stroke family (Thin to Light typefaces only)")
     f = sub.add_parser("folder", help="N-way K-shot episodes of your own images (the base's held-out split)")
     f.add_argument("--data", required=True, type=Path, help="the folder the base was trained from")
     f.add_argument("--protocols", default="5x1,5x5", help="comma-separated WAYSxSHOTS")
@@ -295,14 +296,14 @@ def main(argv=None) -> None:
             args, evaluate_classification(args, omniglot.EpisodeSampler(omniglot.load(), args.split), "omniglot")
         )
     elif args.command == "glyphs":
+        kind, name = ("thin-stroke ", "glyphs-thin") if args.thin else ("", "glyphs")
         args.protocol_text = (
-            f"cross-domain: within-script episodes of Noto glyphs on the {args.split} scripts "
-            f"{glyphs.SPLITS[args.split]}, {args.queries} queries per class "
-            f"({glyphs.VERSION}, sha256 {glyphs.sha256(glyphs.build(omniglot.CACHE_DIR))[:16]})"
+            f"cross-domain: within-script episodes of {kind}Noto glyphs on the {args.split} scripts "
+            f"{glyphs.SPLITS[args.split]}, {args.queries} queries per class ({glyphs.version(args.thin)}, "
+            f"sha256 {glyphs.sha256(glyphs.build(omniglot.CACHE_DIR, args.thin))[:16]})"
         )
-        write_report(
-            args, evaluate_classification(args, glyphs.EpisodeSampler(glyphs.load(), args.split), "glyphs"), "glyphs"
-        )
+        sampler = glyphs.EpisodeSampler(glyphs.load(thin=args.thin), args.split)
+        write_report(args, evaluate_classification(args, sampler, name), name)
     elif args.command == "folder":
         meta = json.loads((Path(args.dir) / f"{args.base}.json").read_text())
         channels, _, size = meta["input"]["shape"]

@@ -10,6 +10,9 @@ renderings look like coarse scans). The scripts split into `train` (meta-trainin
 the fine-tuning step sizes; never the base's weights), `val` (choosing checkpoints,
 rules and thresholds) and `test` (reported, never used to choose).
 
+The thin-stroke family (`thin`) is the same scripts and splits drawn with Thin, ExtraLight
+and Light typefaces only: strokes as thin as Omniglot's pen, in a typeset domain.
+
 The set is generated, not committed: `build()` renders it once from the fonts
 into `.cache/` (a few seconds), and its SHA-256 is recorded in every report.
 None of the scripts is an Omniglot background alphabet or one of Lake et al.'s
@@ -77,8 +80,13 @@ SPLITS = {
 }
 
 
-def fonts_of(prefixes: list[str]) -> list[Path]:
-    return sorted(p for pre in prefixes for p in FONT_DIR.glob(f"{pre}-*.ttf"))
+THIN = ("Thin", "Light")  # the thin-stroke family: Thin, ExtraLight and Light faces (any width) only
+
+
+def fonts_of(prefixes: list[str], weights: tuple[str, ...] | None = None) -> list[Path]:
+    """The font files of a script; with `weights`, only faces whose style names one of them."""
+    found = sorted(p for pre in prefixes for p in FONT_DIR.glob(f"{pre}-*.ttf"))
+    return [p for p in found if weights is None or any(w in p.stem.split("-", 1)[1] for w in weights)]
 
 
 def covered(path: Path) -> set[int]:
@@ -102,12 +110,13 @@ def render(char: str, font_path: Path, fill: float, resolution: int) -> Image.Im
     return img if resolution == CANVAS else img.resize((CANVAS, CANVAS), Image.Resampling.BILINEAR)
 
 
-def generate(seed: int = 0) -> dict[str, bytes]:
-    """-> {"SCRIPT/uXXXX/NN.png": PNG bytes} for every script, character and drawer."""
+def generate(seed: int = 0, weights: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """-> {"SCRIPT/uXXXX/NN.png": PNG bytes} for every script, character and drawer (typefaces of
+    `weights` only, where given)."""
     rng = random.Random(seed)
     out = {}
     for script, (ranges, prefixes) in SCRIPTS.items():
-        fonts = fonts_of(prefixes)
+        fonts = fonts_of(prefixes, weights)
         if not fonts:
             raise FileNotFoundError(
                 f"no Noto fonts for {script} under {FONT_DIR}: apt-get install fonts-noto-core fonts-noto-extra"
@@ -133,11 +142,15 @@ def generate(seed: int = 0) -> dict[str, bytes]:
     return out
 
 
-def build(cache_dir: Path) -> Path:
-    """The benchmark's zip under cache_dir, generated once."""
-    path = Path(cache_dir) / f"{VERSION}.zip"
+def version(thin: bool = False) -> str:
+    return f"{VERSION}-thin" if thin else VERSION
+
+
+def build(cache_dir: Path, thin: bool = False) -> Path:
+    """The benchmark's zip under cache_dir (`thin`: the thin-stroke family's), generated once."""
+    path = Path(cache_dir) / f"{version(thin)}.zip"
     if not path.exists():
-        files = generate()
+        files = generate(weights=THIN if thin else None)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
@@ -168,11 +181,11 @@ class Glyphs:
             return zf.read(self.names[i])
 
 
-def load(cache_dir: Path = CACHE_DIR) -> Glyphs:
+def load(cache_dir: Path = CACHE_DIR, thin: bool = False) -> Glyphs:
     """Render the set once (`build`) and decode it through the serving preprocessing once."""
-    zpath = build(cache_dir)
+    zpath = build(cache_dir, thin)
     key = hashlib.sha256(json.dumps([sha256(zpath), PREPROCESSING]).encode()).hexdigest()[:16]
-    cached = Path(cache_dir) / f"{VERSION}-{key}.safetensors"
+    cached = Path(cache_dir) / f"{version(thin)}-{key}.safetensors"
     with zipfile.ZipFile(zpath) as zf:
         names = sorted(zf.namelist())
         if cached.exists():

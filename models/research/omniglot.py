@@ -223,19 +223,6 @@ def original_png(file: str) -> bytes:
     raise KeyError(f"{file} (alphabet {alphabet}) is not in the Omniglot zips")
 
 
-def auto_record(ds: Omniglot, split: str) -> dict:
-    """What the `auto` mode of a base trained on `split` compares a support set with
-    (`models.adapt.choose_mode`): the 99th percentile of `solid_ink` over its training drawings."""
-    from ..adapt import solid_ink
-
-    x = ds.images[torch.isin(ds.char, torch.tensor(ds.chars_of(alphabets_of(split))))]
-    return {
-        "rule": "fine-tune when the support set's median solid_ink exceeds solid_ink_threshold, else fast",
-        "solid_ink_threshold": round(torch.quantile(solid_ink(x), 0.99).item(), 5),
-        "threshold_from": f"the 99th percentile of solid_ink over the {len(x)} training drawings ({split})",
-    }
-
-
 def input_record() -> dict:
     """The `input` of an Omniglot base's JSON: what the service takes and how it prepares it."""
     return {

@@ -14,6 +14,7 @@ checkpoint is kept and written with its JSON, and the curves go to a PNG.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import checkpoint, runtime
+from .. import checkpoint, familiarity, runtime
 from ..adapt import adapt
 from ..augment import affine_jitter
 from ..nets import Base, Conv4, SinusoidMLP
@@ -34,7 +35,8 @@ ALGORITHMS = ("maml", "fomaml", "metasgd")
 FINE_TUNE = {
     "adapts": "the last block (conv and group norm) and the prototype head",
     "step_sizes": "hand-set: 0.2 for every tail tensor and step (meta-learning them did not beat it on validation)",
-    "augmentation": "affine jitter and stroke width (models/augment.py), 4 copies of the support set",
+    "augmentation": "affine jitter and stroke width (models/augment.py), `views` copies of the support set (fewer "
+    "where that would make over 2,000 augmented images a step, never fewer than 4)",
 }
 
 
@@ -59,7 +61,8 @@ class OmniglotFamily(Family):
             ds, args.train_split, rotations=True, jitter=True, flips=args.flips, shear=args.shear
         )
         self.val = omniglot.EpisodeSampler(ds, "val")
-        self.auto = omniglot.auto_record(ds, args.train_split)
+        chars = torch.tensor(ds.chars_of(omniglot.alphabets_of(args.train_split)))
+        self.images, self.images_from = ds.images[torch.isin(ds.char, chars)], f"Omniglot, {args.train_split}"
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         self.val_tasks = [[t.to(args.device) for t in self.val.sample(20, 1, 5, gen)] for _ in range(args.val_tasks)]
 
@@ -90,6 +93,8 @@ class FolderFamily(OmniglotFamily):
         classes = [c for s in args.train_split.split("+") for c in self.splits[s]]
         self.keep_last = "val" in args.train_split.split("+")
         self.train = folder.EpisodeSampler(self.data, classes, jitter=True)
+        self.images = self.data.images[torch.isin(self.data.label, torch.tensor(classes))]
+        self.images_from = f"{args.data}, {args.train_split}"
         self.val = folder.EpisodeSampler(self.data, self.splits["val"])
         self.ways = min(args.ways, self.train.max_ways())
         val_ways = min(5, self.val.max_ways())
@@ -255,15 +260,38 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
             "preprocessing": PREPROCESSING,
         }
         meta["max_ways"] = model.max_ways
-        meta["auto"] = family.auto
-        meta["fine_tune"] = FINE_TUNE
+        meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["input"] = omniglot.input_record()
     if args.family == "folder":
         meta["data"] = folder_data_record(family.data, family.splits, args.train_split)
         meta["max_ways"] = model.max_ways
-        meta["fine_tune"] = FINE_TUNE
+        meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["input"] = folder.input_record(args.size, model.input_shape[0])
+    if args.family in ("omniglot", "folder"):
+        meta["auto"] = familiarity.record(model, family.images, family.images_from)
     checkpoint.save(model, meta, Path(args.out) / args.name)
+
+
+def write_auto(args) -> None:
+    """`python -m models.train auto --name NAME`: (re)write an image base's `auto` record from the
+    images its JSON says it was trained on; its weights and the rest of its JSON stay as they are."""
+    path = Path(args.out) / args.name
+    model, meta = checkpoint.load(path)
+    if meta.get("family") == "omniglot":
+        ds, split = omniglot.load(), meta["data"]["trained_on"]
+        images = ds.images[torch.isin(ds.char, torch.tensor(ds.chars_of(omniglot.alphabets_of(split))))]
+        source = f"Omniglot, {split}"
+    elif meta.get("family") == "folder":
+        channels, _, size = meta["input"]["shape"]
+        data, split = folder.load(args.data or meta["data"]["root"], size, channels), meta["data"]["trained_on"]
+        names = [n for s in split.split("+") for n in meta["data"]["splits"][s]]
+        images = data.images[torch.isin(data.label, torch.tensor([data.classes.index(n) for n in names]))]
+        source = f"{data.root}, {split}"
+    else:
+        raise SystemExit(f"{args.name}: `auto` statistics are for image bases trained here (omniglot, folder)")
+    meta["auto"] = familiarity.record(model, images, source)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    print(f"{path}.json: auto from {meta['auto']['from']}")
 
 
 def folder_data_record(data, splits: dict, trained_on: str) -> dict:
@@ -386,8 +414,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "family",
-        choices=["omniglot", "sinusoid", "folder", "omniglot-transfer", "sinusoid-transfer", "folder-transfer"],
-        help="what to train: a base (omniglot, sinusoid, folder: your ROOT/<class>/*.png) or its transfer baseline",
+        choices=["omniglot", "sinusoid", "folder", "omniglot-transfer", "sinusoid-transfer", "folder-transfer", "auto"],
+        help="what to train: a base (omniglot, sinusoid, folder: your ROOT/<class>/*.png) or its transfer baseline; "
+        "auto: rewrite the `auto` statistics of the image base --name from its training images",
     )
     p.add_argument("--data", type=Path, help="folder: ROOT/<class>/*.png or ROOT/<group>/<class>/*.png")
     p.add_argument("--size", type=int, default=64, help="folder: image side, 28 to 84 pixels")
@@ -445,6 +474,8 @@ def main(argv=None) -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     runtime.configure(args.threads)
+    if args.family == "auto":
+        return write_auto(args)
     (train_transfer if args.family.endswith("-transfer") else meta_train)(args)
 
 

@@ -1,0 +1,75 @@
+"""How familiar a support set looks to a base: the `auto` mode's choice of inner loop.
+
+A base's fast loop is best on inputs like its training data; its fine-tune loop is best on
+anything else (docs/experiments.md). Which one a support set is, is read from the base itself:
+what its first two blocks make of each image (`Conv4.low_level`: each channel's mean and spread,
+stroke width, edges and texture before anything specific to a class), against the same numbers
+over the base's training images, which the base carries in its JSON's `auto` (written at
+training time, `record`):
+
+- an image's distance: the log of its mean squared z-score over those numbers;
+- a support set's: the median over its images;
+- fine-tune when that exceeds the 90th percentile of the training images' distances, else fast.
+  The smallest support set, two images, passes it when both images do: 1% of training pairs.
+  Larger sets of training-like images pass it less often, even when, like the characters of one
+  alphabet, they are alike among themselves.
+
+Nothing in it is particular to one domain: any images whose early features the base sees
+differently from its training images' get the fine-tune loop, whatever their kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PERCENTILE = 90
+RULE = (
+    "fine-tune when the median over the support images of log(mean squared z-score of the base's low_level "
+    f"features) exceeds the {PERCENTILE}th percentile of the training images', else fast"
+)
+
+
+@dataclass
+class Familiar:
+    """A base's training images as `auto` sees them: the low-level features' mean and spread,
+    and the distance beyond which a support set is unfamiliar."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    threshold: float
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> Familiar | None:
+        """From a base JSON's `auto`; None for a base without one (its `auto` is the fast loop)."""
+        if not record or "feature_mean" not in record:
+            return None
+        t = lambda k: torch.tensor(record[k], dtype=torch.float32)
+        return cls(t("feature_mean"), t("feature_std"), record["threshold"])
+
+    def distances(self, model, x: torch.Tensor) -> torch.Tensor:
+        """[B]: each image's log mean squared z-score."""
+        with torch.no_grad():
+            return self.of_features(model.low_level(x).float().cpu())
+
+    def of_features(self, feats: torch.Tensor) -> torch.Tensor:
+        return ((feats - self.mean) / self.std).square().mean(1).log()
+
+    def unfamiliar(self, model, x: torch.Tensor) -> bool:
+        """Whether the support images x [S, ...] lie beyond the base's training images."""
+        return self.distances(model, x).median().item() > self.threshold
+
+
+def record(model, images: torch.Tensor, source: str) -> dict:
+    """A base JSON's `auto`: what `Familiar` needs, from the images the base was trained on."""
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        feats = torch.cat([model.low_level(images[i : i + 256].to(dev)) for i in range(0, len(images), 256)])
+    feats = feats.float().cpu()
+    out = {"rule": RULE, "from": f"{len(images)} training images ({source})", "threshold": 0.0}
+    out["feature_mean"] = [round(v, 6) for v in feats.mean(0).tolist()]
+    out["feature_std"] = [round(v, 6) for v in feats.std(0).clamp(min=1e-6).tolist()]
+    d = Familiar.from_record(out).of_features(feats)
+    out["threshold"] = round(torch.quantile(d, PERCENTILE / 100).item(), 5)
+    return out
