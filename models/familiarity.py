@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 PERCENTILE = 90
+CHUNK = 64  # images per pass of the first two blocks
 RULE = (
     "fine-tune when the median over the support images of log(mean squared z-score of the base's low_level "
     f"features) exceeds the {PERCENTILE}th percentile of the training images', else fast"
@@ -49,9 +50,11 @@ class Familiar:
         return cls(t("feature_mean"), t("feature_std"), record["threshold"])
 
     def distances(self, model, x: torch.Tensor) -> torch.Tensor:
-        """[B]: each image's log mean squared z-score."""
+        """[B]: each image's log mean squared z-score, from passes of at most CHUNK images (a
+        500-image support set of 64-pixel colour images would hold 0.5 GB of maps in one)."""
         with torch.no_grad():
-            return self.of_features(model.low_level(x).float().cpu())
+            feats = torch.cat([model.low_level(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
+        return self.of_features(feats.float().cpu())
 
     def of_features(self, feats: torch.Tensor) -> torch.Tensor:
         return ((feats - self.mean) / self.std).square().mean(1).log()
@@ -65,7 +68,7 @@ def record(model, images: torch.Tensor, source: str) -> dict:
     """A base JSON's `auto`: what `Familiar` needs, from the images the base was trained on."""
     dev = next(model.parameters()).device
     with torch.no_grad():
-        feats = torch.cat([model.low_level(images[i : i + 256].to(dev)) for i in range(0, len(images), 256)])
+        feats = torch.cat([model.low_level(images[i : i + CHUNK].to(dev)) for i in range(0, len(images), CHUNK)])
     feats = feats.float().cpu()
     out = {"rule": RULE, "from": f"{len(images)} training images ({source})", "threshold": 0.0}
     out["feature_mean"] = [round(v, 6) for v in feats.mean(0).tolist()]
