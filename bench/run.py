@@ -141,11 +141,11 @@ def bench_mode_costs(reps: int) -> list[dict]:
     """F. What each image base's accuracy costs, per mode, on the same tasks of each family:
     adaptation (auto: its choice included) and the prediction of the task's query images, in
     process, and the accuracy with its 95% interval."""
-    rows = []
+    rows, typeset = [], glyphs.EpisodeSampler(glyphs.load(), "test")
     families = [
         ("Omniglot test", omniglot.EpisodeSampler(omniglot.load(), "test"), 20, 1),
-        ("glyphs test", glyphs.EpisodeSampler(glyphs.load(), "test"), 10, 1),
-        ("glyphs test", glyphs.EpisodeSampler(glyphs.load(), "test"), 10, 5),
+        ("glyphs test", typeset, 10, 1),
+        ("glyphs test", typeset, 10, 5),
         ("thin glyphs test", glyphs.EpisodeSampler(glyphs.load(thin=True), "test"), 10, 1),
     ]
     shipped = registry.shipped()

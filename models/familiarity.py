@@ -50,11 +50,8 @@ class Familiar:
         return cls(t("feature_mean"), t("feature_std"), record["threshold"])
 
     def distances(self, model, x: torch.Tensor) -> torch.Tensor:
-        """[B]: each image's log mean squared z-score, from passes of at most CHUNK images (a
-        500-image support set of 64-pixel colour images would hold 0.5 GB of maps in one)."""
-        with torch.no_grad():
-            feats = torch.cat([model.low_level(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
-        return self.of_features(feats.float().cpu())
+        """[B]: each image's log mean squared z-score."""
+        return self.of_features(features(model, x))
 
     def of_features(self, feats: torch.Tensor) -> torch.Tensor:
         return ((feats - self.mean) / self.std).square().mean(1).log()
@@ -64,12 +61,17 @@ class Familiar:
         return self.distances(model, x).median().item() > self.threshold
 
 
-def record(model, images: torch.Tensor, source: str) -> dict:
-    """A base JSON's `auto`: what `Familiar` needs, from the images the base was trained on."""
+def features(model, x: torch.Tensor) -> torch.Tensor:
+    """`model.low_level` of images x on the model's device, in passes of at most CHUNK images (a
+    500-image support set of 64-pixel colour images would hold 0.5 GB of maps in one) -> [B, F] on the CPU."""
     dev = next(model.parameters()).device
     with torch.no_grad():
-        feats = torch.cat([model.low_level(images[i : i + CHUNK].to(dev)) for i in range(0, len(images), CHUNK)])
-    feats = feats.float().cpu()
+        return torch.cat([model.low_level(x[i : i + CHUNK].to(dev)) for i in range(0, len(x), CHUNK)]).float().cpu()
+
+
+def record(model, images: torch.Tensor, source: str) -> dict:
+    """A base JSON's `auto`: what `Familiar` needs, from the images the base was trained on."""
+    feats = features(model, images)
     out = {"rule": RULE, "from": f"{len(images)} training images ({source})", "threshold": 0.0}
     out["feature_mean"] = [round(v, 6) for v in feats.mean(0).tolist()]
     out["feature_std"] = [round(v, 6) for v in feats.std(0).clamp(min=1e-6).tolist()]

@@ -38,6 +38,10 @@ class FolderData:
     def classes_of(self, groups: set[str] | None = None) -> list[int]:
         return [i for i, g in enumerate(self.groups) if groups is None or g in groups]
 
+    def images_of(self, classes: list[int]) -> torch.Tensor:
+        """Every image of these classes (indices into `classes`)."""
+        return self.images[torch.isin(self.label, torch.tensor(classes))]
+
 
 def scan(root: Path) -> list[tuple[str, str, Path]]:
     """-> (group, class, image path) for every image; grouped when no image lies one level down."""

@@ -61,8 +61,7 @@ class OmniglotFamily(Family):
             ds, args.train_split, rotations=True, jitter=True, flips=args.flips, shear=args.shear
         )
         self.val = omniglot.EpisodeSampler(ds, "val")
-        chars = torch.tensor(ds.chars_of(omniglot.alphabets_of(args.train_split)))
-        self.images, self.images_from = ds.images[torch.isin(ds.char, chars)], f"Omniglot, {args.train_split}"
+        self.images, self.images_from = ds.images_of(args.train_split), f"Omniglot, {args.train_split}"
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         self.val_tasks = [[t.to(args.device) for t in self.val.sample(20, 1, 5, gen)] for _ in range(args.val_tasks)]
 
@@ -93,7 +92,7 @@ class FolderFamily(OmniglotFamily):
         classes = [c for s in args.train_split.split("+") for c in self.splits[s]]
         self.keep_last = "val" in args.train_split.split("+")
         self.train = folder.EpisodeSampler(self.data, classes, jitter=True)
-        self.images = self.data.images[torch.isin(self.data.label, torch.tensor(classes))]
+        self.images = self.data.images_of(classes)
         self.images_from = f"{args.data}, {args.train_split}"
         self.val = folder.EpisodeSampler(self.data, self.splits["val"])
         self.ways = min(args.ways, self.train.max_ways())
@@ -260,14 +259,13 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
             "preprocessing": PREPROCESSING,
         }
         meta["max_ways"] = model.max_ways
-        meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["input"] = omniglot.input_record()
     if args.family == "folder":
         meta["data"] = folder_data_record(family.data, family.splits, args.train_split)
         meta["max_ways"] = model.max_ways
-        meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["input"] = folder.input_record(args.size, model.input_shape[0])
     if args.family in ("omniglot", "folder"):
+        meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["auto"] = familiarity.record(model, family.images, family.images_from)
     checkpoint.save(model, meta, Path(args.out) / args.name)
 
@@ -279,13 +277,13 @@ def write_auto(args) -> None:
     model, meta = checkpoint.load(path)
     if meta.get("family") == "omniglot":
         ds, split = omniglot.load(), meta["data"]["trained_on"]
-        images = ds.images[torch.isin(ds.char, torch.tensor(ds.chars_of(omniglot.alphabets_of(split))))]
+        images = ds.images_of(split)
         source = f"Omniglot, {split}"
     elif meta.get("family") == "folder":
         channels, _, size = meta["input"]["shape"]
         data, split = folder.load(args.data or meta["data"]["root"], size, channels), meta["data"]["trained_on"]
         names = [n for s in split.split("+") for n in meta["data"]["splits"][s]]
-        images = data.images[torch.isin(data.label, torch.tensor([data.classes.index(n) for n in names]))]
+        images = data.images_of([data.classes.index(n) for n in names])
         source = f"{data.root}, {split}"
     else:
         raise SystemExit(f"{args.name}: `auto` statistics are for image bases trained here (omniglot, folder)")
