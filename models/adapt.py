@@ -113,12 +113,13 @@ def mode_steps(model: Base) -> dict[str, dict[str, int]]:
 
 def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
     """The `auto` mode's choice, from the support set as the base sees it: fine-tune when its
-    images lie beyond the base's training images (`familiarity`), else fast. A base that
+    images lie beyond the base's training images, or (where the base says so) when every class
+    has enough shots (`familiarity`), else fast. A base that
     carries no training statistics, or has no tail to fine-tune, is fast."""
     familiar = getattr(model, "familiar", None)
     if familiar is None or not hasattr(model, "tail"):
         return "fast"
-    return "fine-tune" if familiar.unfamiliar(model, support_x) else "fast"
+    return "fine-tune" if familiar.fine_tune(model, support_x, support_y) else "fast"
 
 
 def adapt(

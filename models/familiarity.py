@@ -16,6 +16,11 @@ training time, `record`):
 
 Nothing in it is particular to one domain: any images whose early features the base sees
 differently from its training images' get the fine-tune loop, whatever their kind.
+
+A base trained on many kinds of images (symbols-conv4) finds most inputs familiar, yet its
+fine-tune loop still pays once each class has a few examples. Its `auto` then also carries
+`fine_tune_from_shots`, chosen on its validation families (`models.train auto --fine-tune-from-shots`):
+a support set whose every class has at least that many examples is fine-tuned, familiar or not.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Familiar:
     mean: torch.Tensor
     std: torch.Tensor
     threshold: float
+    from_shots: int | None = None  # fine-tune any support set with at least this many shots per class
 
     @classmethod
     def from_record(cls, record: dict | None) -> Familiar | None:
@@ -47,7 +53,7 @@ class Familiar:
         if not record or "feature_mean" not in record:
             return None
         t = lambda k: torch.tensor(record[k], dtype=torch.float32)
-        return cls(t("feature_mean"), t("feature_std"), record["threshold"])
+        return cls(t("feature_mean"), t("feature_std"), record["threshold"], record.get("fine_tune_from_shots"))
 
     def distances(self, model, x: torch.Tensor) -> torch.Tensor:
         """[B]: each image's log mean squared z-score."""
@@ -59,6 +65,12 @@ class Familiar:
     def unfamiliar(self, model, x: torch.Tensor) -> bool:
         """Whether the support images x [S, ...] lie beyond the base's training images."""
         return self.distances(model, x).median().item() > self.threshold
+
+    def fine_tune(self, model, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """The `auto` choice for a support set: enough shots per class, or unfamiliar images."""
+        if self.from_shots is not None and torch.unique(y, return_counts=True)[1].min().item() >= self.from_shots:
+            return True
+        return self.unfamiliar(model, x)
 
 
 def features(model, x: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,7 @@ def build_spec(name: str, path: Path, model: Base, meta: dict, version: str) -> 
         "max_steps": model.max_steps,
         "modes": mode_steps(model),
         "algorithm": meta["algorithm"],
+        "use_for": meta.get("use_for"),
         "adapted": meta.get("adapted"),
         "metrics": metrics(path),
     }

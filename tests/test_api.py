@@ -130,7 +130,7 @@ def test_async_client_round_trip(stack):
 
     async def go():
         async with AsyncClient(stack.url, api_key=KEYS["acme"]) as c:
-            assert {m["name"] for m in await c.models()} == {"omniglot-conv4", "sinusoid-mlp"}
+            assert {m["name"] for m in await c.models()} == {"omniglot-conv4", "sinusoid-mlp", "symbols-conv4"}
             a = await c.create_adaptation("sinusoid-mlp", sin_support(), wait=30)
             return await c.predict(a["id"], [[1.0]])
 

@@ -308,8 +308,8 @@ def test_checkpoint_round_trips_bit_for_bit(tmp_path):
     assert (tmp_path / "a" / "omniglot-conv4.safetensors").read_bytes() == original
 
 
-def test_registry_serves_both_bases():
-    assert registry.shipped().names() == ("omniglot-conv4", "sinusoid-mlp")
+def test_registry_serves_the_committed_bases():
+    assert registry.shipped().names() == ("omniglot-conv4", "sinusoid-mlp", "symbols-conv4")
     model, spec = registry.shipped().load("omniglot-conv4")
     assert spec["task"] == "classification" and spec["max_ways"] >= 20 and spec["input"]["shape"] == [1, 28, 28]
     assert not any(p.requires_grad for p in model.parameters())

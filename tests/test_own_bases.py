@@ -195,7 +195,7 @@ def test_publish_adapt_replace_and_remove_a_base_under_a_running_stack(trained, 
     s.start()
     try:
         with Client(s.url, KEYS["acme"]) as c:
-            assert {m["name"] for m in c.models()} == {"omniglot-conv4", "sinusoid-mlp"}
+            assert {m["name"] for m in c.models()} == {"omniglot-conv4", "sinusoid-mlp", "symbols-conv4"}
             publish(tmp / "v1", models_dir)
             wait_until(lambda: "shapes-base" in {m["name"] for m in c.models()}, 10, "the published base")
             m = c.model("shapes-base")

@@ -105,7 +105,10 @@ def test_without_a_key_the_page_asks_for_one_then_draws_adapts_and_classifies(br
     browser.find_element(By.ID, "key").send_keys(KEYS["acme"], Keys.ENTER)
     wait(browser, lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 2)
     assert not browser.find_element(By.ID, "key-help").is_displayed()
+    Select(browser.find_element(By.ID, "model")).select_by_value("symbols-conv4")
+    assert "For symbols of any kind" in browser.find_element(By.ID, "base-info").text  # which base to choose when
     Select(browser.find_element(By.ID, "model")).select_by_value("omniglot-conv4")
+    assert "For handwritten characters" in browser.find_element(By.ID, "base-info").text
     for li, name in zip(browser.find_elements(By.CSS_SELECTOR, "#classes > li"), ("tall", "wide")):
         field = li.find_element(By.CLASS_NAME, "class-name")
         field.clear()

@@ -76,13 +76,13 @@ def run_batch(batch: list[Job]) -> str:
     for job in batch:
         if (support := lifecycle.start(job)) is not None:
             started.append((job, support))
-    fast = [resolved_mode(registry(), j.record, s, device()) == "fast" for j, s in started]
-    together = [p for p, f in zip(started, fast) if f]
-    alone = [p for p, f in zip(started, fast) if not f] if len(together) > 1 else started
+    modes = {j.aid: resolved_mode(registry(), j.record, s, device()) for j, s in started}
+    together = [p for p in started if modes[p[0].aid] == "fast"]
+    alone = [p for p in started if modes[p[0].aid] != "fast"] if len(together) > 1 else started
     if len(together) > 1:
         alone += adapt_together(together)
     for job, support in alone:
-        adapt_started(job, support)
+        adapt_started(job, support, mode=modes[job.aid])  # resolved once: auto's choice is a pass of two blocks
     if batch[0].held:
         lifecycle.top_up()
     return f"batch of {len(batch)}"
@@ -204,7 +204,7 @@ def run(job: Job, outer: Slices | None = None) -> str:
         return adapt_started(job, support, outer)
 
 
-def adapt_started(job: Job, support: dict, outer: Slices | None = None) -> str:
+def adapt_started(job: Job, support: dict, outer: Slices | None = None, mode: str | None = None) -> str:
     settings, lifecycle = get_settings(), jobs()
 
     def on_step(k: int, losses: list[float]) -> None:
@@ -217,7 +217,7 @@ def adapt_started(job: Job, support: dict, outer: Slices | None = None) -> str:
     slices = Slices(job, nice, outer)
     try:
         with lifecycle.beating(job), slices.watching():
-            fast, metrics = run_adaptation(registry(), job.record, support, device(), on_step, slices)
+            fast, metrics = run_adaptation(registry(), job.record, support, device(), on_step, slices, mode)
     except Stopped:
         lifecycle.release(job)
         log.info("adaptation stopped", extra={"adaptation_id": job.aid, "status": "cancelled"})

@@ -312,6 +312,7 @@ class ModelInfo(BaseModel):
     max_steps: int = Field(description="the fast mode's (as in v1)")
     modes: dict[str, ModeSteps] = Field(description="steps of each mode: fast, fine-tune")
     algorithm: str
+    use_for: str | None = Field(None, description="what the base is for, in words: which base to choose when")
     adapted: list[str] | None = None
     metrics: dict[str, Any] | None = Field(None, description="meta-test figures with their protocol")
 

@@ -39,11 +39,13 @@ def run_adaptation(
     dev: torch.device | None = None,
     on_step=None,
     pause=no_pause,
+    mode: str | None = None,
 ):
     """-> (the adaptation's tensors as stored, on CPU (`Base.to_stored`), metrics). Raises
     ValueError for a support set `adapt` refuses, `registry.BaseChanged` or KeyError when its
-    base version is gone. `on_step` and `pause` are `adapt`'s."""
-    return run_adaptations(registry, [record], [support], dev, on_step, pause)[0]
+    base version is gone. `on_step` and `pause` are `adapt`'s; `mode`, the job's mode already
+    resolved (`resolved_mode`), where the caller has it."""
+    return run_adaptations(registry, [record], [support], dev, on_step, pause, mode)[0]
 
 
 def resolved_mode(registry: Registry, record: dict, support: dict[str, torch.Tensor], dev: torch.device) -> str:
@@ -75,6 +77,7 @@ def run_adaptations(
     dev: torch.device | None = None,
     on_step=None,
     pause=no_pause,
+    mode: str | None = None,
 ) -> list[tuple[dict, dict]]:
     """`run_adaptation` of several jobs of one batch key (`batch_key`, their mode resolved to
     fast) adapted together: one `adapt` over T stacked support sets, each task's weights equal
@@ -87,7 +90,8 @@ def run_adaptations(
     y = torch.stack([s["y"] for s in supports]).to(dev)
     n_ways = len(first["classes"]) if first.get("classes") else None
     started = time.perf_counter()
-    mode = resolved_mode(registry, first, supports[0], dev) if len(records) == 1 else "fast"
+    if mode is None:
+        mode = resolved_mode(registry, first, supports[0], dev) if len(records) == 1 else "fast"
     with tracing.phase(f"adapt {mode}"):
         steps = first.get("steps")
         adapted = adapt(model, x, y, steps, mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase, pause=pause)

@@ -110,12 +110,22 @@ def render(char: str, font_path: Path, fill: float, resolution: int) -> Image.Im
     return img if resolution == CANVAS else img.resize((CANVAS, CANVAS), Image.Resampling.BILINEAR)
 
 
-def generate(seed: int = 0, weights: tuple[str, ...] | None = None) -> dict[str, bytes]:
-    """-> {"SCRIPT/uXXXX/NN.png": PNG bytes} for every script, character and drawer (typefaces of
-    `weights` only, where given)."""
+def is_letter(c: int) -> bool:
+    return unicodedata.category(chr(c)).startswith("L")
+
+
+def draw_scripts(
+    scripts: dict,
+    seed: int = 0,
+    weights: tuple[str, ...] | None = None,
+    per_script: int = CHARS_PER_SCRIPT,
+    keep=is_letter,
+):
+    """Yield ("SCRIPT/uXXXX/NN", image) for every script of `scripts` ({name: (code point ranges, font
+    prefixes)}), up to `per_script` of its characters that `keep` accepts and every font of its drawers
+    covers, each by DRAWERS drawers (typefaces of `weights` only, where given)."""
     rng = random.Random(seed)
-    out = {}
-    for script, (ranges, prefixes) in SCRIPTS.items():
+    for script, (ranges, prefixes) in scripts.items():
         fonts = fonts_of(prefixes, weights)
         if not fonts:
             raise FileNotFoundError(
@@ -124,21 +134,24 @@ def generate(seed: int = 0, weights: tuple[str, ...] | None = None) -> dict[str,
         shuffled = rng.sample(fonts, len(fonts))  # a script with fewer fonts than drawers reuses them at other sizes
         drawers = (shuffled * math.ceil(DRAWERS / len(fonts)))[:DRAWERS]
         common = set.intersection(*(covered(f) for f in set(drawers)))
-        chars = [
-            c
-            for lo, hi in ranges
-            for c in range(lo, hi + 1)
-            if c in common and unicodedata.category(chr(c)).startswith("L")
-        ]
-        chars = sorted(rng.sample(chars, min(CHARS_PER_SCRIPT, len(chars))))
+        chars = [c for c in sorted(common) if any(lo <= c <= hi for lo, hi in ranges) and keep(c)]
+        chars = sorted(rng.sample(chars, min(per_script, len(chars))))
         styles = [
             (rng.uniform(0.55, 0.9), round(math.exp(rng.uniform(math.log(16), math.log(CANVAS))))) for _ in drawers
         ]
         for c in chars:
             for d, (font, (fill, resolution)) in enumerate(zip(drawers, styles)):
-                buf = io.BytesIO()
-                render(chr(c), font, fill, resolution).save(buf, "PNG", optimize=True)
-                out[f"{script}/u{c:04X}/{d:02d}.png"] = buf.getvalue()
+                yield f"{script}/u{c:04X}/{d:02d}", render(chr(c), font, fill, resolution)
+
+
+def generate(seed: int = 0, weights: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """-> {"SCRIPT/uXXXX/NN.png": PNG bytes} for every script of the benchmark, character and drawer
+    (typefaces of `weights` only, where given)."""
+    out = {}
+    for name, img in draw_scripts(SCRIPTS, seed, weights):
+        buf = io.BytesIO()
+        img.save(buf, "PNG", optimize=True)
+        out[f"{name}.png"] = buf.getvalue()
     return out
 
 

@@ -122,12 +122,13 @@ class EpisodeSampler:
     al.'s within-alphabet protocol). With `rotations`, each character rotated by
     90/180/270 degrees is a new class (with `flips` also its mirror images: the 8
     symmetries of the square); an episode keeps one variant when the alphabet has
-    enough characters. `jitter` adds a small random affine warp."""
+    enough characters. `jitter` adds a small random affine warp. `split` names splits ("train+val") or,
+    as a tuple, the alphabets themselves (any set laid out as Omniglot is: `symbols`)."""
 
     def __init__(
         self,
         ds: Omniglot,
-        split: str,
+        split: str | tuple[str, ...],
         rotations: bool = False,
         jitter: bool = False,
         flips: bool = False,
@@ -137,7 +138,7 @@ class EpisodeSampler:
         self.variants = (8 if flips else 4) if rotations else 1
         by_char: dict[int, torch.Tensor] = {}
         order = torch.argsort(ds.char * 100 + ds.drawer)
-        for c in self.ds.chars_of(alphabets_of(split)):
+        for c in self.ds.chars_of(alphabets_of(split) if isinstance(split, str) else split):
             by_char[c] = order[ds.char[order] == c]
         self.by_char = by_char  # char -> 20 image indices, ordered by drawer
         self.alphabets: dict[str, list[int]] = {}

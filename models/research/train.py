@@ -1,5 +1,6 @@
-"""Meta-training: `python -m models.train FAMILY ...`: omniglot, sinusoid or folder (your images) meta-trains
-a base; omniglot-transfer, sinusoid-transfer or folder-transfer trains the transfer baseline it is compared with.
+"""Meta-training: `python -m models.train FAMILY ...`: omniglot, sinusoid, folder (your images) or symbols
+(the generalist: models/research/symbols.py) meta-trains a base; omniglot-transfer, sinusoid-transfer or
+folder-transfer trains the transfer baseline it is compared with.
 
 The outer loop samples a batch of tasks, runs `adapt` in train mode (second
 order unless --algorithm fomaml or --first-order), and minimises the query
@@ -29,9 +30,10 @@ from ..adapt import adapt
 from ..augment import affine_jitter
 from ..nets import Base, Conv4, SinusoidMLP
 from ..preprocess import PREPROCESSING, RESIZED
-from . import folder, omniglot, sinusoid
+from . import folder, glyphs, omniglot, sinusoid, symbols
 
 ALGORITHMS = ("maml", "fomaml", "metasgd")
+IMAGE_FAMILIES = ("omniglot", "folder", "symbols")  # Conv4 bases of images
 FINE_TUNE = {
     "adapts": "the last block (conv and group norm) and the prototype head",
     "step_sizes": "hand-set: 0.2 for every tail tensor and step (meta-learning them did not beat it on validation)",
@@ -109,6 +111,36 @@ class FolderFamily(OmniglotFamily):
         return [torch.stack(t) for t in zip(*eps)]
 
 
+class SymbolsFamily(OmniglotFamily):
+    """The generalist base's tasks (models/research/symbols.py): each episode is drawn within one
+    group of one source, the source picked by SHARES; rotations and mirror images are new classes,
+    as in Omniglot's recipe. Validation: the glyph benchmark's val scripts, 10-way 1-shot."""
+
+    SHARES = {"handwriting": 0.3, "typeset": 0.45, "silhouettes": 0.25}
+
+    def __init__(self, args):
+        self.args, self.keep_last = args, False
+        self.data = symbols.load()
+        self.samplers = {
+            source: omniglot.EpisodeSampler(
+                self.data.ds, tuple(groups), rotations=True, jitter=True, flips=args.flips, shear=args.shear
+            )
+            for source, groups in self.data.sources.items()
+        }
+        self.shares = torch.tensor([self.SHARES[source] for source in self.samplers])
+        self.images, self.images_from = self.data.ds.images, symbols.VERSION
+        self.metric = "glyphs val 10-way 1-shot accuracy"
+        val = glyphs.EpisodeSampler(glyphs.load(), "val")
+        gen = torch.Generator().manual_seed(10_000 + args.seed)
+        self.val_tasks = [[t.to(args.device) for t in val.sample(10, 1, 5, gen)] for _ in range(args.val_tasks)]
+
+    def train_batch(self, gen):
+        a, names = self.args, list(self.samplers)
+        picks = torch.multinomial(self.shares, a.meta_batch, replacement=True, generator=gen).tolist()
+        eps = [self.samplers[names[i]].sample(a.ways, a.shots, a.queries, gen) for i in picks]
+        return [torch.stack(t) for t in zip(*eps)]
+
+
 class SinusoidFamily(Family):
     metric = "val -MSE after default steps"
 
@@ -129,7 +161,9 @@ class SinusoidFamily(Family):
 
 def architecture_kwargs(args) -> dict:
     kwargs = {"steps": args.steps, "step_size": args.step_size}
-    if args.family.startswith("omniglot"):
+    if args.channels is not None and not args.family.startswith("sinusoid"):
+        kwargs["channels"] = args.channels  # only when asked: the committed bases' records predate the option
+    if args.family.startswith(("omniglot", "symbols")):
         return kwargs
     if args.family.startswith("folder"):
         return kwargs | {"in_channels": 3 if args.color == "rgb" else 1, "size": args.size}
@@ -152,14 +186,15 @@ def step_weights(steps: int) -> torch.Tensor:
 def meta_train(args) -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    if args.family in ("omniglot", "folder"):
+    if args.family in IMAGE_FAMILIES:
         model = Conv4(**architecture_kwargs(args))
-        family = (OmniglotFamily if args.family == "omniglot" else FolderFamily)(args)
+        family = {"omniglot": OmniglotFamily, "folder": FolderFamily, "symbols": SymbolsFamily}[args.family](args)
     else:
         model, family = SinusoidMLP(steps=args.steps, step_size=args.step_size, adapt=args.adapt), SinusoidFamily(args)
     if args.init:
         start, init_meta = checkpoint.load(Path(args.out) / args.init)
-        if init_meta["architecture_kwargs"] != architecture_kwargs(args):
+        kwargs = architecture_kwargs(args)  # the start's serving settings (support_shifts, tune_views) may differ
+        if {k: init_meta["architecture_kwargs"].get(k) for k in kwargs} != kwargs:
             raise SystemExit(
                 f"--init {args.init}: architecture {init_meta['architecture_kwargs']} != {architecture_kwargs(args)}"
             )
@@ -222,7 +257,7 @@ def meta_train(args) -> None:
 
 
 def save(model: Base, args, family: Family, best: float, log: dict, started: float, skipped: int) -> None:
-    arch = "conv4" if args.family in ("omniglot", "folder") else "mlp"
+    arch = "conv4" if args.family in IMAGE_FAMILIES else "mlp"
     meta = {
         "name": args.name,
         "task": model.task,
@@ -260,11 +295,15 @@ def save(model: Base, args, family: Family, best: float, log: dict, started: flo
         }
         meta["max_ways"] = model.max_ways
         meta["input"] = omniglot.input_record()
+    if args.family == "symbols":
+        meta["data"] = symbols_data_record(family.data)
+        meta["max_ways"] = model.max_ways
+        meta["input"] = omniglot.input_record()
     if args.family == "folder":
         meta["data"] = folder_data_record(family.data, family.splits, args.train_split)
         meta["max_ways"] = model.max_ways
         meta["input"] = folder.input_record(args.size, model.input_shape[0])
-    if args.family in ("omniglot", "folder"):
+    if args.family in IMAGE_FAMILIES:
         meta["fine_tune"] = FINE_TUNE | {"views": model.tune_views}
         meta["auto"] = familiarity.record(model, family.images, family.images_from)
     checkpoint.save(model, meta, Path(args.out) / args.name)
@@ -279,6 +318,8 @@ def write_auto(args) -> None:
         ds, split = omniglot.load(), meta["data"]["trained_on"]
         images = ds.images_of(split)
         source = f"Omniglot, {split}"
+    elif meta.get("family") == "symbols":
+        images, source = symbols.load().ds.images, symbols.VERSION
     elif meta.get("family") == "folder":
         channels, _, size = meta["input"]["shape"]
         data, split = folder.load(args.data or meta["data"]["root"], size, channels), meta["data"]["trained_on"]
@@ -286,10 +327,31 @@ def write_auto(args) -> None:
         images = data.images_of([data.classes.index(n) for n in names])
         source = f"{data.root}, {split}"
     else:
-        raise SystemExit(f"{args.name}: `auto` statistics are for image bases trained here (omniglot, folder)")
-    meta["auto"] = familiarity.record(model, images, source)
+        raise SystemExit(
+            f"{args.name}: `auto` statistics are for image bases trained here ({', '.join(IMAGE_FAMILIES)})"
+        )
+    shots = (
+        meta.get("auto", {}).get("fine_tune_from_shots")
+        if args.fine_tune_from_shots is None
+        else args.fine_tune_from_shots
+    )
+    meta["auto"] = familiarity.record(model, images, source) | ({"fine_tune_from_shots": shots} if shots else {})
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(f"{path}.json: auto from {meta['auto']['from']}")
+
+
+def symbols_data_record(data: symbols.Symbols) -> dict:
+    return {
+        "version": symbols.VERSION,
+        "images": len(data.ds.images),
+        "classes": len(data.ds.char_names),
+        "sha256": data.sha256,
+        "sources": data.sources,
+        "omniglot": {"sha256": omniglot.data_checksums(), "trained_on": symbols.OMNIGLOT_SPLIT},
+        "excluded": symbols.EXCLUDED,
+        "shares": SymbolsFamily.SHARES,
+        "preprocessing": PREPROCESSING,
+    }
 
 
 def folder_data_record(data, splits: dict, trained_on: str) -> dict:
@@ -412,8 +474,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "family",
-        choices=["omniglot", "sinusoid", "folder", "omniglot-transfer", "sinusoid-transfer", "folder-transfer", "auto"],
-        help="what to train: a base (omniglot, sinusoid, folder: your ROOT/<class>/*.png) or its transfer baseline; "
+        choices=[*IMAGE_FAMILIES, "sinusoid", "omniglot-transfer", "sinusoid-transfer", "folder-transfer", "auto"],
+        help="what to train: a base (omniglot, sinusoid, folder: your ROOT/<class>/*.png; symbols: the generalist) "
+        "or its transfer baseline; "
         "auto: rewrite the `auto` statistics of the image base --name from its training images",
     )
     p.add_argument("--data", type=Path, help="folder: ROOT/<class>/*.png or ROOT/<group>/<class>/*.png")
@@ -441,6 +504,14 @@ def main(argv=None) -> None:
     p.add_argument(
         "--shear", type=float, default=0.0, help="omniglot: range of the random horizontal shear in the jitter"
     )
+    p.add_argument(
+        "--fine-tune-from-shots",
+        type=int,
+        default=None,
+        help="auto: fine-tune support sets with at least this many shots per class, familiar or not (chosen on "
+        "validation; 0 removes it; default: keep the base's)",
+    )
+    p.add_argument("--channels", type=int, default=None, help="image bases: the conv blocks' width (default 64)")
     p.add_argument("--ways", type=int, default=20)
     p.add_argument("--shots", type=int, default=None)
     p.add_argument("--queries", type=int, default=None)

@@ -294,7 +294,7 @@ function chooseModel() {
   $("#query").hidden = true;
   $("#random-episode").hidden = !(image && model.name === "omniglot-conv4");
   $("#base-info").textContent = `${model.task}, input ${model.input.kind} ${JSON.stringify(model.input.shape)}` +
-    (model.max_ways ? `, up to ${model.max_ways} classes` : "");
+    (model.max_ways ? `, up to ${model.max_ways} classes` : "") + (model.use_for ? `. For ${model.use_for}` : "");
   $("#status").textContent = "";
   if (image && !$("#classes").children.length) { addClass("a"); addClass("b"); }
   if (!image) drawPlot();
