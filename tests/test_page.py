@@ -192,6 +192,9 @@ def test_click_points_adapt_and_see_the_curve(browser, stack):
         px, py = (x + 5) / 10 * w, (6 - y) / 12 * h
         ActionChains(browser).move_to_element_with_offset(plot, round(px - w / 2), round(py - h / 2)).click().perform()
     assert browser.find_element(By.ID, "points-info").text == "6 points"
+    browser.execute_script("return loadModels()")  # listed again (a key typed anew): the base and points stay
+    assert Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "sinusoid-mlp"
+    assert browser.find_element(By.ID, "points-info").text == "6 points" and plot.size["width"] == w
     browser.find_element(By.ID, "adapt").click()
     wait(browser, lambda d: d.execute_script("return state.curve && state.curve.length") == 101, 60)
     curve = browser.execute_script("return state.curve")

@@ -300,16 +300,23 @@ function chooseModel() {
   if (!image) drawPlot();
 }
 
+let modelsAsked = 0;  // the latest listing asked for: an older answer arriving after it is dropped
+
 async function loadModels() {
   showError(null);
   if (AUTH && !sessionStorage.getItem("rapid-adapt-key")) { askForKey(false); return; }
+  const asked = ++modelsAsked;
   try {
-    state.models = (await api("GET", "/v1/models")).data;
+    const models = (await api("GET", "/v1/models")).data;
+    if (asked !== modelsAsked) return;
+    state.models = models;
     $("#model").replaceChildren(...state.models.map((m) => new Option(`${m.name} (${m.task})`, m.name)));
     $("#key-help").hidden = true;
     $("#key").classList.remove("needs-key");
     ready(true);
-    chooseModel();
+    // listed again (the key typed anew): the base in use and the work on the page stay as they are
+    const kept = state.model && state.models.find((m) => m.name === state.model.name);
+    if (kept) { $("#model").value = kept.name; state.model = kept; } else chooseModel();
   } catch (err) {
     if (err.status === 401) askForKey(true); else showError(err);
   }
