@@ -69,9 +69,13 @@ class Omniglot:
     def chars_of(self, alphabets) -> list[int]:
         return [i for i, c in enumerate(self.char_names) if c.split("/")[0] in alphabets]
 
+    def in_split(self, split: str) -> torch.Tensor:
+        """[M] bool: which drawings belong to a split's alphabets ("train+val" joins splits)."""
+        return torch.isin(self.char, torch.tensor(self.chars_of(alphabets_of(split))))
+
     def images_of(self, split: str) -> torch.Tensor:
-        """Every drawing of a split's alphabets ("train+val" joins splits), as drawn."""
-        return self.images[torch.isin(self.char, torch.tensor(self.chars_of(alphabets_of(split))))]
+        """Every drawing of a split's alphabets, as drawn."""
+        return self.images[self.in_split(split)]
 
 
 def _read_zips() -> tuple[torch.Tensor, list[str], list[str]]:

@@ -191,7 +191,7 @@ def load(cache_dir: Path = CACHE_DIR, seed: int = 0) -> Symbols:
         path.with_suffix(".json").write_text(json.dumps(names))
         path.with_suffix(".tmp").rename(path)
     om = omniglot.load()
-    keep = torch.isin(om.char, torch.tensor(om.chars_of(omniglot.alphabets_of(OMNIGLOT_SPLIT))))
+    keep = om.in_split(OMNIGLOT_SPLIT)
     classes = sorted(set(names["class"]))
     omni_classes = sorted({om.char_names[int(c)] for c in om.char[keep].unique()})
     char_names = omni_classes + classes

@@ -53,6 +53,12 @@ class Family:
     def validate(self, model: Base) -> float: ...
 
 
+def validation_tasks(sampler, n_way: int, args) -> list[list[torch.Tensor]]:
+    """The validation score's fixed episodes, N-way 1-shot with 5 queries, the same for every run of a seed."""
+    gen = torch.Generator().manual_seed(10_000 + args.seed)
+    return [[t.to(args.device) for t in sampler.sample(n_way, 1, 5, gen)] for _ in range(args.val_tasks)]
+
+
 class OmniglotFamily(Family):
     def __init__(self, args):
         ds = omniglot.load()
@@ -64,8 +70,7 @@ class OmniglotFamily(Family):
         )
         self.val = omniglot.EpisodeSampler(ds, "val")
         self.images, self.images_from = ds.images_of(args.train_split), f"Omniglot, {args.train_split}"
-        gen = torch.Generator().manual_seed(10_000 + args.seed)
-        self.val_tasks = [[t.to(args.device) for t in self.val.sample(20, 1, 5, gen)] for _ in range(args.val_tasks)]
+        self.val_tasks = validation_tasks(self.val, 20, args)
 
     def train_batch(self, gen):
         a = self.args
@@ -100,10 +105,7 @@ class FolderFamily(OmniglotFamily):
         self.ways = min(args.ways, self.train.max_ways())
         val_ways = min(5, self.val.max_ways())
         self.metric = f"val {val_ways}-way 1-shot accuracy" + (" (classes seen in training)" if self.keep_last else "")
-        gen = torch.Generator().manual_seed(10_000 + args.seed)
-        self.val_tasks = [
-            [t.to(args.device) for t in self.val.sample(val_ways, 1, 5, gen)] for _ in range(args.val_tasks)
-        ]
+        self.val_tasks = validation_tasks(self.val, val_ways, args)
 
     def train_batch(self, gen):
         a = self.args
@@ -130,9 +132,7 @@ class SymbolsFamily(OmniglotFamily):
         self.shares = torch.tensor([self.SHARES[source] for source in self.samplers])
         self.images, self.images_from = self.data.ds.images, symbols.VERSION
         self.metric = "glyphs val 10-way 1-shot accuracy"
-        val = glyphs.EpisodeSampler(glyphs.load(), "val")
-        gen = torch.Generator().manual_seed(10_000 + args.seed)
-        self.val_tasks = [[t.to(args.device) for t in val.sample(10, 1, 5, gen)] for _ in range(args.val_tasks)]
+        self.val_tasks = validation_tasks(glyphs.EpisodeSampler(glyphs.load(), "val"), 10, args)
 
     def train_batch(self, gen):
         a, names = self.args, list(self.samplers)
