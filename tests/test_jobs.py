@@ -128,7 +128,7 @@ def test_cancel_queued_and_running_jobs_under_a_real_worker(new_stack):
     worker takes the next job at once."""
     s = new_stack()
     s.start_redis()
-    slow_worker(s, 1.0)
+    slow_worker(s, 2.5)  # the last job cancelled holds the worker for about 2.4 s: the 20 below stay queued
     s.start_api()
     s.wait_ready()
     with Client(s.url, KEYS["acme"]) as c:

@@ -309,14 +309,22 @@ def test_waits_hold_no_thread_and_a_tenant_holds_at_most_max_waits_at_once(redis
         theirs = app.request("POST", "/v1/adaptations", json=body, key="globex").json()["id"]
         auth = lambda key: {"Authorization": f"Bearer {KEYS[key]}"}  # noqa: E731
 
+        async def until(check) -> None:  # polled for up to 10 s: a loaded machine is slow, a fixed sleep flaky
+            for _ in range(500):
+                if check():
+                    return
+                await asyncio.sleep(0.02)
+
         async def waits():
+            threads = anyio.to_thread.current_default_thread_limiter()
             get = lambda a, key: app.client.get(f"/v1/adaptations/{a}?wait=20", headers=auth(key))  # noqa: E731
             held = [asyncio.ensure_future(get(aid, "acme")) for _ in range(3)]
-            await asyncio.sleep(0.5)
-            borrowed = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+            await until(lambda: app.app.state.notices.waiting("acme") == 3)
+            await until(lambda: threads.borrowed_tokens == 0)  # each read its record; a wait holds none
+            borrowed = threads.borrowed_tokens
             refused = await get(aid, "acme")
             other = asyncio.ensure_future(get(theirs, "globex"))
-            await asyncio.sleep(0.3)
+            await until(lambda: app.app.state.notices.waiting("globex") == 1)
             pending = sum(not t.done() for t in [*held, other])
             await asyncio.get_running_loop().run_in_executor(None, run_next_job, settings)
             await asyncio.get_running_loop().run_in_executor(None, run_next_job, settings)
