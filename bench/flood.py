@@ -28,7 +28,7 @@ import torch
 
 from app.core.config import Settings
 from app.demo import omniglot_task
-from bench.stack import KEYS, Stack
+from bench.stack import KEYS, Stack, cpu_seconds
 from models.research import omniglot
 
 from .report import RESULTS, pyplot, save, save_figure
@@ -79,26 +79,6 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
                 time.sleep(1)
             answers = answers.json()
             out[tenant] = {"ids": ids, "statuses": statuses, "predictions": answers}
-    return out
-
-
-def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each named process and its descendants
-    (each process counted under its nearest named ancestor), from /proc: where the cores went."""
-    tick, procs = os.sysconf("SC_CLK_TCK"), {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:  # gone meanwhile
-            continue
-        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, cpu
-    by_pid, out = {pid: name for name, pid in roots.items()}, dict.fromkeys(roots, 0.0)
-    for pid, (_, cpu) in procs.items():
-        p = pid
-        while p in procs and p not in by_pid:
-            p = procs[p][0]
-        if p in by_pid:
-            out[by_pid[p]] += cpu
     return out
 
 

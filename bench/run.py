@@ -37,7 +37,7 @@ from app.core import keys
 from app.core.adaptation import run_adaptation
 from app.core.config import Settings
 from app.core.store import Store
-from bench.stack import KEYS, Stack
+from bench.stack import KEYS, Stack, cpu_seconds
 from models import registry, runtime
 from models.adapt import adapt, choose_mode, predict
 from models.export import export_base
@@ -215,11 +215,15 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
                 for x in c.get("/v1/adaptations?limit=100").json()["data"]
             ]
         )
+        tuned = [b | {"mode": "fine-tune"} for b in bodies]  # worker-heavy jobs: the API's share is small
         for workers in (1, 2):
             while len(stack.workers) < workers:
                 stack.start_worker()
                 time.sleep(8)
-            out[f"jobs_per_s_{workers}_workers"] = throughput(c, bodies, jobs)
+            out[f"jobs_per_s_{workers}_workers"], out[f"cpu_ms_per_job_{workers}_workers"] = throughput(
+                stack, c, bodies, jobs
+            )
+            out[f"fine_tune_jobs_per_s_{workers}_workers"], _ = throughput(stack, c, tuned, max(8, jobs // 4))
     r = redis.Redis(port=stack.redis_port, db=2)
     model, _ = registry.shipped().load("omniglot-conv4")
     ds = omniglot.load()
@@ -235,17 +239,23 @@ def bench_end_to_end(stack: Stack, jobs: int) -> dict:
     return out
 
 
-def throughput(c: httpx.Client, bodies: list[dict], jobs: int) -> float:
+def throughput(stack: Stack, c: httpx.Client, bodies: list[dict], jobs: int) -> tuple[float, dict]:
     """Jobs/s of one tenant alone, its jobs posted from 8 threads and waited for: every idle worker
-    takes waiting work, whoever owns it (issue 31)."""
+    takes waiting work, whoever owns it (issue 31). -> that, and the CPU ms per job of the API, the
+    workers, Redis and this client, which all share the machine's cores."""
     create = lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"]  # noqa: E731
-    started = time.perf_counter()
+    roots = {"api": stack.api.pid, "workers": stack.workers[0].pid, "redis": stack.redis.pid, "client": os.getpid()}
+    roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers[1:], 1)}
+    before, started = cpu_seconds(roots), time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(create, range(jobs)))
         for aid in ids:
             while c.get(f"/v1/adaptations/{aid}?wait=10").json()["status"] not in DONE:
                 pass
-    return jobs / (time.perf_counter() - started)
+    rate, after = jobs / (time.perf_counter() - started), cpu_seconds(roots)
+    ms = {k: (after[k] - before[k]) * 1000 / jobs for k in roots}
+    ms["workers"] += sum(ms.pop(k) for k in list(ms) if k.startswith("worker "))
+    return rate, ms
 
 
 # ---- C. prediction -------------------------------------------------------------
@@ -367,7 +377,8 @@ def bench_size(stack: Stack) -> dict:
             aid = c.post("/v1/adaptations?wait=10", json=body | {"mode": mode}).json()["id"]
         tenant = "acme"
         name = keys.record(tenant, aid)
-        sizes = {"record": int(r.memory_usage(name) or 0), "weights": int(r.memory_usage(keys.weights(aid)) or 0)}
+        size = lambda k: int(r.memory_usage(k, samples=0) or 0)  # noqa: E731  every field (the default samples 5)
+        sizes = {"record": size(name), "weights": size(keys.weights(aid))}
         out[mode] = sizes | {"support": r.hstrlen(name, "_support"), "events": r.hstrlen(name, "_events")}
         out[mode]["total"] = sum(sizes.values())
     model, _ = registry.shipped().load("omniglot-conv4")
@@ -416,6 +427,10 @@ def report(res: dict, threads: int) -> str:
         f"| worker compute (adaptation_ms) | {fmt(B['worker_compute'])} |",
         f"| jobs/s of one tenant alone, 1 worker / 2 workers (bar: 1.8x) | {B['jobs_per_s_1_workers']:.1f} / "
         f"{B['jobs_per_s_2_workers']:.1f} ({B['jobs_per_s_2_workers'] / B['jobs_per_s_1_workers']:.2f}x) |",
+        f"| where the 2 cores went, CPU ms per job with 2 workers | {cpu_text(B['cpu_ms_per_job_2_workers'])} |",
+        f"| the same with fine-tune jobs (about 5x the worker's compute) | "
+        f"{B['fine_tune_jobs_per_s_1_workers']:.1f} / {B['fine_tune_jobs_per_s_2_workers']:.1f} "
+        f"({B['fine_tune_jobs_per_s_2_workers'] / B['fine_tune_jobs_per_s_1_workers']:.2f}x) |",
         f"| naive job in process (copy, Adam loop, pickle to Redis), no HTTP | {fmt(B['naive_job'])} |",
         f"| ratio naive job / our whole HTTP round trip | {B['naive_job']['median'] / lat['median']:.1f}x |",
         "",
@@ -466,6 +481,14 @@ def report(res: dict, threads: int) -> str:
             f"{fmt(r['predict'])} ({r['queries']} images) |"
         )
     return "\n".join(L)
+
+
+def cpu_text(ms: dict) -> str:
+    """Each role's CPU ms per job, and the most two workers can gain on the same cores: the rest
+    (API, Redis, client) takes its share of them however many workers there are."""
+    total, rest = sum(ms.values()), sum(v for k, v in ms.items() if k != "workers")
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in ms.items())
+    return f"{parts}; {rest / total:.0%} of the CPU is not the workers'"
 
 
 def tracing_rows(m: dict) -> list[str]:

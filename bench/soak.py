@@ -55,7 +55,7 @@ def largest_keys(port: int, n: int = 5) -> list[tuple[str, int]]:
     sizes = []
     for db in range(3):
         r = redis.Redis(port=port, db=db)
-        sizes += [(f"db{db} {k.decode()}", int(r.memory_usage(k) or 0)) for k in r.scan_iter()]
+        sizes += [(f"db{db} {k.decode()}", int(r.memory_usage(k, samples=0) or 0)) for k in r.scan_iter()]
     return sorted(sizes, key=lambda x: -x[1])[:n]
 
 

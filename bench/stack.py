@@ -42,6 +42,26 @@ def wait_until(check, timeout: float, what: str):
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its descendants
+    (each process counted under its nearest named ancestor), from /proc: where the cores went."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)  # ppid, cpu
+    by_pid, out = {pid: name for name, pid in roots.items()}, dict.fromkeys(roots, 0.0)
+    for pid, (_, cpu) in procs.items():
+        p = pid
+        while p in procs and p not in by_pid:
+            p = procs[p][0]
+        if p in by_pid:
+            out[by_pid[p]] += cpu
+    return out
+
+
 class Receiver:
     """An HTTP server on 127.0.0.1 (a thread of this process) that records each POST, (headers
     lower-cased, body), and answers the next of `answers` (then 204) after `delay` seconds: a

@@ -52,10 +52,17 @@ def square_gray(img: Image.Image) -> Image.Image:
 
 
 def dark_frame(img: Image.Image) -> bool:
-    """Whether most of the outermost row and column pixels of a gray image are dark."""
-    a = np.asarray(img)
-    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    return bool(np.median(frame) < 128)
+    """Whether most of the outermost row and column pixels of a gray image are dark: their median
+    below 128, found with one partial sort (np.median's own overhead was a fifth of a served image's
+    decoding)."""
+    w, h = img.size
+    a = np.frombuffer(img.tobytes(), np.uint8).reshape(h, w)
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int32)
+    k = len(frame) // 2
+    if len(frame) % 2:
+        return bool(np.partition(frame, k)[k] < 128)
+    low = np.partition(frame, [k - 1, k])
+    return bool(low[k - 1] + low[k] < 256)  # the mean of the two middle values, below 128
 
 
 # in every image base's JSON: a base only serves images prepared as it was trained. v3 is v2 plus light-on-dark
@@ -72,18 +79,38 @@ def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
     105-pixel canvas, a 112-pixel window centred on the ink's centre of mass (moved
     only as far as keeps every stroke in), averaged over 4x4 blocks. Drawers put the
     same character 1.8 pixels (at 28x28) from its mean position on average; centring
-    takes that out of what the base must learn, as MNIST's preprocessing does. The
-    centres of a batch are found together (`_corners`), then each drawing is one
-    paste and one 4x4 reduction, about as cheap as the plain resize it replaced."""
+    takes that out of what the base must learn, as MNIST's preprocessing does. A chunk
+    of drawings is framed in numpy at once: centres (`_corners`), windows (`_windows`,
+    paper outside the canvas) and the block averages, rounded as PIL's `reduce` rounds,
+    bit for bit (tested on every Omniglot drawing): a third of the per-image PIL calls'
+    cost, which every served image pays."""
     imgs = [im if im.size[0] == CANVAS else im.resize((CANVAS, CANVAS), Image.Resampling.BOX) for im in imgs]
     out: list[bytes] = []
     for c in range(0, len(imgs), CHUNK):
         part = imgs[c : c + CHUNK]
         gray = np.frombuffer(b"".join([im.tobytes() for im in part]), np.uint8).reshape(len(part), CANVAS, CANVAS)
-        for im, (left, top) in zip(part, _corners(gray)):
-            window = Image.new("L", (WINDOW, WINDOW), 255)
-            window.paste(im, (-left, -top))
-            out.append(window.reduce(REDUCE).tobytes())
+        levels = _block_means(_windows(gray, _corners(gray)))
+        out += [lv.tobytes() for lv in levels]
+    return out
+
+
+def _block_means(windows: np.ndarray) -> np.ndarray:
+    """[B, WINDOW, WINDOW] levels -> [B, SIDE, SIDE]: each REDUCE x REDUCE block's mean, rounded as
+    PIL's `Image.reduce` rounds it ((sum + 8) >> 4), summed in row then column slices."""
+    rows = sum(windows[:, i::REDUCE].astype(np.uint16) for i in range(REDUCE))
+    cols = sum(rows[:, :, i::REDUCE] for i in range(REDUCE))
+    return ((cols + REDUCE * REDUCE // 2) // (REDUCE * REDUCE)).astype(np.uint8)
+
+
+def _windows(gray: np.ndarray, corners: list[tuple[int, int]]) -> np.ndarray:
+    """[B, n, n] gray levels and each window's top-left corner -> [B, WINDOW, WINDOW]: the canvas
+    seen through the window, paper (255) where the window reaches past it."""
+    n = gray.shape[1]
+    out = np.full((len(gray), WINDOW, WINDOW), 255, np.uint8)
+    for win, g, (left, top) in zip(out, gray, corners):
+        x0, y0, x1, y1 = max(0, left), max(0, top), min(n, left + WINDOW), min(n, top + WINDOW)
+        if x0 < x1 and y0 < y1:
+            win[y0 - top : y1 - top, x0 - left : x1 - left] = g[y0:y1, x0:x1]
     return out
 
 

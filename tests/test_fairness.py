@@ -48,3 +48,44 @@ def test_a_tenants_line_admits_in_turn_and_forgets_those_who_leave():
         assert share.used == 0
 
     asyncio.run(run())
+
+
+def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_server):
+    """A tenant at its quota of jobs, or over its prediction images this second, is refused without
+    its body being parsed (a body that is not JSON gets the 429, not a 422), answered as the second
+    turns; a request with an Idempotency-Key, another tenant, a freed place and the next second are not."""
+    import time
+
+    import redis
+
+    from app.api.factory import create_app
+    from app.demo import sinusoid_task
+
+    from .conftest import InProcess, make_settings, run_next_job
+
+    redis.Redis(port=redis_server.redis_port).flushall()
+    settings = make_settings(redis_server, tenant_max_jobs=2, tenant_predict_images_per_second=5)
+    body, garbage = {"model": "sinusoid-mlp", "support": sinusoid_task(0)[0]}, b'{"support": [oops'
+    as_json = {"Content-Type": "application/json"}
+    error = lambda r: (r.status_code, r.json()["error"]["code"], r.json()["error"]["details"][:1])  # noqa: E731
+    with InProcess(create_app(settings)) as app:
+        ids = [app.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(2)]
+        assert error(app.request("POST", "/v1/adaptations", json=body)) == (429, "quota_exceeded", ["tenant_max_jobs"])
+        refused = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json)
+        assert error(refused) == (429, "quota_exceeded", ["tenant_max_jobs"])  # from its headers
+        keyed = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json | {"Idempotency-Key": "k1"})
+        assert keyed.status_code == 422  # a retry with a key may find its adaptation: parsed
+        assert app.request("POST", "/v1/adaptations", "globex", content=garbage, headers=as_json).status_code == 422
+        assert run_next_job(settings) == "succeeded"  # a place frees: the next create is read again, and queued
+        assert app.request("POST", "/v1/adaptations", json=body).status_code == 202
+
+        predict = f"/v1/adaptations/{ids[0]}/predictions"
+        time.sleep(1.02 - time.time() % 1)  # the start of a second: the requests below fall in it
+        over = app.request("POST", predict, json={"inputs": [[0.0]] * 6})  # 6 images, 5 a second
+        assert error(over) == (429, "rate_limited", ["tenant_predict_images_per_second"])
+        asked = time.time()
+        refused = app.request("POST", predict, content=garbage, headers=as_json)
+        assert error(refused) == (429, "rate_limited", ["tenant_predict_images_per_second"])
+        assert refused.headers["retry-after"] == "1" and int(time.time()) > int(asked)  # answered as the second turned
+        time.sleep(1.02 - time.time() % 1)  # a new second's window
+        assert app.request("POST", predict, json={"inputs": [[0.0]]}).status_code == 200

@@ -93,6 +93,49 @@ def test_framing_centres_each_drawing_on_its_ink_and_never_cuts_a_stroke(ds):
     assert off.median() < 0.1 and (off[~edge] < 0.3).all() and edge.float().mean() < 0.05
 
 
+def test_numpy_framing_equals_pil_framing_bit_for_bit(ds):
+    """frame_ink's numpy windows and block means equal the PIL paste and `reduce` they replaced,
+    on Omniglot drawings and on images made to hit the edges (noise, dots, blobs off the canvas,
+    blanks, large and oblong images); dark_frame's partial sort equals np.median's verdict."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    from models.preprocess import REDUCE, WINDOW, _corners, dark_frame, frame_ink, square_gray
+
+    def pil_framing(imgs):
+        gray = np.stack([np.asarray(im) for im in imgs])
+        out = []
+        for im, (left, top) in zip(imgs, _corners(gray)):
+            window = Image.new("L", (WINDOW, WINDOW), 255)
+            window.paste(im, (-left, -top))
+            out.append(window.reduce(REDUCE).tobytes())
+        return out
+
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    drawings = [
+        Image.open(io.BytesIO(omniglot.original_png(ds.files[i]))) for i in torch.randperm(4840, generator=gen)[:300]
+    ]
+    made = []
+    for k in range(400):
+        if k % 4 == 0:
+            im = Image.fromarray(rng.integers(0, 256, (105, 105), dtype=np.uint8))
+        elif k % 4 == 3:
+            h, w = rng.integers(1, 300, 2)
+            im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        else:
+            im = Image.new("L", (105, 105), 255)
+            x, y, a, b = (int(v) for v in rng.integers(-30, 130, 4))
+            ImageDraw.Draw(im).ellipse((x, y, x + abs(a) % 60, y + abs(b) % 60), fill=int(rng.integers(0, 255)))
+        made.append(im)
+    squares = [square_gray(im) for im in drawings + made + [Image.new("L", (40, 40), 255)]]
+    assert frame_ink(squares) == pil_framing(
+        [im if im.size[0] == 105 else im.resize((105, 105), Image.Resampling.BOX) for im in squares]
+    )
+    for im in made:
+        a = np.asarray(im.convert("L"))
+        assert dark_frame(im.convert("L")) == (np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])) < 128)
+
+
 def test_a_base_trained_on_other_preprocessing_is_refused(tmp_path):
     model, meta = checkpoint.load(checkpoint.CHECKPOINT_DIR / "omniglot-conv4")
     checkpoint.save(model, meta | {"data": meta["data"] | {"preprocessing": "box-resize"}}, tmp_path / "old")

@@ -56,6 +56,22 @@ def invalid(code: str, message: str, *field) -> ApiError:
     return ApiError(422, code, message, list(field))
 
 
+def over_quota(exc: QuotaExceeded) -> ApiError:
+    """A tenant over one of its quotas of stored adaptations, jobs or bytes: 429 naming the limit."""
+    message = f"over this tenant's limit of {exc.value} {exc}"
+    return ApiError(429, "quota_exceeded", message, [exc.limit, exc.value], {"Retry-After": str(exc.retry_after)})
+
+
+def over_rate(limit: int) -> ApiError:
+    """A tenant over its prediction images per second: 429 naming the limit."""
+    message = f"over this tenant's limit of {limit} prediction images per second"
+    return ApiError(429, "rate_limited", message, ["tenant_predict_images_per_second", limit], {"Retry-After": "1"})
+
+
+def storage_full(exc: StorageFull) -> ApiError:
+    return ApiError(507, "storage_full", str(exc), [], {"Retry-After": "30"})
+
+
 def not_found(what: str, field: str | None = None) -> ApiError:
     return ApiError(404, "not_found", f"{what} not found", [field] if field else [])
 
@@ -93,16 +109,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return ApiError(exc.status_code, code, str(exc.detail), [], exc.headers).response()
 
     @app.exception_handler(QuotaExceeded)
-    async def over_quota(request: Request, exc: QuotaExceeded):
+    async def quota_exceeded(request: Request, exc: QuotaExceeded):
         tenant = getattr(request.state, "tenant", None)
         metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(request.app.state.settings, tenant), exc.limit).inc()
-        message = f"over this tenant's limit of {exc.value} {exc}"
-        details = [exc.limit, exc.value]
-        return ApiError(429, "quota_exceeded", message, details, {"Retry-After": str(exc.retry_after)}).response()
+        return over_quota(exc).response()
 
     @app.exception_handler(StorageFull)
-    async def storage_full(_, exc: StorageFull):
-        return ApiError(507, "storage_full", str(exc), [], {"Retry-After": "30"}).response()
+    async def store_full(_, exc: StorageFull):
+        return storage_full(exc).response()
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_, exc):

@@ -24,7 +24,7 @@ from ..core.store import Store
 from . import metrics, pages, routes
 from .drain import Drain
 from .errors import install_error_handlers
-from .fairness import TenantGate
+from .fairness import Refusals, TenantGate
 from .middleware import Observe
 from .notices import Notices
 from .predictor import Predictor
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         budget=settings.tenant_inflight_bytes,
         body_limit=settings.max_body_bytes,
         timeout=settings.body_timeout_seconds,
+        refusals=Refusals(app.state.store, settings),
     )
     app.add_middleware(
         Observe,

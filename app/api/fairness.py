@@ -10,17 +10,31 @@ wait in line, costing nothing while their bodies sit in the socket, and past
 `body_timeout_seconds` of waiting are answered 429. Small requests pass side by side (the
 predictor still batches them); large ones of one tenant go one after another, so a flood
 of them takes one tenant's share of the process, not the process. A route that goes on
-to wait for a job (`?wait=`) hands its share back first (`done_reading`)."""
+to wait for a job (`?wait=`) hands its share back first (`done_reading`).
+
+A request that will be refused anyway is refused from its headers too (`Refusals`): a tenant
+over its prediction images this second, or, lately refused for a quota, still over it. Under a
+flood most of a tenant's requests are such refusals, and parsing each body first (500 drawings:
+milliseconds of a core) was about a quarter of the API's CPU (docs/experiments.md). Its body is
+read and dropped, unparsed, so the connection stays usable, and the answer waits for the next
+whole second (when a rate's window turns): a client that sends again at once, as a flood does,
+is held to a request a second per connection instead of costing the cores more refusals."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import deque
 
+import redis
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
+from ..core.store import QuotaExceeded, StorageFull, Store
+from . import metrics
 from .deps import tenant_of_key, unauthorized
-from .errors import ApiError
+from .errors import ApiError, over_quota, over_rate, storage_full
 
 
 class Share:
@@ -30,11 +44,48 @@ class Share:
         self.used, self.line = 0, deque()
 
 
+class Refusals:
+    """What a POST will be answered from its tenant and path alone, before its body is parsed."""
+
+    def __init__(self, store: Store, settings):
+        self.store, self.settings = store, settings
+
+    async def __call__(self, tenant: str, path: str, headers: dict) -> ApiError | None:
+        if path.startswith("/v1/adaptations/") and path.endswith("/predictions"):
+            if self.store.over_rate(tenant):  # no store read: this process's last count of this second
+                return over_rate(self.settings.tenant_predict_images_per_second)
+        elif path == "/v1/adaptations" and b"idempotency-key" not in headers and self.store.refused_lately(tenant):
+            try:  # a retry with a key may find its stored adaptation: the route answers it
+                await run_in_threadpool(self.store.check_quotas, tenant)
+            except QuotaExceeded as exc:
+                metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(self.settings, tenant), exc.limit).inc()
+                return over_quota(exc)
+            except StorageFull as exc:
+                return storage_full(exc)
+            except redis.RedisError:
+                pass  # the route answers the store's trouble
+        return None
+
+
+async def drain(receive) -> None:
+    """Read a request's body to its end, dropping it."""
+    while (await receive()).get("more_body"):
+        pass
+
+
 class TenantGate:
-    def __init__(self, inner, tenants: dict[str, str] | None, budget: int, body_limit: int, timeout: float):
+    def __init__(
+        self,
+        inner,
+        tenants: dict[str, str] | None,
+        budget: int,
+        body_limit: int,
+        timeout: float,
+        refusals: Refusals | None = None,
+    ):
         """tenants None: auth is off and every caller is one tenant."""
         self.inner, self.tenants, self.budget = inner, tenants, budget
-        self.body_limit, self.timeout = body_limit, timeout
+        self.body_limit, self.timeout, self.refusals = body_limit, timeout, refusals
         self.shares: dict[str, Share] = {}
 
     async def __call__(self, scope, receive, send):
@@ -48,7 +99,16 @@ class TenantGate:
             refused = unauthorized("unknown API key" if bearer else "send Authorization: Bearer KEY")
             refused.headers = refused.headers | {"Connection": "close"}  # the body, if any, is never read
             return await refused.response()(scope, receive, send)
-        if scope["method"] != "POST" or self.budget <= 0:
+        if scope["method"] != "POST":
+            return await self.inner(scope, receive, send)
+        refused = tenant and self.refusals and await self.refusals(tenant, scope["path"], headers)
+        if refused:
+            scope.setdefault("state", {})["tenant"] = tenant  # for the request log
+            with contextlib.suppress(Exception):  # a body that breaks off: the answer goes all the same
+                await drain(receive)
+            await asyncio.sleep(1.0 - time.time() % 1.0)  # answered as the second turns (see above)
+            return await refused.response()(scope, receive, send)
+        if self.budget <= 0:
             return await self.inner(scope, receive, send)
         length = headers.get(b"content-length", b"")
         weight = min(int(length) if length.isdigit() else self.body_limit, self.budget)

@@ -49,7 +49,7 @@ from ..core.config import Settings
 from ..core.store import Store
 from . import metrics
 from .bases import base_of
-from .errors import ApiError
+from .errors import ApiError, over_rate
 from .inputs import Limits, batch
 from .records import owned
 
@@ -330,13 +330,7 @@ class Predictor:
                 job.record = owned(self.store, job.aid, job.tenant)  # raises the 404
             limit = self.settings.tenant_predict_images_per_second
             if count > limit:
-                raise ApiError(
-                    429,
-                    "rate_limited",
-                    f"over this tenant's limit of {limit} prediction images per second",
-                    ["tenant_predict_images_per_second", limit],
-                    {"Retry-After": "1"},
-                )
+                raise over_rate(limit)
             job.x = (
                 job.inputs
                 if isinstance(job.inputs, torch.Tensor)

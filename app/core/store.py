@@ -342,6 +342,7 @@ class Store:
         self.settings = settings
         self._fill = (0.0, 0.0)  # (checked at, used / maxmemory)
         self._refused: dict[str, float] = {}  # tenant -> when this process last saw it over a quota
+        self._counted: dict[str, tuple[int, int]] = {}  # tenant -> (second, its prediction images then), as last read
 
     # ---- adaptations -------------------------------------------------------
     def create(
@@ -426,7 +427,7 @@ class Store:
         atomically with the write)."""
         if self.fill() >= self.settings.store_max_fill:
             raise StorageFull("the store is nearly full; retry later")
-        if time.monotonic() - self._refused.get(tenant, -60.0) > 5.0:
+        if not self.refused_lately(tenant):
             return
         s = self.settings
         p = self.r.pipeline(transaction=False)
@@ -444,6 +445,10 @@ class Store:
             if used >= getattr(s, limit):
                 raise self._exceeded(limit)
         self._refused.pop(tenant, None)
+
+    def refused_lately(self, tenant: str) -> bool:
+        """Whether this process saw the tenant over a quota in the last 5 s."""
+        return time.monotonic() - self._refused.get(tenant, -60.0) <= 5.0
 
     def fill(self) -> float:
         """used_memory / maxmemory of the store's Redis (0 without a maxmemory), read at most once a
@@ -535,13 +540,22 @@ class Store:
     def get_counted(self, tenant: str, aid: str, n: int) -> tuple[dict | None, int]:
         """A record, and the tenant's prediction images this second with these n counted
         (a fixed one-second window), in one round trip."""
-        window = keys.rate(tenant, int(time.time()))
+        second = int(time.time())
+        window = keys.rate(tenant, second)
         p = self.r.pipeline(transaction=False)
         p.hmget(keys.record(tenant, aid), RECORD_FIELDS)
         p.incrby(window, n)
         p.expire(window, 2)
         raw, count, _ = p.execute()
+        self._counted[tenant] = (second, count)
         return decode_fields(raw), count
+
+    def over_rate(self, tenant: str) -> bool:
+        """Whether this second's window, as this process last counted it, already holds more of
+        the tenant's prediction images than its rate: then any request with an image is over too
+        until the second ends (the window only grows)."""
+        second, count = self._counted.get(tenant, (0, 0))
+        return second == int(time.time()) and count > self.settings.tenant_predict_images_per_second
 
     def status(self, tenant: str, aid: str) -> str | None:
         raw = self.r.hget(keys.record(tenant, aid), "status")
