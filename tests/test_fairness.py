@@ -60,8 +60,9 @@ def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_
 
     from app.api.factory import create_app
     from app.demo import sinusoid_task
+    from bench.stack import METRICS_KEY
 
-    from .conftest import InProcess, make_settings, run_next_job
+    from .conftest import InProcess, make_settings, metric_values, run_next_job
 
     redis.Redis(port=redis_server.redis_port).flushall()
     settings = make_settings(redis_server, tenant_max_jobs=2, tenant_predict_images_per_second=5)
@@ -69,17 +70,25 @@ def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_
     as_json = {"Content-Type": "application/json"}
     error = lambda r: (r.status_code, r.json()["error"]["code"], r.json()["error"]["details"][:1])  # noqa: E731
     with InProcess(create_app(settings)) as app:
+
+        def refusals(route: str) -> float:  # 429s counted under the route's name, early or not
+            text = app.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+            name = f'rapid_adapt_http_requests_total{{method="POST",route="{route}",status="429"}}'
+            return metric_values(text).get(name, 0)
+
+        before = refusals("/v1/adaptations")
         ids = [app.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(2)]
         assert error(app.request("POST", "/v1/adaptations", json=body)) == (429, "quota_exceeded", ["tenant_max_jobs"])
         refused = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json)
         assert error(refused) == (429, "quota_exceeded", ["tenant_max_jobs"])  # from its headers
+        assert refusals("/v1/adaptations") == before + 2
         keyed = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json | {"Idempotency-Key": "k1"})
         assert keyed.status_code == 422  # a retry with a key may find its adaptation: parsed
         assert app.request("POST", "/v1/adaptations", "globex", content=garbage, headers=as_json).status_code == 422
         assert run_next_job(settings) == "succeeded"  # a place frees: the next create is read again, and queued
         assert app.request("POST", "/v1/adaptations", json=body).status_code == 202
 
-        predict = f"/v1/adaptations/{ids[0]}/predictions"
+        predict, before = f"/v1/adaptations/{ids[0]}/predictions", refusals("/v1/adaptations/{aid}/predictions")
         time.sleep(1.02 - time.time() % 1)  # the start of a second: the requests below fall in it
         over = app.request("POST", predict, json={"inputs": [[0.0]] * 6})  # 6 images, 5 a second
         assert error(over) == (429, "rate_limited", ["tenant_predict_images_per_second"])
@@ -87,5 +96,6 @@ def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_
         refused = app.request("POST", predict, content=garbage, headers=as_json)
         assert error(refused) == (429, "rate_limited", ["tenant_predict_images_per_second"])
         assert refused.headers["retry-after"] == "1" and int(time.time()) > int(asked)  # answered as the second turned
+        assert refusals("/v1/adaptations/{aid}/predictions") == before + 2
         time.sleep(1.02 - time.time() % 1)  # a new second's window
         assert app.request("POST", predict, json={"inputs": [[0.0]]}).status_code == 200

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
+from types import SimpleNamespace
 
 import redis
 from fastapi import Request
@@ -44,26 +46,40 @@ class Share:
         self.used, self.line = 0, deque()
 
 
+PREDICTIONS, PREDICTIONS_ROUTE = re.compile(r"/v1/adaptations/([^/]+)/predictions"), "/v1/adaptations/{aid}/predictions"
+
+
 class Refusals:
-    """What a POST will be answered from its tenant and path alone, before its body is parsed."""
+    """What a POST will be answered from its tenant and path alone, before its body is parsed. A
+    refusal names its route in `scope` as the router would, for the request's log line and metrics."""
 
     def __init__(self, store: Store, settings):
         self.store, self.settings = store, settings
 
-    async def __call__(self, tenant: str, path: str, headers: dict) -> ApiError | None:
-        if path.startswith("/v1/adaptations/") and path.endswith("/predictions"):
-            if self.store.over_rate(tenant):  # no store read: this process's last count of this second
-                return over_rate(self.settings.tenant_predict_images_per_second)
+    async def __call__(self, tenant: str, scope: dict, headers: dict) -> ApiError | None:
+        path = scope["path"]
+        if (match := PREDICTIONS.fullmatch(path)) and self.store.over_rate(tenant):  # no store read
+            refused, route = over_rate(self.settings.tenant_predict_images_per_second), PREDICTIONS_ROUTE
+            scope["path_params"] = {"aid": match[1]}
         elif path == "/v1/adaptations" and b"idempotency-key" not in headers and self.store.refused_lately(tenant):
-            try:  # a retry with a key may find its stored adaptation: the route answers it
-                await run_in_threadpool(self.store.check_quotas, tenant)
-            except QuotaExceeded as exc:
-                metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(self.settings, tenant), exc.limit).inc()
-                return over_quota(exc)
-            except StorageFull as exc:
-                return storage_full(exc)
-            except redis.RedisError:
-                pass  # the route answers the store's trouble
+            refused, route = await self.quotas(tenant), path  # with a key, a retry may find its adaptation
+        else:
+            return None
+        if refused is not None:
+            scope["route"] = SimpleNamespace(path=route)  # as the router names it, for the log line and metrics
+        return refused
+
+    async def quotas(self, tenant: str) -> ApiError | None:
+        """The store's quotas read again (a freed place lets the create through)."""
+        try:
+            await run_in_threadpool(self.store.check_quotas, tenant)
+        except QuotaExceeded as exc:
+            metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(self.settings, tenant), exc.limit).inc()
+            return over_quota(exc)
+        except StorageFull as exc:
+            return storage_full(exc)
+        except redis.RedisError:
+            pass  # the route answers the store's trouble
         return None
 
 
@@ -101,7 +117,7 @@ class TenantGate:
             return await refused.response()(scope, receive, send)
         if scope["method"] != "POST":
             return await self.inner(scope, receive, send)
-        refused = tenant and self.refusals and await self.refusals(tenant, scope["path"], headers)
+        refused = tenant and self.refusals and await self.refusals(tenant, scope, headers)
         if refused:
             scope.setdefault("state", {})["tenant"] = tenant  # for the request log
             with contextlib.suppress(Exception):  # a body that breaks off: the answer goes all the same
