@@ -139,6 +139,7 @@ class Stack:
             d.mkdir(exist_ok=True)
             args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)]
             args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--cluster-port", str(free_port())]
+            args += ["--repl-diskless-sync-delay", "0"]  # a replica's first sync at once, not 5 s later
             self.cluster[port] = self._spawn([shutil.which("redis-server"), *args], f"cluster-{port}")
         for port in ports:
             wait_until(lambda p=port: socket.create_connection(("127.0.0.1", p), 0.2).close() or True, 10, "a node")
@@ -156,6 +157,10 @@ class Stack:
             30,
             "the cluster",
         )
+        roles = [redis.Redis(port=p).info("replication") for p in ports]
+        replicas = [p for p, info in zip(ports, roles) if info["role"] == "slave"]
+        synced = lambda p: redis.Redis(port=p).info("replication").get("master_link_status") == "up"  # noqa: E731
+        wait_until(lambda: all(synced(p) for p in replicas), 30, "the replicas' first sync")  # else none can fail over
         self.env["RAPID_ADAPT_REDIS_URL"] = f"redis://127.0.0.1:{ports[0]}/0"
         self.env["RAPID_ADAPT_REDIS_CLUSTER"] = "on"
         return ports
