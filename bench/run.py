@@ -244,8 +244,8 @@ def throughput(stack: Stack, c: httpx.Client, bodies: list[dict], jobs: int) -> 
     takes waiting work, whoever owns it (issue 31). -> that, and the CPU ms per job of the API, the
     workers, Redis and this client, which all share the machine's cores."""
     create = lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"]  # noqa: E731
-    roots = {"api": stack.api.pid, "workers": stack.workers[0].pid, "redis": stack.redis.pid, "client": os.getpid()}
-    roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers[1:], 1)}
+    roots = {"api": stack.api.pid, "redis": stack.redis.pid, "client": os.getpid()}
+    roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
     before, started = cpu_seconds(roots), time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(create, range(jobs)))
@@ -254,8 +254,8 @@ def throughput(stack: Stack, c: httpx.Client, bodies: list[dict], jobs: int) -> 
                 pass
     rate, after = jobs / (time.perf_counter() - started), cpu_seconds(roots)
     ms = {k: (after[k] - before[k]) * 1000 / jobs for k in roots}
-    ms["workers"] += sum(ms.pop(k) for k in list(ms) if k.startswith("worker "))
-    return rate, ms
+    workers = sum(ms[f"worker {i}"] for i in range(len(stack.workers)))
+    return rate, {"api": ms["api"], "workers": workers, "redis": ms["redis"], "client": ms["client"]}
 
 
 # ---- C. prediction -------------------------------------------------------------

@@ -56,8 +56,10 @@ def invalid(code: str, message: str, *field) -> ApiError:
     return ApiError(422, code, message, list(field))
 
 
-def over_quota(exc: QuotaExceeded) -> ApiError:
-    """A tenant over one of its quotas of stored adaptations, jobs or bytes: 429 naming the limit."""
+def over_quota(exc: QuotaExceeded, settings, tenant: str | None) -> ApiError:
+    """A tenant over one of its quotas of stored adaptations, jobs or bytes: 429 naming the limit,
+    counted in rapid_adapt_quota_refusals_total wherever it is answered."""
+    metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(settings, tenant), exc.limit).inc()
     message = f"over this tenant's limit of {exc.value} {exc}"
     return ApiError(429, "quota_exceeded", message, [exc.limit, exc.value], {"Retry-After": str(exc.retry_after)})
 
@@ -110,9 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QuotaExceeded)
     async def quota_exceeded(request: Request, exc: QuotaExceeded):
-        tenant = getattr(request.state, "tenant", None)
-        metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(request.app.state.settings, tenant), exc.limit).inc()
-        return over_quota(exc).response()
+        return over_quota(exc, request.app.state.settings, getattr(request.state, "tenant", None)).response()
 
     @app.exception_handler(StorageFull)
     async def store_full(_, exc: StorageFull):

@@ -34,7 +34,6 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from ..core.store import QuotaExceeded, StorageFull, Store
-from . import metrics
 from .deps import tenant_of_key, unauthorized
 from .errors import ApiError, over_quota, over_rate, storage_full
 
@@ -74,8 +73,7 @@ class Refusals:
         try:
             await run_in_threadpool(self.store.check_quotas, tenant)
         except QuotaExceeded as exc:
-            metrics.QUOTA_REFUSALS.labels(metrics.tenant_label(self.settings, tenant), exc.limit).inc()
-            return over_quota(exc)
+            return over_quota(exc, self.settings, tenant)
         except StorageFull as exc:
             return storage_full(exc)
         except redis.RedisError:
