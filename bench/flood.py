@@ -4,7 +4,8 @@ Each run starts a stack of its own (2 API processes, 2 workers, one Redis, the q
 RAPID_ADAPT_* variables or the defaults; with any RAPID_ADAPT_* variable set, results go to
 flood-<names>.md). globex's adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and
 prediction (20 PNGs) latencies are measured quiet, then while acme floods at full speed from
-8 threads: jobs of 500 drawings and predictions of 500 drawings, as fast as the service
+8 threads: jobs of 500 drawings (each with a new Idempotency-Key, as the project's client
+sends them; --no-keys: without) and predictions of 500 drawings, as fast as the service
 answers (its 429s included). Reports the medians, their ratios (bars: adaptation within 2x,
 prediction within 3x), acme's answers by status, whether the workers lived, and where the
 cores went. The baseline arm runs the same with background priority off
@@ -19,6 +20,7 @@ import statistics
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -82,19 +84,21 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
     return out
 
 
-def flood(url: str, aid: str, stop: threading.Event, big_job: dict, big_query: dict, seen: Counter, lock) -> None:
+def flood(url: str, aid: str, stop: threading.Event, bodies: tuple, seen: Counter, lock, keyed: bool) -> None:
     """acme at full speed: 500-drawing jobs, and 500-drawing predictions against its adaptation `aid`."""
+    big_job, big_query = bodies
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=120) as c:
         while not stop.is_set():
+            key = {"Idempotency-Key": f"flood-{uuid.uuid4()}"} if keyed else {}
             for r in (
-                c.post("/v1/adaptations", json=big_job),
+                c.post("/v1/adaptations", json=big_job, headers=key),
                 c.post(f"/v1/adaptations/{aid}/predictions", json=big_query),
             ):
                 with lock:
                     seen[r.status_code] += 1
 
 
-def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS) -> dict:
+def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS, keyed: bool = True) -> dict:
     """One stack with `env` on top of the environment: globex quiet, then under acme's flood."""
     adapt_body, query_body, big_job, big_query = bodies
     stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-flood-")))
@@ -110,7 +114,7 @@ def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int =
         before = snapshot(stack.url, query_body)
         stop, seen, lock = threading.Event(), Counter(), threading.Lock()
         threads = [
-            threading.Thread(target=flood, args=(stack.url, acme_aid, stop, big_job, big_query, seen, lock))
+            threading.Thread(target=flood, args=(stack.url, acme_aid, stop, (big_job, big_query), seen, lock, keyed))
             for _ in range(8)
         ]
         for t in threads:
@@ -182,7 +186,7 @@ BASELINES = {  # --baseline: the arm measured beside the defaults
 }
 
 
-def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: str, rounds: int) -> str:
+def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: str, rounds: int, keyed: bool) -> str:
     med = statistics.median
     rows = []
     for arm, rs in runs.items():
@@ -206,10 +210,11 @@ def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: st
     return "\n".join([
         "# Flood", "",
         f"`python -m bench.flood --runs {len(next(iter(runs.values())))} --workers {workers} --baseline {baseline} "
-        f"--rounds {rounds}` on {time.strftime('%Y-%m-%d')}, "
+        f"--rounds {rounds}{'' if keyed else ' --no-keys'}` on {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores: each run a stack of its own with 2 API processes and {workers} worker(s), "
         f"quotas {quotas}; "
-        f"acme floods from 8 threads with 500-drawing fine-tune jobs and 500-drawing predictions while globex's "
+        f"acme floods from 8 threads with 500-drawing fine-tune jobs ({'each with a new' if keyed else 'without'} "
+        f"Idempotency-Key) and 500-drawing predictions while globex's "
         f"medians are measured ({rounds} adaptations, {3 * rounds} predictions, quiet and then flooded). "
         f"Bars: adaptation within 2x of quiet, prediction within 3x. The baseline arm ({baseline}) sets "
         f"{BASELINES[baseline][1]}; the arms' runs are interleaved.", "",
@@ -219,7 +224,7 @@ def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: st
         *rows, "",
         "Cores in use while globex was measured under the flood (a process and its children):", "",
         *cores, "",
-        f"![globex's medians, quiet and flooded]({name(workers, baseline)}.png)", "",
+        f"![globex's medians, quiet and flooded]({name(workers, baseline, keyed=keyed)}.png)", "",
     ])  # fmt: skip
 
 
@@ -247,26 +252,29 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=2, help="Celery workers of the stack")
     p.add_argument("--baseline", choices=BASELINES, default="priority", help="the arm beside the defaults")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="globex's adaptations, quiet and flooded")
+    p.add_argument("--no-keys", action="store_true", help="acme's creates without an Idempotency-Key")
     args = p.parse_args(argv)
     quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
     changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
-    out = name(args.workers, args.baseline, changed)
+    keyed = not args.no_keys
+    out = name(args.workers, args.baseline, changed, keyed)
     arms = dict([(DEFAULT, {}), BASELINES[args.baseline]])
     arms = {a: env for a, env in arms.items() if not set(env) & set(changed)}  # a variable set by hand holds
     data, runs = bodies(), {arm: [] for arm in arms}
     for i in range(args.runs):
         for arm, env in arms.items():
             print(f"run {i + 1}/{args.runs}: {arm} ...", flush=True)
-            r = run_once(env, data, args.workers, args.rounds)
+            r = run_once(env, data, args.workers, args.rounds, keyed)
             runs[arm].append(r)
             print(f"  adaptation {r['adaptation_ratio']:.2f}x, prediction {r['prediction_ratio']:.2f}x", flush=True)
-    save(out, report(runs, quotas, args.workers, args.baseline, args.rounds), {"runs": runs, "quotas": quotas})
+    text = report(runs, quotas, args.workers, args.baseline, args.rounds, keyed)
+    save(out, text, {"runs": runs, "quotas": quotas, "keyed": keyed})
     plot(runs, RESULTS / f"{out}.png")
 
 
-def name(workers: int, baseline: str, changed: list[str] = ()) -> str:
-    """flood (2 workers, background priority as the baseline), else flood-<what differs>."""
-    parts = [f"{workers}-workers"] * (workers != 2) + [baseline] * (baseline != "priority")
+def name(workers: int, baseline: str, changed: list[str] = (), keyed: bool = True) -> str:
+    """flood (2 workers, background priority as the baseline, keyed creates), else flood-<what differs>."""
+    parts = [f"{workers}-workers"] * (workers != 2) + [baseline] * (baseline != "priority") + ["no-keys"] * (not keyed)
     parts += [k.removeprefix("RAPID_ADAPT_").lower() for k in changed]
     return "-".join(["flood", *parts])
 

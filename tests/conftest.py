@@ -115,13 +115,18 @@ def metric_values(text: str) -> dict[str, float]:
 
 
 def run_next_job(settings) -> str:
-    """What a worker does with one ticket, in this process: claim the next job, adapt, store."""
+    """What a worker does with one ticket, in this process: claim the next job, adapt, store. That job
+    only: without slices (a job that ran past one, on a loaded machine, would run another tenant's
+    waiting job first, and a test's order of jobs would depend on timing)."""
+    from app.core.config import get_settings
     from app.core.jobs import Jobs, Tickets, make_celery
     from app.core.store import Store
     from worker import celery_app, tasks
 
     celery_app.Held.jobs = Jobs(Store(settings), Tickets(make_celery(settings)), settings)
-    return tasks.run(celery_app.Held.jobs.claim("in-process"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(get_settings(), "job_slice_seconds", 0)  # the worker's own settings, as its process read them
+        return tasks.run(celery_app.Held.jobs.claim("in-process"))
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ def test_a_tenants_line_admits_in_turn_and_forgets_those_who_leave():
 def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_server):
     """A tenant at its quota of jobs, or over its prediction images this second, is refused without
     its body being parsed (a body that is not JSON gets the 429, not a 422), answered as the second
-    turns; a request with an Idempotency-Key, another tenant, a freed place and the next second are not."""
+    turns, also with an Idempotency-Key never stored; a retry whose key is stored, another tenant, a freed
+    place and the next second are not."""
     import time
 
     import redis
@@ -77,13 +78,18 @@ def test_refusals_are_answered_from_the_headers_before_the_body_is_parsed(redis_
             return metric_values(text).get(name, 0)
 
         before = refusals("/v1/adaptations")
-        ids = [app.request("POST", "/v1/adaptations", json=body).json()["id"] for _ in range(2)]
+        k0 = {"Idempotency-Key": "k0"}
+        ids = [app.request("POST", "/v1/adaptations", json=body, headers=h).json()["id"] for h in (k0, {})]
         assert error(app.request("POST", "/v1/adaptations", json=body)) == (429, "quota_exceeded", ["tenant_max_jobs"])
         refused = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json)
         assert error(refused) == (429, "quota_exceeded", ["tenant_max_jobs"])  # from its headers
-        assert refusals("/v1/adaptations") == before + 2
         keyed = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json | {"Idempotency-Key": "k1"})
-        assert keyed.status_code == 422  # a retry with a key may find its adaptation: parsed
+        assert error(keyed) == (429, "quota_exceeded", ["tenant_max_jobs"])  # a key never stored: from its headers
+        assert refusals("/v1/adaptations") == before + 3
+        retry = app.request("POST", "/v1/adaptations", content=garbage, headers=as_json | k0)
+        assert retry.status_code == 422  # a stored key: a retry may find its adaptation, so its body is read
+        retry = app.request("POST", "/v1/adaptations", json=body, headers=k0)
+        assert retry.status_code == 202 and retry.json()["id"] == ids[0]  # found, while the tenant is over its quota
         assert app.request("POST", "/v1/adaptations", "globex", content=garbage, headers=as_json).status_code == 422
         assert run_next_job(settings) == "succeeded"  # a place frees: the next create is read again, and queued
         assert app.request("POST", "/v1/adaptations", json=body).status_code == 202

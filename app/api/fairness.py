@@ -13,7 +13,8 @@ of them takes one tenant's share of the process, not the process. A route that g
 to wait for a job (`?wait=`) hands its share back first (`done_reading`).
 
 A request that will be refused anyway is refused from its headers too (`Refusals`): a tenant
-over its prediction images this second, or, lately refused for a quota, still over it. Under a
+over its prediction images this second, or, lately refused for a quota, still over it (a create
+whose Idempotency-Key is stored goes on: a retry finds its adaptation). Under a
 flood most of a tenant's requests are such refusals, and parsing each body first (500 drawings:
 milliseconds of a core) was about a quarter of the API's CPU (docs/experiments.md). Its body is
 read and dropped, unparsed, so the connection stays usable, and the answer waits for the next
@@ -60,18 +61,20 @@ class Refusals:
         if (match := PREDICTIONS.fullmatch(path)) and self.store.over_rate(tenant):  # no store read
             refused, route = over_rate(self.settings.tenant_predict_images_per_second), PREDICTIONS_ROUTE
             scope["path_params"] = {"aid": match[1]}
-        elif path == "/v1/adaptations" and b"idempotency-key" not in headers and self.store.refused_lately(tenant):
-            refused, route = await self.quotas(tenant), path  # with a key, a retry may find its adaptation
+        elif path == "/v1/adaptations" and self.store.refused_lately(tenant):
+            key = headers.get(b"idempotency-key", b"").decode("latin-1") or None
+            refused, route = await self.quotas(tenant, key), path
         else:
             return None
         if refused is not None:
             scope["route"] = SimpleNamespace(path=route)  # as the router names it, for the log line and metrics
         return refused
 
-    async def quotas(self, tenant: str) -> ApiError | None:
-        """The store's quotas read again (a freed place lets the create through)."""
+    async def quotas(self, tenant: str, idempotency_key: str | None) -> ApiError | None:
+        """The store's quotas read again (a freed place lets the create through, and so does a
+        stored Idempotency-Key: a retry may find its adaptation)."""
         try:
-            await run_in_threadpool(self.store.check_quotas, tenant)
+            await run_in_threadpool(self.store.check_quotas, tenant, idempotency_key)
         except QuotaExceeded as exc:
             return over_quota(exc, self.settings, tenant)
         except StorageFull as exc:

@@ -421,10 +421,20 @@ class Store:
         what, retry = LIMITS[limit]
         return QuotaExceeded(limit, getattr(self.settings, limit), what, retry)
 
-    def check_quotas(self, tenant: str) -> None:
+    def check_quotas(self, tenant: str, idempotency_key: str | None = None) -> None:
         """A cheap early refusal, before a request's images are decoded: for a tenant this process
         saw over a quota in the last 5 s, the quotas are read again (create checks them anyway,
-        atomically with the write)."""
+        atomically with the write). A create whose Idempotency-Key is stored is let through: as a
+        retry it finds its adaptation. Its lookup is paid only by a create about to be refused, so
+        a flood of keyed creates costs no decoding either."""
+        try:
+            self._check_quotas(tenant)
+        except (QuotaExceeded, StorageFull):
+            if idempotency_key and self.r.exists(keys.idempotency(tenant, idempotency_key)):
+                return
+            raise
+
+    def _check_quotas(self, tenant: str) -> None:
         if self.fill() >= self.settings.store_max_fill:
             raise StorageFull("the store is nearly full; retry later")
         if not self.refused_lately(tenant):

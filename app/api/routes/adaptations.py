@@ -130,8 +130,7 @@ def create(
         raise invalid("invalid_ttl", f"ttl_seconds must lie in 1..{settings.max_ttl_seconds}", "ttl_seconds")
     if body.webhook_url is not None:
         check_webhook(body.webhook_url, tenant, settings)
-    if not idempotency_key:  # over its quota, a tenant costs no decoding (a retry with a key may find its adaptation)
-        store.check_quotas(tenant)
+    store.check_quotas(tenant, idempotency_key)  # over its quota, a tenant costs no decoding
     tensors, fields = support_tensors(body.support, spec, Limits.of(settings))
     now = datetime.now(timezone.utc)
     record = {
