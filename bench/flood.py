@@ -84,9 +84,10 @@ def snapshot(url: str, queries: dict, before: dict | None = None) -> dict:
     return out
 
 
-def flood(url: str, aid: str, stop: threading.Event, bodies: tuple, seen: Counter, lock, keyed: bool) -> None:
+def flood(
+    url: str, aid: str, stop: threading.Event, big_job: dict, big_query: dict, seen: Counter, lock, keyed: bool
+) -> None:
     """acme at full speed: 500-drawing jobs, and 500-drawing predictions against its adaptation `aid`."""
-    big_job, big_query = bodies
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['acme']}"}, timeout=120) as c:
         while not stop.is_set():
             key = {"Idempotency-Key": f"flood-{uuid.uuid4()}"} if keyed else {}
@@ -114,7 +115,7 @@ def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int =
         before = snapshot(stack.url, query_body)
         stop, seen, lock = threading.Event(), Counter(), threading.Lock()
         threads = [
-            threading.Thread(target=flood, args=(stack.url, acme_aid, stop, (big_job, big_query), seen, lock, keyed))
+            threading.Thread(target=flood, args=(stack.url, acme_aid, stop, big_job, big_query, seen, lock, keyed))
             for _ in range(8)
         ]
         for t in threads:

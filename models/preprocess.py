@@ -82,8 +82,8 @@ def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
     takes that out of what the base must learn, as MNIST's preprocessing does. A chunk
     of drawings is framed in numpy at once: centres (`_corners`), windows (`_windows`,
     paper outside the canvas) and the block averages, rounded as PIL's `reduce` rounds,
-    bit for bit (tested on every Omniglot drawing): a third of the per-image PIL calls'
-    cost, which every served image pays."""
+    bit for bit (tested against the PIL paste and `reduce` on Omniglot drawings and made
+    images): decoding 20 served PNGs takes 1.08 ms instead of 1.46 (docs/experiments.md)."""
     imgs = [im if im.size[0] == CANVAS else im.resize((CANVAS, CANVAS), Image.Resampling.BOX) for im in imgs]
     out: list[bytes] = []
     for c in range(0, len(imgs), CHUNK):
