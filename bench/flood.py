@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -30,7 +31,7 @@ import torch
 
 from app.core.config import Settings
 from app.demo import omniglot_task
-from bench.stack import KEYS, Stack, cpu_seconds
+from bench.stack import KEYS, METRICS_KEY, Stack, cpu_seconds
 from models.research import omniglot
 
 from .report import RESULTS, pyplot, save, save_figure
@@ -99,6 +100,13 @@ def flood(
                     seen[r.status_code] += 1
 
 
+def passes(url: str) -> dict[str, int]:
+    """The API's prediction passes so far by torch threads (app/core/idle.py: wide while the cores are free)."""
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+    found = re.findall(r'^rapid_adapt_predict_passes_total\{threads="(\d+)"\} ([0-9.e+]+)$', text, re.M)
+    return {threads: int(float(n)) for threads, n in found}
+
+
 def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS, keyed: bool = True) -> dict:
     """One stack with `env` on top of the environment: globex quiet, then under acme's flood."""
     adapt_body, query_body, big_job, big_query = bodies
@@ -123,9 +131,9 @@ def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int =
         time.sleep(10)  # the flood at full speed first
         roots = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getpid()}
         roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
-        cpu0, t0 = cpu_seconds(roots), time.monotonic()
+        cpu0, t0, passes0 = cpu_seconds(roots), time.monotonic(), passes(stack.url)
         flooded = measure(stack.url, adapt_body, query_body, rounds)
-        cpu1, wall = cpu_seconds(roots), time.monotonic() - t0
+        cpu1, wall, passes1 = cpu_seconds(roots), time.monotonic() - t0, passes(stack.url)
         stop.set()
         for t in threads:
             t.join()
@@ -149,6 +157,7 @@ def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int =
         "stored_kept": kept,
         "stored_before": {t: len(v["ids"]) for t, v in before.items()},
         "cores_used_while_measured": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in roots},
+        "passes_while_measured_by_threads": {k: passes1[k] - passes0.get(k, 0) for k in passes1},
     }
     res["adaptation_ratio"] = res["adaptation_p50_flooded_ms"] / res["adaptation_p50_quiet_ms"]
     res["prediction_ratio"] = res["prediction_p50_flooded_ms"] / res["prediction_p50_quiet_ms"]
@@ -175,6 +184,7 @@ DEFAULT = "the defaults (a worker reserved while another tenant is active, jobs 
 BASELINES = {  # --baseline: the arm measured beside the defaults
     "priority": ("baseline: background priority off", {"RAPID_ADAPT_BACKGROUND_NICE": "0"}),
     "slices": ("baseline: jobs never yield", {"RAPID_ADAPT_JOB_SLICE_SECONDS": "0"}),
+    "narrow": ("baseline: every prediction pass on one thread", {"RAPID_ADAPT_PREDICT_IDLE_THREADS": "1"}),
     "reserved": (
         "baseline: before issue 31 (a hard reservation, jobs never yield nor batch)",
         {
@@ -204,7 +214,10 @@ def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: st
             f"**{med(r['prediction_ratio'] for r in rs):.2f}** | | | |"
         )
     cores = [
-        f"- {arm}, run {i}: " + ", ".join(f"{k} {v}" for k, v in r["cores_used_while_measured"].items())
+        f"- {arm}, run {i}: "
+        + ", ".join(f"{k} {v}" for k, v in r["cores_used_while_measured"].items())
+        + "; prediction passes by torch threads "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(r.get("passes_while_measured_by_threads", {}).items()))
         for arm, rs in runs.items()
         for i, r in enumerate(rs, 1)
     ]

@@ -69,6 +69,33 @@ def test_evicted_weights_are_rebuilt_off_the_lanes(api, settings):
     assert store.weights(aid) is not None
 
 
+def test_the_interactive_lane_goes_wide_only_while_the_cores_are_free(api, settings):
+    """The lane asks before each pass how many cores other processes left free: with a core
+    to spare its pass takes the wide count of threads (counted on /metrics by threads), else
+    one; the answers are the same."""
+    from bench.stack import METRICS_KEY
+
+    from .test_idle import Free
+
+    support, queries, _ = sinusoid_task(6)
+    aid = api.request("POST", "/v1/adaptations", json={"model": "sinusoid-mlp", "support": support}).json()["id"]
+    assert run_next_job(settings) == "succeeded"
+    lane = api.app.state.predictor.interactive_threads
+    scrape = lambda: metric_values(  # noqa: E731
+        api.request("GET", "/metrics", None, headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
+    )
+    passes = lambda n: scrape().get(f'rapid_adapt_predict_passes_total{{threads="{n}"}}', 0.0)  # noqa: E731
+    answers = {}
+    for cores, threads in ((2.0, lane.wide), (0.2, 1)):
+        lane.free = Free(cores)
+        before = passes(threads)
+        answer = api.request("POST", f"/v1/adaptations/{aid}/predictions", json={"inputs": queries[:5]})
+        assert answer.status_code == 200
+        answers[cores] = [p["value"] for p in answer.json()["predictions"]]
+        assert passes(threads) == before + 1
+    assert answers[2.0] == pytest.approx(answers[0.2], abs=1e-5)
+
+
 def test_a_rebuild_holds_back_only_the_requests_that_need_it(api, settings, monkeypatch):
     """acme's weights evicted and their rebuild made slow: globex's prediction, sent after acme's,
     is answered while acme's still waits for its rebuild; then acme's is answered too."""

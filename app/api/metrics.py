@@ -29,6 +29,9 @@ CACHE = Counter(
 PREDICT_BATCH = Histogram(
     "rapid_adapt_predict_batch_images", "images per batched forward pass", buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500)
 )
+PREDICT_PASSES = Counter(
+    "rapid_adapt_predict_passes_total", "prediction passes by torch threads (app/core/idle.py)", ["threads"]
+)
 
 QUOTA_REFUSALS = Counter(
     "rapid_adapt_quota_refusals_total", "requests refused 429 over a tenant's quota", ["tenant", "limit"]

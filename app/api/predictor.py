@@ -43,7 +43,7 @@ from cachetools import TLRUCache
 from models.exported import outputs
 from models.registry import Registry
 
-from ..core import priority, tracing
+from ..core import idle, priority, tracing
 from ..core.adaptation import run_adaptation
 from ..core.config import Settings
 from ..core.store import Store
@@ -187,16 +187,19 @@ class Predictor:
         self.rebuilder: ThreadPoolExecutor | None = None
         self.rebuilding: dict[str, Future] = {}  # id -> its weights being rebuilt
         self.rebuilding_lock = threading.Lock()
+        self.narrow = settings.torch_threads or torch.get_num_threads()  # every thread's, but a wide pass's
 
     def start(self) -> None:
         self.interactive, self.bulk = FairQueue("interactive"), FairQueue("bulk")
         nice = self.settings.background_nice
-        self.rebuilder = ThreadPoolExecutor(
-            1, "predictor-rebuild", initializer=priority.lower_this_thread, initargs=(nice,)
+        self.rebuilder = ThreadPoolExecutor(1, "predictor-rebuild", initializer=self._background, initargs=(nice,))
+        self.interactive_threads = idle.PassThreads(self.narrow, self.settings.predict_idle_threads)
+        lanes = (
+            ("predictor", self.interactive, 0, self.interactive_threads),
+            ("predictor-bulk", self.bulk, nice, idle.PassThreads(self.narrow, 1)),
         )
-        lanes = (("predictor", self.interactive, 0), ("predictor-bulk", self.bulk, nice))
         self.threads = [
-            threading.Thread(target=self._loop, args=(q, n), name=name, daemon=True) for name, q, n in lanes
+            threading.Thread(target=self._loop, args=(q, n, t), name=name, daemon=True) for name, q, n, t in lanes
         ]
         for t in self.threads:
             t.start()
@@ -260,6 +263,10 @@ class Predictor:
                 self.rebuilding[aid] = self.rebuilder.submit(self._rebuild, record)
             return self.rebuilding[aid]
 
+    def _background(self, nice: int) -> None:
+        priority.lower_this_thread(nice)
+        idle.pin(self.narrow)
+
     def _rebuild(self, record: dict) -> dict[str, torch.Tensor]:
         aid = record["id"]
         try:
@@ -275,8 +282,9 @@ class Predictor:
                 self.rebuilding.pop(aid, None)
 
     # ---- the lanes' threads --------------------------------------------------
-    def _loop(self, q: FairQueue, nice: int) -> None:
+    def _loop(self, q: FairQueue, nice: int, threads: idle.PassThreads) -> None:
         priority.lower_this_thread(nice)
+        threads.start()
         while not q.closed:
             groups: dict[str, list[tuple[Job, torch.Tensor]]] = {}
             for job, x in self._take(q):  # one pass per base version
@@ -285,7 +293,9 @@ class Predictor:
                 try:
                     model = base_of(self.registry, group[0][0].record)[0]
                     images, base = sum(len(x) for _, x in group), group[0][0].record["model"]
-                    with tracing.shared("prediction pass", [j.span for j, _ in group], images=images, model=base):
+                    spans = [j.span for j, _ in group]
+                    with threads.one_pass() as n, tracing.shared("prediction pass", spans, images=images, model=base):
+                        metrics.PREDICT_PASSES.labels(n).inc()
                         outs = forward_merged(model, [(j.fast, x) for j, x in group], self.settings.predict_max_batch)
                 except Exception as exc:  # never leave a request hanging
                     log.exception("prediction failed")

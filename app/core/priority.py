@@ -29,11 +29,38 @@ from pathlib import Path
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
+TASKS = Path("/proc/self/task")
+_background: dict[int, float] = {}  # native id of each background thread -> its CPU seconds when last read
+_gone = 0.0  # CPU seconds of background threads that have ended
+_lock = threading.Lock()
+
+
 def lower_this_thread(nice: int) -> None:
-    """This thread at `nice` for the rest of its life (without privilege it cannot come back)."""
-    if nice > 0 and hasattr(os, "setpriority"):
+    """This thread at `nice` for the rest of its life (without privilege it cannot come back),
+    and counted in `background_seconds`."""
+    if nice <= 0:
+        return
+    with _lock:
+        _background[threading.get_native_id()] = 0.0
+    if hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # Linux: a thread id is a pid
+
+
+def background_seconds() -> float:
+    """CPU seconds this process's background threads have used, ended ones included (from
+    /proc/self/task, in clock ticks; 0 elsewhere). The interactive lane counts them as load
+    (app/core/idle.py): beside a busy bulk lane a wide pass would take a worker's core."""
+    global _gone
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    with _lock:
+        for tid in list(_background):
+            try:
+                fields = (TASKS / str(tid) / "stat").read_bytes().rsplit(b")", 1)[1].split()
+                _background[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            except (OSError, ValueError, IndexError):  # ended: its last reading stays counted
+                _gone += _background.pop(tid)
+        return _gone + sum(_background.values())
 
 
 @functools.cache
