@@ -107,8 +107,8 @@ class Settings(BaseSettings):
     # per process: the service runs several processes (API, workers) that share the cores, and torch's
     # default (a thread per core in each) oversubscribes them under load (bench/results/flood*.md); 0: torch's default
     torch_threads: int = 1
-    # torch threads a prediction pass takes while this host's cores sat idle lately (app/core/idle.py): a lone
-    # request's pass on two cores instead of one; 1: always torch_threads
+    # torch threads a prediction pass takes while the rest of the host leaves the cores free (app/core/idle.py):
+    # a lone request's pass on two cores instead of one; 1: always torch_threads
     predict_idle_threads: int = Field(2, ge=1)
 
     # webhooks (app/core/webhooks.py): "tenant:secret,..." signs each tenant's calls (Standard Webhooks; a

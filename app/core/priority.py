@@ -26,10 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-AUTOGROUP = Path("/proc/self/autogroup")
-
-
-TASKS = Path("/proc/self/task")
+AUTOGROUP, TASKS = Path("/proc/self/autogroup"), Path("/proc/self/task")
 _background: dict[int, float] = {}  # native id of each background thread -> its CPU seconds when last read
 _gone = 0.0  # CPU seconds of background threads that have ended
 _lock = threading.Lock()
