@@ -184,6 +184,10 @@ DEFAULT = "the defaults (a worker reserved while another tenant is active, jobs 
 BASELINES = {  # --baseline: the arm measured beside the defaults
     "priority": ("baseline: background priority off", {"RAPID_ADAPT_BACKGROUND_NICE": "0"}),
     "slices": ("baseline: jobs never yield", {"RAPID_ADAPT_JOB_SLICE_SECONDS": "0"}),
+    "sessions": (  # bench/stack.py: STACK_SESSIONS
+        "baseline: each process in a session of its own, slices of 0.05 s (as scripts/quickstart.sh ran them before)",
+        {"STACK_SESSIONS": "own", "RAPID_ADAPT_JOB_SLICE_SECONDS": "0.05"},
+    ),
     "narrow": ("baseline: every prediction pass on one thread", {"RAPID_ADAPT_PREDICT_IDLE_THREADS": "1"}),
     "reserved": (
         "baseline: before issue 31 (a hard reservation, jobs never yield nor batch)",

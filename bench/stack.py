@@ -21,6 +21,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"acme": "key-acme-0123456789abcdef", "globex": "key-globex-0123456789abcdef"}
 METRICS_KEY = "key-metrics-0123456789abcdef"
+# each process a group of its own (stopped, with its children, by os.killpg), all in this session, as
+# scripts/quickstart.sh starts them: one autogroup, where the nice values of the API's and the workers'
+# threads weigh against each other (app/core/priority.py)
+GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 def free_port() -> int:
@@ -114,9 +118,9 @@ class Stack:
 
     def _spawn(self, args, name, env=None) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-            p = subprocess.Popen(
-                args, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            env = env or self.env
+            group = {"start_new_session": True} if env.get("STACK_SESSIONS") == "own" else GROUP  # a bench's baseline
+            p = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, **group)
         self.procs.append(p)
         return p
 

@@ -51,8 +51,9 @@ start_redis() {  # name port maxmemory policy: never evicts; an append-only file
 }
 start_redis broker "$BROKER_PORT" 256mb noeviction
 start_redis store "$STORE_PORT" 1gb noeviction
-SETSID="$(command -v setsid || true)"  # the worker in a session of its own: a background job weighs on it alone
-nohup $SETSID $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
+# the worker and the API in this session: one autogroup, where their threads' nice values weigh against each
+# other (a job at background priority yields to the API's interactive lane, the bulk lane to a job; app/core/priority.py)
+nohup $PY -m celery -A worker.celery_app:app worker --loglevel INFO --concurrency 1 \
   --without-gossip --without-mingle >"$RUN/worker.log" 2>&1 & echo $! >"$RUN/worker.pid"
 nohup $PY -m app.serve --host 127.0.0.1 --port "$PORT" >"$RUN/api.log" 2>&1 & echo $! >"$RUN/api.pid"
 

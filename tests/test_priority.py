@@ -3,10 +3,13 @@ who gets it (a worker's job whose tenant has more waiting, the API's bulk lane).
 
 from __future__ import annotations
 
+import contextvars
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from app.core import priority
 from app.demo import sinusoid_task
 from bench.stack import KEYS, ROOT, wait_until
 from rapid_adapt_client import Client
+from worker import tasks
 
 from .workers import slow_worker
 
@@ -32,6 +36,65 @@ def test_a_thread_lowers_itself_and_no_other():
     t.join()
     assert seen["nice"] == 7
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != 7  # this thread is as it was
+
+
+def test_a_job_computes_on_a_thread_of_its_own_at_its_priority():
+    """`on_own_thread`: the work runs on another thread at the job's nice value, in the caller's
+    context (its trace span), and hands back what it returned or raised; the caller's thread
+    keeps its own priority, so the next job can run at normal priority again."""
+    label = contextvars.ContextVar("label")
+    label.set("the job's span")
+    seen = {}
+
+    def work(pause):
+        pause()
+        seen.update(tid=threading.get_native_id(), label=label.get())
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, seen["tid"])
+        return "weights"
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert tasks.on_own_thread(7, work, lambda: None) == "weights"
+    assert seen["tid"] != threading.get_native_id() and seen["nice"] == 7 and seen["label"] == "the job's span"
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+    def bad(pause):
+        raise ValueError("a support set adapt refuses")
+
+    with pytest.raises(ValueError, match="refuses"):
+        tasks.on_own_thread(0, bad, lambda: None)
+
+
+def test_a_soft_time_limit_stops_the_job_at_its_next_pause():
+    """The soft time limit is a signal whose handler raises on the waiting thread: the job's
+    thread then stops at its next pause, and the waiting thread raises the limit's exception."""
+
+    class Limit(Exception):
+        pass
+
+    def strike(*_):
+        raise Limit
+
+    steps, ended = [], []
+
+    def work(pause):
+        try:
+            for k in range(500):
+                time.sleep(0.01)  # a step
+                steps.append(k)
+                pause()
+        finally:
+            ended.append(sys.exc_info()[0])
+
+    old = signal.signal(signal.SIGALRM, strike)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(Limit):
+            tasks.on_own_thread(0, work, lambda: None)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert ended == [tasks.Interrupted]  # the job's thread ended, at a pause
+    assert 0 < len(steps) < 500
 
 
 SESSION_PROBE = """
@@ -65,19 +128,12 @@ def test_a_session_is_weighed_by_its_leader_or_its_child_and_comes_back_to_norma
     assert probe(2) == ["False", "0", "False", "0"]  # further down: someone else's session, left alone
 
 
-def autogroup_nice(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
-    except OSError:
-        return None
-
-
-@pytest.mark.skipif(priority.session_nice() is None, reason="this kernel keeps no autogroups")
 def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(new_stack):
     """One worker: acme queues four slow jobs, then globex one. While acme has jobs waiting,
-    the worker's session runs them at background priority (seen in /proc, and in the job's
-    metrics); globex's lone job and acme's last run at normal priority. (One job at a time: a
-    batch of them runs at normal priority unless every job of it has more of its tenant's waiting.)"""
+    the worker runs them on a thread at background priority (seen in /proc, and in the job's
+    metrics); globex's lone job and acme's last run at normal priority, and once the jobs have
+    ended no thread of the worker is left at background priority. (One job at a time: a batch
+    of them runs at normal priority unless every job of it has more of its tenant's waiting.)"""
     s = new_stack(job_batch_max=1)
     s.start_redis()
     w = slow_worker(s, 0.6)
@@ -87,7 +143,7 @@ def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(n
 
     def watch():
         while not stop.wait(0.02):
-            seen.add(autogroup_nice(w.pid))
+            seen.update(n for pid in in_group(w.pid) for n in thread_nices(pid))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -104,8 +160,9 @@ def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(n
     assert got[mine] == "normal"
     assert got[flood[1]] == "background"  # claimed while acme's #3 and #4 waited
     assert got[flood[-1]] == "normal"  # nothing of acme's left waiting
-    assert 10 in seen  # the kernel weighed the worker's session at background priority
-    wait_until(lambda: autogroup_nice(w.pid) == 0, 5, "the worker's session back at normal priority")
+    assert 10 in seen  # the kernel weighed the job's thread at background priority
+    nices = lambda: [n for pid in in_group(w.pid) for n in thread_nices(pid)]  # noqa: E731
+    wait_until(lambda: nices() and 10 not in nices(), 5, "no thread of the worker left at background priority")
 
 
 def stat_fields(path: Path) -> list[str]:
@@ -118,11 +175,12 @@ def thread_nices(pid: int) -> list[int]:
     return [int(stat_fields(stat)[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")]
 
 
-def in_session(sid: int) -> list[int]:
+def in_group(pgid: int) -> list[int]:
+    """The processes of a process group (bench/stack.py starts each process as one)."""
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat_fields(stat)[3]) == sid:
+            if int(stat_fields(stat)[2]) == pgid:
                 out.append(int(stat.parent.name))
         except OSError:  # gone meanwhile
             continue
@@ -132,7 +190,7 @@ def in_session(sid: int) -> list[int]:
 def test_the_api_predicts_large_requests_in_a_background_lane(stack):
     """Each API process has a thread at background priority (the bulk lane), and a request
     larger than one pass is answered through it with the same answers as in passes of one."""
-    api_pids = in_session(stack.api.pid)  # app.serve and its uvicorn processes
+    api_pids = in_group(stack.api.pid)  # app.serve and its uvicorn processes
     lanes = [pid for pid in api_pids if 10 in thread_nices(pid)]
     assert lanes, {pid: thread_nices(pid) for pid in api_pids}
     with Client(stack.url, KEYS["acme"]) as c:

@@ -88,7 +88,7 @@ def test_waiting_fast_jobs_adapt_as_one_batch_and_predict_as_if_alone(new_stack)
             assert c.predict(alone["id"], xs) == c.predict(aid, xs)
 
 
-@pytest.mark.parametrize("slice_seconds", [0.05, 0.0])
+@pytest.mark.parametrize("slice_seconds", [0.02, 0.0])
 def test_a_short_job_runs_between_the_slices_of_a_long_one(new_stack, slice_seconds):
     """One worker busy with acme's 500-drawing fine-tune job: globex's job runs at the long
     job's next pause and ends first, and the long job's metrics count the job it yielded to.

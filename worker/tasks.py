@@ -12,14 +12,18 @@ and the API, come first.
 
 A job runs in slices (`Slices`): when another tenant's job waits, the worker runs it at
 once and the long job waits at its next pause (an embedding chunk, a step), so on a busy
-worker a short job waits about a slice behind a long one, however long that is."""
+worker a short job waits about a slice behind a long one, however long that is. Each job
+computes on a thread of its own (`on_own_thread`), at its CPU priority."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -35,10 +39,53 @@ from .celery_app import app, jobs, registry
 
 log = logging.getLogger("rapid_adapt.worker")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+T = TypeVar("T")
 
 
 class Stopped(Exception):
     """The adaptation was cancelled or deleted while running."""
+
+
+class Interrupted(Exception):
+    """A job's thread stopped at a pause: the thread waiting for it was interrupted (the soft time limit)."""
+
+
+def on_own_thread(nice: int, work: Callable[[Callable[[], None]], T], pause: Callable[[], None]) -> T:
+    """work(pause) on a thread of its own at CPU priority `nice` -> what it returned (or raises what it raised).
+
+    A thread per job, since a thread that lowered its priority cannot raise it again without
+    privilege. The kernel weighs each thread by its nice value against the others of its group
+    (docs in app/core/priority.py): a job at background priority yields the core to the job it
+    was interrupted for (on the watcher's thread, at normal priority) instead of sharing it
+    until its next pause, and to the API's interactive work where they share a session. The
+    soft time limit, a signal raised on the waiting thread, stops the job at its next pause."""
+    stop, done, out = threading.Event(), threading.Event(), {}
+    context = contextvars.copy_context()  # the job's trace span
+
+    def paused() -> None:
+        if stop.is_set():
+            raise Interrupted
+        pause()
+
+    def body() -> None:
+        priority.renice_this_thread(nice)
+        try:
+            out["value"] = context.run(work, paused)
+        except BaseException as exc:  # raised again on the waiting thread
+            out["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=body, name="job", daemon=True).start()
+    try:
+        done.wait()  # not Thread.join: one interrupted can mark the thread ended while it runs (CPython gh-90882)
+    except BaseException:
+        stop.set()
+        done.wait()
+        raise
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=8)
@@ -89,8 +136,9 @@ def run_batch(batch: list[Job]) -> str:
 
 
 def cpu_priority(behind: bool) -> int:
-    """This process's CPU priority for a job (or batch) whose tenants have more waiting, or not:
-    background (`background_nice`) or normal, set now. -> the nice value."""
+    """The CPU priority of a job (or batch) whose tenants have more waiting, or not: background
+    (`background_nice`) or normal. -> the nice value, which its thread takes (`on_own_thread`);
+    set now as this session's weight too, where the worker has a session of its own."""
     nice = get_settings().background_nice if behind else 0
     priority.set_session(nice)
     return nice
@@ -113,7 +161,8 @@ def adapt_together(pairs: list[tuple[Job, dict]]) -> list[tuple[Job, dict]]:
                 beats.enter_context(lifecycle.beating(job))
             beats.enter_context(slices.watching())
             records, supports = [j.record for j, _ in pairs], [s for _, s in pairs]
-            results = run_adaptations(registry(), records, supports, device(), on_step, slices)
+            work = lambda pause: run_adaptations(registry(), records, supports, device(), on_step, pause)  # noqa: E731
+            results = on_own_thread(nice, work, slices)
     except (redis.RedisError, SoftTimeLimitExceeded):
         raise
     except Exception as exc:
@@ -217,7 +266,8 @@ def adapt_started(job: Job, support: dict, outer: Slices | None = None, mode: st
     slices = Slices(job, nice, outer)
     try:
         with lifecycle.beating(job), slices.watching():
-            fast, metrics = run_adaptation(registry(), job.record, support, device(), on_step, slices, mode)
+            work = lambda pause: run_adaptation(registry(), job.record, support, device(), on_step, pause, mode)  # noqa: E731
+            fast, metrics = on_own_thread(nice, work, slices)
     except Stopped:
         lifecycle.release(job)
         log.info("adaptation stopped", extra={"adaptation_id": job.aid, "status": "cancelled"})

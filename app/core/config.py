@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     job_batch_max: int = Field(16, ge=1)
     # a running job's slice: this often it looks for other tenants' waiting jobs and runs one first
     # (worker/tasks.py); 0: jobs never yield
-    job_slice_seconds: float = Field(0.05, ge=0)
+    job_slice_seconds: float = Field(0.02, ge=0)
     # CPU priority (a nice value, 0-19) of background work: prediction requests larger than one pass,
     # and jobs of a tenant with more jobs waiting (app/core/priority.py); 0: the same as the rest
     background_nice: int = Field(10, ge=0, le=19)

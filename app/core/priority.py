@@ -4,15 +4,19 @@ the core; alone, it runs at full speed).
 
 Background work is a prediction request larger than one pass (the API's bulk lane), the
 decoding of a support set larger than one pass (`background_threads`), and a job whose
-tenant has more jobs waiting (a worker). Measured in bench/results/flood.md: one
-tenant's flood of both on two cores, and another tenant's latencies with and without.
+tenant has more jobs waiting (a worker runs each job on a thread of its own, at its
+priority: worker/tasks.py). Measured in bench/results/flood*.md: one tenant's flood of
+both on two cores, and another tenant's latencies with and without.
 
 Linux weighs threads at two levels: within one scheduling group by each thread's nice value
-(`lower_this_thread`), and between autogroups (one per session, for processes outside a
-CPU cgroup of their own) by the group's nice value (`set_session`). Containers each get a
-cgroup of their own, between which only the cgroups' CPU weights count: there a worker's
-job priority does nothing, and the API's bulk lane still yields to its interactive one.
-Elsewhere than Linux, or without permission, both do nothing.
+(`lower_this_thread`, `renice_this_thread`), and between groups by the group's weight. A group
+is an autogroup (one per session, for processes outside a CPU cgroup of their own, weighed by
+the session's nice value: `set_session`) or a cgroup (a container). So the nice values of the
+API's and the workers' threads weigh against each other where they share a session, as
+scripts/quickstart.sh and bench/stack.py start them; a worker in a session of its own weighs
+its session instead. Between containers only the cgroups' CPU weights count: there the nice
+values still order the threads within each (the bulk lane after the interactive one, a job
+after the one it yielded to). Elsewhere than Linux, or without permission, all this does nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ def lower_this_thread(nice: int) -> None:
         return
     with _lock:
         _background[threading.get_native_id()] = 0.0
-    if hasattr(os, "setpriority"):
+    renice_this_thread(nice)
+
+
+def renice_this_thread(nice: int) -> None:
+    """This thread at `nice` (> 0) for the rest of its life; threads it starts inherit it."""
+    if nice > 0 and hasattr(os, "setpriority"):
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # Linux: a thread id is a pid
 
