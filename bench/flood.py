@@ -40,20 +40,30 @@ from .run import png_b64
 ROUNDS = 25  # globex adaptations, each followed by 3 predictions, quiet and again under the flood (--rounds)
 
 
+def at(record: dict, key: str) -> float:
+    """A record's timestamp (created_at, started_at, finished_at) in ms."""
+    return datetime.fromisoformat(record[key].replace("Z", "+00:00")).timestamp() * 1000
+
+
+def adapted(c: httpx.Client, body: dict) -> dict:
+    """An adaptation posted with ?wait= and followed until it succeeded -> its record."""
+    a = c.post("/v1/adaptations?wait=30", json=body).json()
+    while a.get("status") in ("queued", "running"):  # still in line after 30 s (a baseline without slices)
+        a = c.get(f"/v1/adaptations/{a['id']}?wait=30").json()
+    assert a.get("status") == "succeeded", str(a)[:300]
+    return a
+
+
 def measure(url: str, adapt_body: dict, queries: dict, n: int = ROUNDS) -> tuple[list[float], ...]:
     """-> globex's adaptation latencies, prediction latencies, each adaptation's wait in line (its
     record's started_at - created_at) and its run (finished_at - started_at), in ms."""
     adapt_ms, predict_ms, queued_ms, running_ms = [], [], [], []
-    at = lambda a, k: datetime.fromisoformat(a[k].replace("Z", "+00:00")).timestamp() * 1000  # noqa: E731
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['globex']}"}, timeout=120) as c:
         aid = c.post("/v1/adaptations?wait=30", json=adapt_body).json()["id"]
         for _ in range(n):
             t = time.perf_counter()
-            a = c.post("/v1/adaptations?wait=30", json=adapt_body).json()
-            while a.get("status") in ("queued", "running"):  # still in line after 30 s (a baseline without slices)
-                a = c.get(f"/v1/adaptations/{a['id']}?wait=30").json()
+            a = adapted(c, adapt_body)
             adapt_ms.append((time.perf_counter() - t) * 1000)
-            assert a.get("status") == "succeeded", str(a)[:200]
             queued_ms.append(at(a, "started_at") - at(a, "created_at"))
             running_ms.append(at(a, "finished_at") - at(a, "started_at"))
             for _ in range(3):

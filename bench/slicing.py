@@ -20,7 +20,6 @@ import statistics
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from app.core.config import Settings
 from bench.stack import KEYS, Stack
 
-from .flood import bodies
+from .flood import adapted, at, bodies
 from .report import RESULTS, pyplot, save, save_figure
 
 DEFAULT = Settings.model_fields["job_slice_seconds"].default
@@ -37,17 +36,9 @@ SLICES = (DEFAULT, 0.05, 0.0)  # the default first; 0: jobs never yield
 EVERY = 0.25  # seconds between globex's jobs, on average (uniform from half to one and a half of it)
 
 
-def at(record: dict, key: str) -> float:
-    """A record's timestamp in ms."""
-    return datetime.fromisoformat(record[key].replace("Z", "+00:00")).timestamp() * 1000
-
-
 def long_job(c: httpx.Client, body: dict) -> dict:
     """acme's long job, waited for -> its run and the time it gave to others' jobs, in ms."""
-    r = c.post("/v1/adaptations?wait=30", json=body).json()
-    while r.get("status") in ("queued", "running"):
-        r = c.get(f"/v1/adaptations/{r['id']}?wait=30").json()
-    assert r.get("status") == "succeeded", str(r)[:300]
+    r = adapted(c, body)
     given = (r["metrics"].get("yielded") or {}).get("ms", 0.0)
     run = at(r, "finished_at") - at(r, "started_at")
     return {"run_ms": run, "yielded_ms": given, "own_ms": run - given}
@@ -58,10 +49,7 @@ def short_jobs(url: str, body: dict, stop: threading.Event, waits: list[float], 
     pause = random.Random(seed)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEYS['globex']}"}, timeout=120) as c:
         while not stop.wait(EVERY * pause.uniform(0.5, 1.5)):
-            r = c.post("/v1/adaptations?wait=30", json=body).json()
-            while r.get("status") in ("queued", "running"):
-                r = c.get(f"/v1/adaptations/{r['id']}?wait=30").json()
-            assert r.get("status") == "succeeded", str(r)[:300]
+            r = adapted(c, body)
             waits.append(at(r, "started_at") - at(r, "created_at"))
 
 

@@ -140,10 +140,11 @@ def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(n
     s.start_api()
     s.wait_ready()
     seen, stop = set(), threading.Event()
+    nices = lambda: [n for pid in in_group(w.pid) for n in thread_nices(pid)]  # noqa: E731  the worker's threads
 
     def watch():
         while not stop.wait(0.02):
-            seen.update(n for pid in in_group(w.pid) for n in thread_nices(pid))
+            seen.update(nices())
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -161,7 +162,6 @@ def test_a_tenants_backlog_runs_at_background_priority_and_a_lone_job_does_not(n
     assert got[flood[1]] == "background"  # claimed while acme's #3 and #4 waited
     assert got[flood[-1]] == "normal"  # nothing of acme's left waiting
     assert 10 in seen  # the kernel weighed the job's thread at background priority
-    nices = lambda: [n for pid in in_group(w.pid) for n in thread_nices(pid)]  # noqa: E731
     wait_until(lambda: nices() and 10 not in nices(), 5, "no thread of the worker left at background priority")
 
 
