@@ -81,12 +81,13 @@ def test_a_soft_time_limit_stops_the_job_at_its_next_pause():
             for k in range(500):
                 time.sleep(0.01)  # a step
                 steps.append(k)
+                if k == 0:  # the limit strikes once the job is under way, however slowly its thread started
+                    signal.setitimer(signal.ITIMER_REAL, 0.05)
                 pause()
         finally:
             ended.append(sys.exc_info()[0])
 
     old = signal.signal(signal.SIGALRM, strike)
-    signal.setitimer(signal.ITIMER_REAL, 0.2)
     try:
         with pytest.raises(Limit):
             tasks.on_own_thread(0, work, lambda: None)
