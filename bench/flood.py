@@ -2,7 +2,8 @@
 
 Each run starts a stack of its own (2 API processes, 2 workers, one Redis, the quotas of
 RAPID_ADAPT_* variables or the defaults; with any RAPID_ADAPT_* variable set, results go to
-flood-<names>.md). globex's adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and
+flood-<names>.md), or with --compose the Docker Compose deployment (bench/compose.py: a container
+per service). globex's adaptation (20-way 1-shot Omniglot PNGs, POST ?wait=) and
 prediction (20 PNGs) latencies are measured quiet, then while acme floods at full speed from
 8 threads: jobs of 500 drawings (each with a new Idempotency-Key, as the project's client
 sends them; --no-keys: without) and predictions of 500 drawings, as fast as the service
@@ -31,6 +32,7 @@ import torch
 
 from app.core.config import Settings
 from app.demo import omniglot_task
+from bench.compose import ComposeStack
 from bench.stack import KEYS, METRICS_KEY, Stack, cpu_seconds
 from models.research import omniglot
 
@@ -117,10 +119,13 @@ def passes(url: str) -> dict[str, int]:
     return {threads: int(float(n)) for threads, n in found}
 
 
-def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS, keyed: bool = True) -> dict:
-    """One stack with `env` on top of the environment: globex quiet, then under acme's flood."""
+def run_once(
+    env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int = ROUNDS, keyed: bool = True, compose=False
+) -> dict:
+    """One stack (processes here, or `compose`: the Compose deployment's containers) with `env` on top
+    of the environment: globex quiet, then under acme's flood."""
     adapt_body, query_body, big_job, big_query = bodies
-    stack = Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-flood-")))
+    stack = ComposeStack() if compose else Stack(Path(tempfile.mkdtemp(prefix="rapid-adapt-flood-")))
     stack.env |= {"WEB_CONCURRENCY": "2", **env}
     stack.start(workers=workers)
     try:
@@ -139,15 +144,14 @@ def run_once(env: dict[str, str], bodies: tuple, workers: int = 2, rounds: int =
         for t in threads:
             t.start()
         time.sleep(10)  # the flood at full speed first
-        roots = {"api": stack.api.pid, "redis": stack.redis.pid, "clients (this process)": os.getpid()}
-        roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
+        roots = stack.roots() | {"clients (this process)": os.getpid()}
         cpu0, t0, passes0 = cpu_seconds(roots), time.monotonic(), passes(stack.url)
         flooded = measure(stack.url, adapt_body, query_body, rounds)
         cpu1, wall, passes1 = cpu_seconds(roots), time.monotonic() - t0, passes(stack.url)
         stop.set()
         for t in threads:
             t.join()
-        workers_alive = all(w.poll() is None for w in stack.workers)
+        workers_alive = stack.workers_alive()
         after = snapshot(stack.url, query_body, before)
         kept = before == after and all(x == "succeeded" for t in before for x in before[t]["statuses"])
     finally:
@@ -211,7 +215,9 @@ BASELINES = {  # --baseline: the arm measured beside the defaults
 }
 
 
-def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: str, rounds: int, keyed: bool) -> str:
+def report(
+    runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: str, rounds: int, keyed: bool, compose=False
+) -> str:
     med = statistics.median
     rows = []
     for arm, rs in runs.items():
@@ -238,8 +244,10 @@ def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: st
     return "\n".join([
         "# Flood", "",
         f"`python -m bench.flood --runs {len(next(iter(runs.values())))} --workers {workers} --baseline {baseline} "
-        f"--rounds {rounds}{'' if keyed else ' --no-keys'}` on {time.strftime('%Y-%m-%d')}, "
-        f"{os.cpu_count()} cores: each run a stack of its own with 2 API processes and {workers} worker(s), "
+        f"--rounds {rounds}{'' if keyed else ' --no-keys'}{' --compose' if compose else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores: each run "
+        f"{'a Compose deployment (bench/compose.py: a container per service)' if compose else 'a stack'} of its own "
+        f"with 2 API processes and {workers} worker(s), "
         f"quotas {quotas}; "
         f"acme floods from 8 threads with 500-drawing fine-tune jobs ({'each with a new' if keyed else 'without'} "
         f"Idempotency-Key) and 500-drawing predictions while globex's "
@@ -252,7 +260,7 @@ def report(runs: dict[str, list[dict]], quotas: dict, workers: int, baseline: st
         *rows, "",
         "Cores in use while globex was measured under the flood (a process and its children):", "",
         *cores, "",
-        f"![globex's medians, quiet and flooded]({name(workers, baseline, keyed=keyed)}.png)", "",
+        f"![globex's medians, quiet and flooded]({name(workers, baseline, keyed=keyed, compose=compose)}.png)", "",
     ])  # fmt: skip
 
 
@@ -281,28 +289,30 @@ def main(argv=None) -> None:
     p.add_argument("--baseline", choices=BASELINES, default="priority", help="the arm beside the defaults")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="globex's adaptations, quiet and flooded")
     p.add_argument("--no-keys", action="store_true", help="acme's creates without an Idempotency-Key")
+    p.add_argument("--compose", action="store_true", help="the Compose deployment (bench/compose.py), not processes")
     args = p.parse_args(argv)
     quotas = {k: v for k, v in Settings().model_dump().items() if k.startswith("tenant_")}  # RAPID_ADAPT_* apply
     changed = sorted(k for k in os.environ if k.startswith("RAPID_ADAPT_"))  # results of other settings: elsewhere
     keyed = not args.no_keys
-    out = name(args.workers, args.baseline, changed, keyed)
+    out = name(args.workers, args.baseline, changed, keyed, args.compose)
     arms = dict([(DEFAULT, {}), BASELINES[args.baseline]])
     arms = {a: env for a, env in arms.items() if not set(env) & set(changed)}  # a variable set by hand holds
     data, runs = bodies(), {arm: [] for arm in arms}
     for i in range(args.runs):
         for arm, env in arms.items():
             print(f"run {i + 1}/{args.runs}: {arm} ...", flush=True)
-            r = run_once(env, data, args.workers, args.rounds, keyed)
+            r = run_once(env, data, args.workers, args.rounds, keyed, args.compose)
             runs[arm].append(r)
             print(f"  adaptation {r['adaptation_ratio']:.2f}x, prediction {r['prediction_ratio']:.2f}x", flush=True)
-    text = report(runs, quotas, args.workers, args.baseline, args.rounds, keyed)
-    save(out, text, {"runs": runs, "quotas": quotas, "keyed": keyed})
+    text = report(runs, quotas, args.workers, args.baseline, args.rounds, keyed, args.compose)
+    save(out, text, {"runs": runs, "quotas": quotas, "keyed": keyed, "compose": args.compose})
     plot(runs, RESULTS / f"{out}.png")
 
 
-def name(workers: int, baseline: str, changed: list[str] = (), keyed: bool = True) -> str:
+def name(workers: int, baseline: str, changed: list[str] = (), keyed: bool = True, compose: bool = False) -> str:
     """flood (2 workers, background priority as the baseline, keyed creates), else flood-<what differs>."""
-    parts = [f"{workers}-workers"] * (workers != 2) + [baseline] * (baseline != "priority") + ["no-keys"] * (not keyed)
+    parts = ["compose"] * compose + [f"{workers}-workers"] * (workers != 2) + [baseline] * (baseline != "priority")
+    parts += ["no-keys"] * (not keyed)
     parts += [k.removeprefix("RAPID_ADAPT_").lower() for k in changed]
     return "-".join(["flood", *parts])
 

@@ -266,6 +266,14 @@ class Stack:
         self.wait_ready()
         return self
 
+    def roots(self) -> dict[str, int]:
+        """Each process's pid by role (its children counted under it, `cpu_seconds`)."""
+        roles = {"api": self.api.pid, "redis": self.redis.pid}
+        return roles | {f"worker {i}": w.pid for i, w in enumerate(self.workers)}
+
+    def workers_alive(self) -> bool:
+        return all(w.poll() is None for w in self.workers)
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             if p.poll() is None:

@@ -26,14 +26,15 @@ import errno
 import functools
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-AUTOGROUP, TASKS = Path("/proc/self/autogroup"), Path("/proc/self/task")
+AUTOGROUP, TASKS, CGROUPS = Path("/proc/self/autogroup"), Path("/proc/self/task"), Path("/proc/self/cgroup")
 _background: dict[int, float] = {}  # native id of each background thread -> its CPU seconds when last read
 _gone = 0.0  # CPU seconds of background threads that have ended
 _lock = threading.Lock()
+_wanted: int | None = None  # the session weight last asked for (`set_session`)
+_retry: threading.Timer | None = None  # a refused write of it, made again shortly
 
 
 def lower_this_thread(nice: int) -> None:
@@ -83,22 +84,57 @@ def session_nice() -> int | None:
         return None
 
 
+@functools.cache
+def autogroups_weigh(cgroups: Path = CGROUPS) -> bool:
+    """Whether a session's weight counts at all: Linux uses autogroups only for processes in the
+    root CPU cgroup. In a container (or a systemd unit with its own CPU cgroup) the cgroup is the
+    group: there a session's weight changes nothing, and an unprivileged write of it is refused
+    when another was made in the last 100 ms, machine-wide."""
+    try:
+        lines = [line.split(":", 2) for line in cgroups.read_text().splitlines()]
+    except OSError:
+        return False
+    v1 = [path for _, controllers, path in lines if "cpu" in controllers.split(",")]
+    v2 = [path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers]
+    return (v1 or v2 or ["?"])[0] == "/"
+
+
 def set_session(nice: int) -> bool:
     """Weigh this process's autogroup at `nice` (raising it needs no privilege, nor does
     coming back to 0), only where the session is this process's or its parent's (a worker's
-    pool process): never a shell's, or an API's started in the same session.
+    pool process): never a shell's, or an API's started in the same session; and only where
+    autogroups weigh. Never waits: the kernel takes an unprivileged write at most every 100 ms,
+    machine-wide, so a refused one is made 0.11 s later, with the value last asked for then.
     -> whether the autogroup is at `nice` now."""
-    if not hasattr(os, "getsid") or os.getsid(0) not in (os.getpid(), os.getppid()):
+    global _wanted
+    if not hasattr(os, "getsid") or os.getsid(0) not in (os.getpid(), os.getppid()) or not autogroups_weigh():
         return False
+    _wanted = nice
     now = session_nice()
     if now is None or now == nice:
         return now == nice
-    for attempt in range(2):
-        try:
-            AUTOGROUP.write_text(str(nice))
-            return True
-        except OSError as exc:  # EAGAIN: an unprivileged write at most every 100 ms, machine-wide
-            if exc.errno != errno.EAGAIN or attempt:
-                return False
-            time.sleep(0.11)
-    return False
+    return _write_session(nice)
+
+
+def _write_session(nice: int) -> bool:
+    global _retry
+    try:
+        AUTOGROUP.write_text(str(nice))
+        return True
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            with _lock:
+                if _retry is None:  # else one is already due
+                    _retry = threading.Timer(0.11, _catch_up)
+                    _retry.daemon = True
+                    _retry.start()
+        return False
+
+
+def _catch_up() -> None:
+    """A refused write, made again with the value last asked for (and again later if refused)."""
+    global _retry
+    with _lock:
+        _retry = None
+    if _wanted is not None and session_nice() not in (None, _wanted):
+        _write_session(_wanted)
