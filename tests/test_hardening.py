@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,7 +22,7 @@ from PIL import Image
 
 from app.core import keys
 from app.demo import sinusoid_task
-from bench.stack import KEYS, wait_until
+from bench.stack import KEYS, ROOT, wait_until
 from rapid_adapt_client import Client, RapidAdaptError
 
 from .workers import slow_worker
@@ -377,3 +379,36 @@ def test_a_worker_told_to_stop_finishes_its_job_takes_no_new_one_and_its_success
         status = wait_all(c, ids, 60)
         assert list(status.values()) == ["succeeded"] * 3, s.logs()
         assert [c.adaptation(a)["attempts"] for a in ids] == [1, 1, 1]  # each run once: none put back
+
+
+HEALTH = """
+import runpy, sys
+try:
+    runpy.run_module("worker.health", run_name="__main__")
+except SystemExit as end:
+    print(end.code, "torch" in sys.modules)
+"""
+
+
+def test_a_worker_container_s_health_check_is_its_own_worker_s_beat_and_imports_no_torch(new_stack, tmp_path):
+    """`python -m worker.health` (every 10 s in each worker container) passes while a worker sharing
+    its temporary directory beats, fails for another directory (another container; on a host network
+    all have the host's name, which the check used to match), and fails a heartbeat window after
+    that worker stopped. It used to import torch: 1.5 s of CPU a check."""
+    mine, other = tmp_path / "container-a", tmp_path / "container-b"
+    mine.mkdir(), other.mkdir()
+    s = new_stack()
+    s.env["TMPDIR"] = str(mine)
+    s.start_redis()
+    w = s.start_worker()
+
+    def check(tmpdir) -> list[str]:
+        env = s.env | {"TMPDIR": str(tmpdir)}
+        out = subprocess.run([sys.executable, "-c", HEALTH], cwd=ROOT, env=env, capture_output=True, text=True)
+        return out.stdout.split()
+
+    wait_until(lambda: check(mine) == ["0", "False"], 60, "the worker's first beat")
+    assert check(other) == ["1", "False"]
+    os.killpg(w.pid, signal.SIGTERM)
+    w.wait(30)
+    wait_until(lambda: check(mine) == ["1", "False"], 10, "the check failing once the beats stopped")

@@ -23,6 +23,8 @@ from app.core.store import Store
 from app.core.webhooks import Deliverer
 from models.registry import Registry
 
+from . import health
+
 app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
 
@@ -70,7 +72,8 @@ def _init_process(**_):
 @signals.worker_ready.connect
 def _start_upkeep(sender=None, **_):
     name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
-    Held.upkeep = Upkeep(jobs(), name, name_of_this_process())
+    window = get_settings().heartbeat_window
+    Held.upkeep = Upkeep(jobs(), name, name_of_this_process(), on_beat=lambda: health.mark(window))
     Held.upkeep.start()
     from app.api.schemas import public  # a webhook's data is the record as GET shows it
 

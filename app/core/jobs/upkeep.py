@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 from .. import keys
 from . import heartbeats
@@ -21,10 +22,11 @@ log = logging.getLogger("rapid_adapt.upkeep")
 
 
 class Upkeep:
-    def __init__(self, jobs: Jobs, worker: str, lock_name: str):
+    def __init__(self, jobs: Jobs, worker: str, lock_name: str, on_beat: Callable[[], None] = lambda: None):
         """worker: the name the worker's jobs are held by (its heartbeat); lock_name: this
-        process's, for the reaper's and sweeper's locks."""
-        self.jobs, self.worker, self.lock_name = jobs, worker, lock_name
+        process's, for the reaper's and sweeper's locks; on_beat: called after each heartbeat
+        that reached Redis (the container health check's mark, worker/health.py)."""
+        self.jobs, self.worker, self.lock_name, self.on_beat = jobs, worker, lock_name, on_beat
         self.errors: Counter[str] = Counter()  # task -> exceptions so far
         self._unreported: Counter[str] = Counter()
         self._failing: set[str] = set()
@@ -33,7 +35,7 @@ class Upkeep:
         self._migrated = False
 
     def start(self) -> None:
-        self._run("heartbeat", lambda: heartbeats.beat(self.jobs.store.r, self.worker))
+        self._run("heartbeat", self._beat)
         self._thread = threading.Thread(target=self._loop, name="upkeep", daemon=True)
         self._thread.start()
 
@@ -48,7 +50,7 @@ class Upkeep:
     def turn(self) -> None:
         """One round: beat, reap, top up, sweep, each on its own. Only the worker whose turn it is
         to reap tops up, so N workers do not count the backlog N times a beat."""
-        self._run("heartbeat", lambda: heartbeats.beat(self.jobs.store.r, self.worker))
+        self._run("heartbeat", self._beat)
         if not self._migrated:  # until it has once worked: an upgraded store's keys in this version's layout
             self._migrated = self._run("migrate", self.jobs.store.migrate) is not None
         if self._run("reaper", lambda: self.jobs.reap(self.lock_name)) is not None:
@@ -57,6 +59,10 @@ class Upkeep:
         self._run("stats", self.jobs.tally.flush)
         if self._unreported:
             self._run("report", self._report)
+
+    def _beat(self) -> None:
+        heartbeats.beat(self.jobs.store.r, self.worker)
+        self.on_beat()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.jobs.settings.worker_heartbeat_seconds):
