@@ -53,7 +53,8 @@ class ComposeStack:
         return subprocess.run(["docker-compose", *args], cwd=ROOT, env=shell, check=True, text=True, **kw)
 
     def start(self, workers: int = 1) -> ComposeStack:
-        """Up with `workers` worker containers (services worker, worker-2, ...), once /readyz counts them all."""
+        """Up with `workers` worker containers, once /readyz counts them all (on the host network they share
+        the host's name, and Celery's node name with it: each beats under a name of its own start)."""
         (self.tmp / "secrets").mkdir(exist_ok=True)
         for role in ("broker", "store", "cache"):
             (self.tmp / "secrets" / f"{role}_password").write_text(secrets.token_hex(16))
@@ -72,14 +73,11 @@ class ComposeStack:
             "--maxmemory 128mb",
             "--maxmemory 1gb",  # the smoke test's cap: too small for a flood's support sets
         )
-        worker = config["services"]["worker"]
-        for i in range(2, workers + 1):  # on the host network every container has the host's name: a node name each
-            config["services"][f"worker-{i}"] = worker | {"command": [*worker["command"], "-n", f"worker{i}@%h"]}
         (self.tmp / "compose.yml").write_text(yaml.safe_dump(config))
         self.n_workers = workers
         try:
-            self._compose("-f", str(self.tmp / "compose.yml"), "up", "-d", "--no-build", *SERVICES,
-                          *(f"worker-{i}" for i in range(2, workers + 1)), capture_output=True)  # fmt: skip
+            self._compose("-f", str(self.tmp / "compose.yml"), "up", "-d", "--no-build", "--scale", f"worker={workers}",
+                          *SERVICES, capture_output=True)  # fmt: skip
             ready = lambda: httpx.get(self.url + "/readyz", timeout=2).json().get("workers") == workers  # noqa: E731
             wait_until(ready, 120, "the compose deployment's /readyz with all its workers")
         except BaseException:
@@ -101,7 +99,7 @@ class ComposeStack:
     def roots(self) -> dict[str, int]:
         """Each container's main process on this host, by role (its children counted under it)."""
         names = {"api": "api_1", "redis (store)": "redis-store_1"}
-        names |= {f"worker {i}": "worker_1" if i == 0 else f"worker-{i + 1}_1" for i in range(self.n_workers)}
+        names |= {f"worker {i}": f"worker_{i + 1}" for i in range(self.n_workers)}
         return {role: self._pid(f"rapid-adapt-bench_{name}") for role, name in names.items()}
 
     def workers_alive(self) -> bool:

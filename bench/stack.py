@@ -204,8 +204,9 @@ class Stack:
         self.redis.terminate()
         self.redis.wait(10)
 
-    def start_worker(self, module: str = "worker.celery_app:app", **env) -> subprocess.Popen:
-        """A worker process of the Celery app `module` (tests/faults.py has one with a fault injected)."""
+    def start_worker(self, module: str = "worker.celery_app:app", name: str | None = None, **env) -> subprocess.Popen:
+        """A worker process of the Celery app `module` (tests/faults.py has one with a fault injected),
+        its Celery node name `name` (else one of its own)."""
         extra = self.env | {f"RAPID_ADAPT_{k.upper()}": str(v) for k, v in env.items()}
         n = len(self.workers)
         w = self._spawn(
@@ -223,7 +224,7 @@ class Stack:
                 "--pool",
                 "prefork",
                 "-n",
-                f"w{n}-{self.redis_port}@%h",
+                name or f"w{n}-{self.redis_port}@%h",
                 "--without-gossip",
                 "--without-mingle",
             ],

@@ -9,6 +9,8 @@ when it shuts down."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import socket
 
 from celery import signals
@@ -27,6 +29,17 @@ from . import health
 
 app = make_celery(get_settings())
 app.conf.include = ["worker.tasks"]
+
+# This start of the worker, in the names it holds jobs and beats by: two workers started without `-n`
+# on one host, or containers on a host network (all have the host's name), share Celery's node name,
+# and one's heartbeat would vouch for the other's jobs after it died. In the environment, so that its
+# pool processes have the same however they are started.
+INSTANCE = os.environ.setdefault("_RAPID_ADAPT_WORKER_INSTANCE", secrets.token_hex(4))
+
+
+def worker_name(node: str) -> str:
+    """The name this worker's heartbeat and jobs go by: its Celery node name and this start."""
+    return f"{node}#{INSTANCE}"
 
 
 class Held:
@@ -71,9 +84,9 @@ def _init_process(**_):
 
 @signals.worker_ready.connect
 def _start_upkeep(sender=None, **_):
-    name = sender.hostname if sender else f"celery@{socket.gethostname()}"  # what a task sees as its hostname
+    name = worker_name(sender.hostname if sender else f"celery@{socket.gethostname()}")  # as tasks claim by
     window = get_settings().heartbeat_window
-    Held.upkeep = Upkeep(jobs(), name, name_of_this_process(), on_beat=lambda: health.mark(window))
+    Held.upkeep = Upkeep(jobs(), name, f"{name_of_this_process()}#{INSTANCE}", on_beat=lambda: health.mark(window))
     Held.upkeep.start()
     from app.api.schemas import public  # a webhook's data is the record as GET shows it
 

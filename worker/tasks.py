@@ -35,7 +35,7 @@ from app.core.jobs import TASK_NAME, Job
 from app.core.jobs.lifecycle import alongside
 from models.registry import BaseChanged
 
-from .celery_app import app, jobs, registry
+from .celery_app import app, jobs, registry, worker_name
 
 log = logging.getLogger("rapid_adapt.worker")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -95,7 +95,7 @@ def adapt_job(self, *_legacy, resume: list | None = None) -> str:
     job = Job(*resume, resumed=True) if resume else None
     try:
         if job is None:
-            job = jobs().claim(self.request.hostname or "worker")
+            job = jobs().claim(worker_name(self.request.hostname or "worker"))
             if job is None:
                 return "idle"  # every job in line was taken by other tickets
             n = get_settings().job_batch_max - 1
