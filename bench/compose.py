@@ -59,7 +59,8 @@ class ComposeStack:
         for role in ("broker", "store", "cache"):
             (self.tmp / "secrets" / f"{role}_password").write_text(secrets.token_hex(16))
             (self.tmp / "secrets" / f"{role}_password").chmod(0o644)  # the containers' users read them
-        settings = {
+        settings = {  # this shell's RAPID_ADAPT_* too, as Stack passes them (Compose's own URLs override them)
+            **{k: v for k, v in os.environ.items() if k.startswith("RAPID_ADAPT_")},
             "RAPID_ADAPT_API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
             "RAPID_ADAPT_METRICS_KEY": METRICS_KEY,
             **self.env,
