@@ -13,7 +13,9 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+from . import png
 
 SIDE = 28
 FORMATS = ("PNG", "JPEG")
@@ -27,19 +29,23 @@ class ImageError(ValueError):
         self.code = code
 
 
-def square_gray(img: Image.Image) -> Image.Image:
-    """PIL image (any size and mode) -> grayscale with ink dark on light (an image whose
-    frame is mostly dark, light ink on a dark ground, is inverted), its longer side brought
-    to CANVAS pixels (box filter) and padded with paper to a CANVAS square. Resizing before
-    padding keeps memory to the image's own size: a 1x40,000 strip is never made square."""
+def square_gray(img: Image.Image) -> np.ndarray:
+    """PIL image (any size and mode) -> [CANVAS, CANVAS] uint8 gray levels with ink dark on light
+    (an image whose frame is mostly dark, light ink on a dark ground, is inverted), its longer side
+    brought to CANVAS pixels (box filter) and padded with paper to a square. Resizing before
+    padding keeps memory to the image's own size: a 1x40,000 strip is never made square. A drawing
+    already on the canvas is read out once and never goes back to PIL."""
     if img.mode in ("RGBA", "LA", "P"):
         img = img.convert("RGBA")
         paper = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(paper, img)
-    img = img.convert("L")
-    if dark_frame(img):
-        img = ImageOps.invert(img)
-    w, h = img.size
+    gray = levels(img if img.mode == "L" else img.convert("L"))
+    if dark_frame(gray):
+        gray = 255 - gray
+    h, w = gray.shape
+    if w == h == CANVAS:
+        return gray
+    img = Image.fromarray(gray)
     if max(w, h) != CANVAS:
         scale = CANVAS / max(w, h)
         w, h = max(1, round(w * scale)), max(1, round(h * scale))
@@ -48,21 +54,24 @@ def square_gray(img: Image.Image) -> Image.Image:
         square = Image.new("L", (CANVAS, CANVAS), 255)
         square.paste(img, ((CANVAS - w) // 2, (CANVAS - h) // 2))
         img = square
-    return img
+    return levels(img)
 
 
-def dark_frame(img: Image.Image) -> bool:
-    """Whether most of the outermost row and column pixels of a gray image are dark: their median
-    below 128, found with one partial sort (np.median's own overhead was a fifth of a served image's
-    decoding)."""
-    w, h = img.size
-    a = np.frombuffer(img.tobytes(), np.uint8).reshape(h, w)
-    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int32)
+def levels(img: Image.Image) -> np.ndarray:
+    """A gray PIL image -> its [h, w] uint8 levels (read-only: they share the bytes PIL gave)."""
+    return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
+
+
+def dark_frame(gray: np.ndarray) -> bool:
+    """Whether most of the outermost row and column pixels of [h, w] gray levels are dark: their
+    median below 128, found with one partial sort (np.median's own overhead was a fifth of a served
+    image's decoding)."""
+    frame = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     k = len(frame) // 2
     if len(frame) % 2:
         return bool(np.partition(frame, k)[k] < 128)
     low = np.partition(frame, [k - 1, k])
-    return bool(low[k - 1] + low[k] < 256)  # the mean of the two middle values, below 128
+    return int(low[k - 1]) + int(low[k]) < 256  # the mean of the two middle values, below 128
 
 
 # in every image base's JSON: a base only serves images prepared as it was trained. v3 is v2 plus light-on-dark
@@ -74,21 +83,20 @@ WINDOW = REDUCE * SIDE  # the window cut around the ink: characters 6% smaller t
 CHUNK = 256  # drawings whose ink is measured together: numpy's per-call cost is paid once per chunk
 
 
-def frame_ink(imgs: list[Image.Image]) -> list[bytes]:
-    """Square gray drawings (`square_gray`) -> SIDE*SIDE gray levels each: on the
-    105-pixel canvas, a 112-pixel window centred on the ink's centre of mass (moved
-    only as far as keeps every stroke in), averaged over 4x4 blocks. Drawers put the
-    same character 1.8 pixels (at 28x28) from its mean position on average; centring
-    takes that out of what the base must learn, as MNIST's preprocessing does. A chunk
-    of drawings is framed in numpy at once: centres (`_corners`), windows (`_windows`,
-    paper outside the canvas) and the block averages, rounded as PIL's `reduce` rounds,
-    bit for bit (tested against the PIL paste and `reduce` on Omniglot drawings and made
-    images): decoding 20 served PNGs takes 1.08 ms instead of 1.46 (docs/experiments.md)."""
-    imgs = [im if im.size[0] == CANVAS else im.resize((CANVAS, CANVAS), Image.Resampling.BOX) for im in imgs]
+def frame_ink(squares: list) -> list[bytes]:
+    """Square gray drawings (`square_gray`'s [CANVAS, CANVAS] levels, or such PIL images) ->
+    SIDE*SIDE gray levels each: on the 105-pixel canvas, a 112-pixel window centred on the ink's
+    centre of mass (moved only as far as keeps every stroke in), averaged over 4x4 blocks. Drawers
+    put the same character 1.8 pixels (at 28x28) from its mean position on average; centring
+    takes that out of what the base must learn, as MNIST's preprocessing does. A chunk of
+    drawings is framed in numpy at once: centres (`_corners`), windows (`_windows`, paper outside
+    the canvas) and the block averages, rounded as PIL's `reduce` rounds, bit for bit (tested
+    against the PIL paste and `reduce` on Omniglot drawings and made images)."""
     out: list[bytes] = []
-    for c in range(0, len(imgs), CHUNK):
-        part = imgs[c : c + CHUNK]
-        gray = np.frombuffer(b"".join([im.tobytes() for im in part]), np.uint8).reshape(len(part), CANVAS, CANVAS)
+    for c in range(0, len(squares), CHUNK):
+        gray = np.stack([np.asarray(s, np.uint8) for s in squares[c : c + CHUNK]])
+        if gray.shape[1:] != (CANVAS, CANVAS):
+            raise ValueError(f"frame_ink takes {CANVAS}x{CANVAS} drawings (square_gray), not {gray.shape[1:]}")
         levels = _block_means(_windows(gray, _corners(gray)))
         out += [lv.tobytes() for lv in levels]
     return out
@@ -163,27 +171,39 @@ def to_levels(x: torch.Tensor) -> torch.Tensor | None:
 def open_image(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
     """PNG/JPEG bytes -> a decoded PIL image. Checks the size from the header before decoding
     (the pixel count, each side, and `on_size(w, h)`, which may raise), so a decompression bomb
-    or an oversized strip is refused without being inflated."""
-    try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError:
-        raise ImageError("image_too_large", "image is a decompression bomb") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError("invalid_image", f"not a decodable image: only {' and '.join(FORMATS)} are taken") from None
-    except Exception as exc:  # PIL raises many types for garbage
-        raise ImageError("invalid_image", f"not a decodable image: {exc.__class__.__name__}") from None
-    w, h = img.size
+    or an oversized strip is refused without being inflated. A plain PNG is decoded without
+    PIL's file machinery (models/png.py: the same pixels, a fifth less of a served drawing's decoding)."""
+    found = png.plain(data)
+    img = None if found else _header(data)
+    w, h = found.size if found else img.size
     if w * h > max_pixels:
         raise ImageError("image_too_large", f"image has {w}x{h}={w * h} pixels, more than the limit {max_pixels}")
     if max_side and max(w, h) > max_side:
         raise ImageError("image_too_large", f"image is {w}x{h}, a side longer than the limit {max_side}")
     if on_size:
         on_size(w, h)
+    if found:
+        decoded = found.decode()
+        if decoded is not None:
+            return decoded
+        img = _header(data)  # corrupt or cut short: PIL's loader names the fault
     try:
         img.load()
     except Exception as exc:
         raise ImageError("invalid_image", f"image data is corrupt: {exc.__class__.__name__}") from None
     return img
+
+
+def _header(data: bytes) -> Image.Image:
+    """PIL's image of PNG/JPEG bytes, its header read and nothing decoded yet."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageError("image_too_large", "image is a decompression bomb") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("invalid_image", f"not a decodable image: only {' and '.join(FORMATS)} are taken") from None
+    except Exception as exc:  # PIL raises many types for garbage
+        raise ImageError("invalid_image", f"not a decodable image: {exc.__class__.__name__}") from None
 
 
 def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
