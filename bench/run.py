@@ -245,8 +245,7 @@ def throughput(stack: Stack, c: httpx.Client, bodies: list[dict], jobs: int) -> 
     takes waiting work, whoever owns it (issue 31). -> that, and the CPU ms per job of the API, the
     workers, Redis and this client, which all share the machine's cores."""
     create = lambda i: c.post("/v1/adaptations", json=bodies[i % len(bodies)]).json()["id"]  # noqa: E731
-    roots = {"api": stack.api.pid, "redis": stack.redis.pid, "client": os.getpid()}
-    roots |= {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
+    roots = stack.roots() | {"client": os.getpid()}
     before, started = cpu_seconds(roots), time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(create, range(jobs)))
