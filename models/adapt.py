@@ -20,23 +20,27 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import familiarity
 from .augment import support_views
-from .nets import Base
+from .nets import PLAIN, Base
 
 CHUNK = 64  # images per embedding pass: near CPU's fastest batch (larger ones spill the caches), and a slice
 
 
-def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pause: Callable[[], None]) -> torch.Tensor:
-    """fn over x [B, ...] in passes of CHUNK images, calling `pause()` between them: a 500-image
-    support set is embedded in slices that a worker may interleave with other tenants' jobs. A
-    per-image fn gives the same values in one pass or in chunks (batched tasks rely on it)."""
+def chunked(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, pause: Callable[[], None], *aligned: torch.Tensor
+) -> torch.Tensor:
+    """fn over x [B, ...] (and `aligned` tensors [B, ...], sliced alike) in passes of CHUNK images,
+    calling `pause()` between them: a 500-image support set is embedded in slices that a worker may
+    interleave with other tenants' jobs. A per-image fn gives the same values in one pass or in
+    chunks (batched tasks rely on it)."""
     if len(x) <= CHUNK:
-        return fn(x)
+        return fn(x, *aligned)
     out = []
     for i in range(0, len(x), CHUNK):
         if i:
             pause()
-        out.append(fn(x[i : i + CHUNK]))
+        out.append(fn(x[i : i + CHUNK], *(a[i : i + CHUNK] for a in aligned)))
     return torch.cat(out)
 
 
@@ -111,15 +115,31 @@ def mode_steps(model: Base) -> dict[str, dict[str, int]]:
     return {"fast": fast, "fine-tune": {"default_steps": model.tune_steps, "max_steps": model.tune_steps}}
 
 
-def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
+@dataclass
+class Choice:
+    """`auto`'s choice of inner loop for a support set, and the plain support's trunk features it
+    computed on the way (None for a base without a trunk), which `adapt` takes as `trunk`."""
+
+    mode: str
+    trunk: torch.Tensor | None = None
+
+
+def choose(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> Choice:
     """The `auto` mode's choice, from the support set as the base sees it: fine-tune when its
     images lie beyond the base's training images, or (where the base says so) when every class
-    has enough shots (`familiarity`), else fast. A base that
-    carries no training statistics, or has no tail to fine-tune, is fast."""
+    has enough shots (`familiarity`), else fast. A base that carries no training statistics, or
+    has no tail to fine-tune, is fast. The images' pass through the trunk that the choice reads
+    is the one either loop would make first: handed on, it is made once."""
     familiar = getattr(model, "familiar", None)
     if familiar is None or not hasattr(model, "tail"):
-        return "fast"
-    return "fine-tune" if familiar.fine_tune(model, support_x, support_y) else "fast"
+        return Choice("fast")
+    feats, trunk = familiarity.look(model, support_x)
+    return Choice("fine-tune" if familiar.fine_tune(feats, support_y) else "fast", trunk)
+
+
+def choose_mode(model: Base, support_x: torch.Tensor, support_y: torch.Tensor) -> str:
+    """`choose`'s mode alone."""
+    return choose(model, support_x, support_y).mode
 
 
 def adapt(
@@ -137,26 +157,38 @@ def adapt(
     seed: int = 0,
     phase: Callable[[str], AbstractContextManager] = lambda name: contextlib.nullcontext(),
     pause: Callable[[], None] = no_pause,
+    trunk: torch.Tensor | None = None,
 ) -> Adapted:
     """Adapt `model` to a support set; see the module docstring. `mode` "fine-tune" adapts
-    the base's tail too where it has one (`fine_tune`); `on_step(k, loss)` is called after
-    each step with each task's loss (progress, cancellation: whatever it raises stops the
-    loop); `phase(name)` wraps each part (embed, steps, head: the service's trace spans);
+    the base's tail too where it has one (`fine_tune`); "auto" (one task) runs the loop that
+    `choose` picks. `on_step(k, loss)` is called after each step with each task's loss
+    (progress, cancellation: whatever it raises stops the loop); `phase(name)` wraps each
+    part (embed, steps, head: the service's trace spans);
     `pause()` is called between slices of the work (embedding chunks, steps), where a worker
-    runs other tenants' waiting jobs."""
+    runs other tenants' waiting jobs. `trunk`, the plain support's trunk features as `choose`
+    left them ([S, ...] or [T, S, ...]), saves computing them again (serving only: no gradient
+    flows through them)."""
     x, y, n_ways = check_support(model, support_x, support_y, n_ways)
+    t, s = x.shape[:2]
+    if mode == "auto" and t == 1:  # what a request's default runs
+        choice = choose(model, x[0], y[0])
+        mode, trunk = choice.mode, None if train else choice.trunk
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if trunk is not None:
+        if train:
+            raise ValueError("a given trunk carries no gradient: train without one")
+        trunk = trunk.reshape(t * s, *trunk.shape[-3:])
     if mode == "fine-tune" and hasattr(model, "tail"):
         kw = {"train": train, "first_order": first_order, "trajectory": trajectory, "on_step": on_step, "seed": seed}
-        kw["phase"], kw["pause"] = phase, pause
+        kw["phase"], kw["pause"], kw["trunk"] = phase, pause, trunk
         return fine_tune(model, x, y, n_ways, steps, **kw)
     steps = model.default_steps if steps is None else steps
     if not 0 <= steps <= model.max_steps:
         raise ValueError(f"steps must lie in 0..{model.max_steps}, got {steps}")
-    t, s = x.shape[:2]
     with phase("embed"), torch.set_grad_enabled(train):
-        feats = chunked(model.embed_support, x.flatten(0, 1), pause).unflatten(0, (t, s))
+        known = () if trunk is None else (trunk,)
+        feats = chunked(model.embed_support, x.flatten(0, 1), pause, *known).unflatten(0, (t, s))
     on_feats, on_y = feats, y  # what the steps' loss is taken on
     if mode == "fine-tune" and getattr(model, "head_views", 0) and t == 1:
         # a backbone's fine-tune: the head's steps also see augmented copies of the support set,
@@ -218,6 +250,7 @@ def fine_tune(
     seed=0,
     phase=lambda name: contextlib.nullcontext(),
     pause=no_pause,
+    trunk=None,
 ) -> Adapted:
     """The `fine-tune` inner loop of a base with a tail (Conv4), for one task (T = 1).
 
@@ -237,7 +270,10 @@ def fine_tune(
     gen, views = torch.Generator().manual_seed(seed), tune_views(model, len(xs))
     with phase("embed"), torch.no_grad():
         h_views = chunked(model.trunk, support_views(xs, gen, views), pause)
-        h_support = [chunked(model.trunk, v, pause) for v in model.support_views(xs)]  # the first: the plain support
+        h_support = [
+            trunk if k == PLAIN and trunk is not None else chunked(model.trunk, v, pause)
+            for k, v in enumerate(model.support_views(xs))
+        ]  # the first: the plain support
     y_views = ys.repeat(views)
     onehot = F.one_hot(ys, n_ways).to(h_views.dtype)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 PERCENTILE = 90
-CHUNK = 64  # images per pass of the first two blocks
+CHUNK = 64  # images per pass of the trunk
 RULE = (
     "fine-tune when the median over the support images of log(mean squared z-score of the base's low_level "
     f"features) exceeds the {PERCENTILE}th percentile of the training images', else fast"
@@ -62,23 +62,33 @@ class Familiar:
     def of_features(self, feats: torch.Tensor) -> torch.Tensor:
         return ((feats - self.mean) / self.std).square().mean(1).log()
 
-    def unfamiliar(self, model, x: torch.Tensor) -> bool:
-        """Whether the support images x [S, ...] lie beyond the base's training images."""
-        return self.distances(model, x).median().item() > self.threshold
-
-    def fine_tune(self, model, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """The `auto` choice for a support set: enough shots per class, or unfamiliar images."""
+    def fine_tune(self, feats: torch.Tensor, y: torch.Tensor) -> bool:
+        """The `auto` choice for a support set, from its labels y and its images' `low_level`
+        features: enough shots per class, or images beyond the base's training images."""
         if self.from_shots is not None and torch.unique(y, return_counts=True)[1].min().item() >= self.from_shots:
             return True
-        return self.unfamiliar(model, x)
+        return self.of_features(feats).median().item() > self.threshold
 
 
 def features(model, x: torch.Tensor) -> torch.Tensor:
-    """`model.low_level` of images x on the model's device, in passes of at most CHUNK images (a
-    500-image support set of 64-pixel colour images would hold 0.5 GB of maps in one) -> [B, F] on the CPU."""
+    """`model.low_level` of images x -> [B, F] on the CPU."""
+    return in_passes(model, model.low_level, x).float().cpu()
+
+
+def look(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model.look` of images x -> (low-level features [B, F] on the CPU, trunk features [B, ...] on
+    the model's device)."""
+    feats, trunk = in_passes(model, model.look, x)
+    return feats.float().cpu(), trunk
+
+
+def in_passes(model, fn, x: torch.Tensor):
+    """fn of images x on the model's device, without a graph, in passes of at most CHUNK images (a
+    500-image support set of 64-pixel colour images would hold 0.5 GB of maps in one), joined."""
     dev = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([model.low_level(x[i : i + CHUNK].to(dev)) for i in range(0, len(x), CHUNK)]).float().cpu()
+        parts = [fn(x[i : i + CHUNK].to(dev)) for i in range(0, len(x), CHUNK)]
+    return torch.cat(parts) if torch.is_tensor(parts[0]) else tuple(map(torch.cat, zip(*parts)))
 
 
 def record(model, images: torch.Tensor, source: str) -> dict:

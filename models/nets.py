@@ -35,13 +35,16 @@ class Base(nn.Module):
         """The frozen part: [B, *input_shape] -> [B, D]."""
         raise NotImplementedError
 
-    def embed_support(self, x: torch.Tensor) -> torch.Tensor:
+    def embed_support(self, x: torch.Tensor, trunk: torch.Tensor | None = None) -> torch.Tensor:
         """The embedding of support inputs, which `adapt` computes once per task: `embed`, or with
         `support_shifts` the mean over the views, embedded one view at a time (the service's
-        largest support set, `max_support` 500 images, peaks at the memory of one plain pass)."""
+        largest support set, `max_support` 500 images, peaks at the memory of one plain pass).
+        `trunk`, the plain inputs' trunk features where `auto`'s choice already computed them
+        (`Conv4.look`), stands in for the plain view's trunk pass: the same values, once."""
+        plain = (lambda v: self.embed(v)) if trunk is None else (lambda v: self.tail(trunk))
         if not self.support_shifts:
-            return self.embed(x)
-        return torch.stack([self.embed(view) for view in shifted_views(x)]).mean(0)
+            return plain(x)
+        return torch.stack([plain(v) if k == PLAIN else self.embed(v) for k, v in enumerate(shifted_views(x))]).mean(0)
 
     def init_fast(self, feats: torch.Tensor, y: torch.Tensor, n_ways: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -189,10 +192,13 @@ class Conv4(PrototypeHead, Base):
         """Per image, each channel's mean and spread over the first two blocks' maps: [B, 4 * channels].
         How the base sees strokes, edges and texture, before anything specific to a class: what the
         `auto` mode compares with the base's training images (models/familiarity.py)."""
-        out = []
-        for _, h in zip(range(2), self.stages(x)):
-            out += [h.mean((-2, -1)), h.flatten(2).std(-1)]
-        return torch.cat(out, 1)
+        return self.look(x)[0]
+
+    def look(self, x):
+        """-> (`low_level(x)`, `trunk(x)`) from one pass of the three blocks: `auto` reads the first,
+        and the loop it picks takes the second instead of running the plain support through them again."""
+        *early, h = self.stages(x)
+        return torch.cat([s for e in early for s in (e.mean((-2, -1)), e.flatten(2).std(-1))], 1), h
 
     def tail(self, h, fast: dict | None = None):
         """The last block on trunk features h, with its weights from `fast` where given
@@ -254,6 +260,7 @@ def key(name: str) -> str:
 
 
 SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))  # (dx, dy) in pixels
+PLAIN = SHIFTS.index((0, 0))  # the view that is the image itself
 
 
 def shifted_views(x: torch.Tensor) -> torch.Tensor:

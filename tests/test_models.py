@@ -528,6 +528,33 @@ def test_modes_and_the_auto_choice(ds):
         adapt(conv4, sx, sy, conv4.tune_steps + 1, mode="fine-tune")
 
 
+def test_auto_runs_the_plain_support_through_the_trunk_once(ds, monkeypatch):
+    """adapt(mode="auto") gives bit for bit the weights and losses of the loop that `choose_mode`
+    picks, run on its own, in both loops; and the trunk pass that the choice makes over the plain
+    support is not made again (5 views of 20 drawings: 100 images through the trunk, not 120)."""
+    from models.adapt import choose_mode
+    from models.research import glyphs
+
+    conv4, _ = registry.shipped().load("omniglot-conv4")
+    gen = torch.Generator().manual_seed(3)
+    drawn = omniglot.EpisodeSampler(ds, "test").sample(20, 1, 1, gen)[:2]
+    typeset = glyphs.EpisodeSampler(glyphs.load(), "val").sample(10, 5, 1, gen)[:2]
+    for (sx, sy), loop in ((drawn, "fast"), (typeset, "fine-tune")):
+        assert choose_mode(conv4, sx, sy) == loop
+        alone, auto = adapt(conv4, sx, sy, mode=loop), adapt(conv4, sx, sy, mode="auto")
+        assert auto.mode == loop and alone.fast.keys() == auto.fast.keys()
+        assert all(torch.equal(alone.fast[k], auto.fast[k]) for k in alone.fast)
+        assert torch.equal(alone.loss_curve, auto.loss_curve)
+    seen = []
+    stages = conv4.stages
+    monkeypatch.setattr(conv4, "stages", lambda x: seen.append(len(x)) or stages(x))
+    adapt(conv4, *drawn, mode="auto")
+    assert sum(seen) == 100
+    seen.clear()
+    adapt(conv4, *drawn, mode=choose_mode(conv4, *drawn))
+    assert sum(seen) == 120
+
+
 def test_the_auto_record_is_the_training_images_own_statistics(ds, tmp_path):
     """`models.train auto` rewrites a base's `auto` from its training images and nothing else:
     the training images sit at the threshold's percentile, and the weights are untouched."""

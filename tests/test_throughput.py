@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.core.adaptation import run_adaptation, run_adaptations
+from app.core.adaptation import resolved_mode, run_adaptation, run_adaptations
 from app.demo import sinusoid_task
 from bench.flood import bodies
 from bench.stack import KEYS, wait_until
@@ -19,7 +19,7 @@ from rapid_adapt_client import Client
 from .workers import slow_worker
 
 
-def omniglot_jobs(n: int, n_way: int = 5, shots: int = 1):
+def omniglot_jobs(n: int, n_way: int = 5, shots: int = 1, mode: str = "fast"):
     reg = registry.shipped()
     version = reg.load("omniglot-conv4")[1]["version"]
     sampler = omniglot.EpisodeSampler(omniglot.load(), "test")
@@ -27,18 +27,25 @@ def omniglot_jobs(n: int, n_way: int = 5, shots: int = 1):
     for _ in range(n):
         sx, sy, _, _ = sampler.sample(n_way, shots, 1, gen)
         classes = [f"c{k}" for k in range(n_way)]
-        records.append({"model": "omniglot-conv4", "model_version": version, "mode": "fast", "classes": classes})
+        records.append({"model": "omniglot-conv4", "model_version": version, "mode": mode, "classes": classes})
         supports.append({"x": sx, "y": sy})
     return reg, records, supports
 
 
-def test_jobs_adapted_together_get_exactly_their_own_weights():
+@pytest.mark.parametrize("mode", ["fast", "auto"])
+def test_jobs_adapted_together_get_exactly_their_own_weights(mode):
     """One `adapt` over six stacked support sets: each job's stored tensors and metrics equal
-    those of its own run, bit for bit (the embedding is per image, the fast loop per task)."""
-    reg, records, supports = omniglot_jobs(6)
+    those of its own run, bit for bit (the embedding is per image, the fast loop per task). `auto`
+    jobs are resolved first, as the worker does, and their trunk passes from the choice are reused
+    (`resolved_mode`): the same tensors as a fast job adapted from scratch."""
+    reg, records, supports = omniglot_jobs(6, mode=mode)
+    if mode == "auto":
+        assert {resolved_mode(reg, r, s, torch.device("cpu")) for r, s in zip(records, supports)} == {"fast"}
+        assert all(s["trunk"].shape[0] == len(s["x"]) for s in supports)
     together = run_adaptations(reg, records, supports)
     for record, support, (weights, metrics) in zip(records, supports, together):
-        alone, alone_metrics = run_adaptation(reg, record, support)
+        plain = {"x": support["x"], "y": support["y"]}
+        alone, alone_metrics = run_adaptation(reg, record | {"mode": "fast"}, plain)
         assert weights.keys() == alone.keys()
         assert all(torch.equal(weights[k], alone[k]) for k in weights)
         assert metrics["loss_curve"] == alone_metrics["loss_curve"] and metrics["batched"] == 6

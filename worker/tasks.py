@@ -129,7 +129,7 @@ def run_batch(batch: list[Job]) -> str:
     if len(together) > 1:
         alone += adapt_together(together)
     for job, support in alone:
-        adapt_started(job, support, mode=modes[job.aid])  # resolved once: auto's choice is a pass of two blocks
+        adapt_started(job, support, mode=modes[job.aid])  # resolved once, its trunk pass kept (resolved_mode)
     if batch[0].held:
         lifecycle.top_up()
     return f"batch of {len(batch)}"

@@ -10,7 +10,7 @@ import time
 import torch
 
 from models import runtime
-from models.adapt import adapt, choose_mode, no_pause
+from models.adapt import adapt, choose, no_pause
 from models.registry import Registry
 
 from . import tracing
@@ -50,12 +50,16 @@ def run_adaptation(
 
 def resolved_mode(registry: Registry, record: dict, support: dict[str, torch.Tensor], dev: torch.device) -> str:
     """The inner loop a job runs: its mode, with `auto` resolved from the support set
-    (`models.adapt.choose_mode`)."""
+    (`models.adapt.choose`). The plain support's trunk features that the choice computed are
+    left in support["trunk"], for `run_adaptations` to hand to `adapt` rather than compute again."""
     mode = record.get("mode", "fast")
     if mode != "auto":
         return mode
     model, _ = registry.load(record["model"], record.get("model_version"), dev.type)
-    return choose_mode(model, support["x"].to(dev), support["y"].to(dev))
+    choice = choose(model, support["x"].to(dev), support["y"].to(dev))
+    if choice.trunk is not None:
+        support["trunk"] = choice.trunk
+    return choice.mode
 
 
 def batch_key(record: dict) -> str:
@@ -92,9 +96,12 @@ def run_adaptations(
     started = time.perf_counter()
     if mode is None:
         mode = resolved_mode(registry, first, supports[0], dev) if len(records) == 1 else "fast"
+    trunk = torch.stack([s["trunk"] for s in supports]).to(dev) if all("trunk" in s for s in supports) else None
     with tracing.phase(f"adapt {mode}"):
         steps = first.get("steps")
-        adapted = adapt(model, x, y, steps, mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase, pause=pause)
+        adapted = adapt(
+            model, x, y, steps, mode=mode, n_ways=n_ways, on_step=on_step, phase=tracing.phase, pause=pause, trunk=trunk
+        )
     stored = [
         {k: v.cpu() for k, v in model.to_stored({n: p[i : i + 1] for n, p in adapted.fast.items()}).items()}
         for i in range(len(records))

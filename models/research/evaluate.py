@@ -225,7 +225,7 @@ def omniglot_runs(args) -> float:
         qx = torch.stack([image(t) for t, _ in pairs])
         truth = torch.tensor([classes.index(c) for _, c in pairs])
         sy = torch.arange(len(classes))
-        fast = adapt(model, sx, sy, mode=choose_mode(model, sx, sy)).fast  # what a default request runs
+        fast = adapt(model, sx, sy, mode="auto").fast  # what a default request runs
         wrong = (predict(model, fast, qx).argmax(-1) != truth).float().mean().item()
         errors.append(wrong)
         print(f"{run.name}: error {100 * wrong:.1f}%")
