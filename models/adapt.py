@@ -174,7 +174,7 @@ def adapt(
         choice = choose(model, x[0], y[0])
         mode, trunk = choice.mode, None if train else choice.trunk
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ValueError(f"mode must be one of {', '.join(MODES)} (or auto, for one task), got {mode!r}")
     if trunk is not None:
         if train:
             raise ValueError("a given trunk carries no gradient: train without one")

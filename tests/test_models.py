@@ -553,6 +553,8 @@ def test_auto_runs_the_plain_support_through_the_trunk_once(ds, monkeypatch):
     seen.clear()
     adapt(conv4, *drawn, mode=choose_mode(conv4, *drawn))
     assert sum(seen) == 120
+    with pytest.raises(ValueError, match="or auto, for one task"):  # batched tasks are resolved one by one first
+        adapt(conv4, torch.stack([drawn[0]] * 2), torch.stack([drawn[1]] * 2), mode="auto")
 
 
 def test_the_auto_record_is_the_training_images_own_statistics(ds, tmp_path):
