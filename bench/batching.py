@@ -31,7 +31,7 @@ from models.adapt import adapt, chunked, no_pause
 from models.research import omniglot
 
 from .report import RESULTS, pyplot, save, save_figure
-from .run import omniglot_bodies
+from .run import omniglot_bodies, timed
 
 JOBS = 64
 QUOTAS = {"tenant_max_jobs": 10_000, "tenant_max_adaptations": 100_000, "tenant_max_bytes": 2**40}
@@ -75,23 +75,24 @@ def in_process(bodies_n: int) -> dict:
     x, y = torch.stack([t[0] for t in tasks]), torch.stack([t[1] for t in tasks])
     with FlopCounterMode(display=False) as counted, torch.no_grad():
         model.embed_support(x[0, :1])
-    one, together, embedding = [], [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        for sx, sy in tasks:
-            adapt(model, sx, sy)
-        one.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        adapt(model, x, y)
-        together.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
+
+    def embedding():
         with torch.no_grad():
             chunked(model.embed_support, x.flatten(0, 1), no_pause)
-        embedding.append((time.perf_counter() - t) * 1000)
+
+    runs = [
+        (
+            timed(lambda: [adapt(model, sx, sy) for sx, sy in tasks])[0],
+            timed(adapt, model, x, y)[0],
+            timed(embedding)[0],
+        )
+        for _ in range(3)
+    ]
+    one, together, embedded = zip(*runs)
     return {
         "one_at_a_time_ms": statistics.median(one),
         "batched_ms": statistics.median(together),
-        "embedding_ms": statistics.median(embedding),
+        "embedding_ms": statistics.median(embedded),
         "embedding_flops_per_job": counted.get_total_flops() * x.shape[1],
     }
 

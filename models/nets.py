@@ -36,15 +36,19 @@ class Base(nn.Module):
         raise NotImplementedError
 
     def embed_support(self, x: torch.Tensor, trunk: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedding of support inputs, which `adapt` computes once per task: `embed`, or with
-        `support_shifts` the mean over the views, embedded one view at a time (the service's
-        largest support set, `max_support` 500 images, peaks at the memory of one plain pass).
-        `trunk`, the plain inputs' trunk features where `auto`'s choice already computed them
-        (`Conv4.look`), stands in for the plain view's trunk pass: the same values, once."""
-        plain = (lambda v: self.embed(v)) if trunk is None else (lambda v: self.tail(trunk))
-        if not self.support_shifts:
-            return plain(x)
-        return torch.stack([plain(v) if k == PLAIN else self.embed(v) for k, v in enumerate(shifted_views(x))]).mean(0)
+        """The embedding of support inputs, which `adapt` computes once per task: the mean of `embed`
+        over their `support_views`, embedded one view at a time (the service's largest support set,
+        `max_support` 500 images, peaks at the memory of one plain pass). `trunk`, the plain inputs'
+        trunk features where `auto`'s choice already computed them (`Conv4.look`), stands in for the
+        plain view's trunk pass: the same values, once."""
+        views = self.support_views(x)
+        return torch.stack(
+            [self.tail(trunk) if k == PLAIN and trunk is not None else self.embed(v) for k, v in enumerate(views)]
+        ).mean(0)
+
+    def support_views(self, x: torch.Tensor) -> torch.Tensor:
+        """The views a support image's prototype averages over: [V, B, ...], the plain one at PLAIN."""
+        return shifted_views(x) if self.support_shifts else x.unsqueeze(0)
 
     def init_fast(self, feats: torch.Tensor, y: torch.Tensor, n_ways: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -220,10 +224,6 @@ class Conv4(PrototypeHead, Base):
 
     def finish(self, h, fast):
         return self.tail(h, {n: fast[n][0] for n in self.TAIL if n in fast})
-
-    def support_views(self, x):
-        """The views a support image's prototype averages over: [V, B, ...]."""
-        return shifted_views(x) if self.support_shifts else x.unsqueeze(0)
 
     def tune_step_size(self, name: str, step: int) -> torch.Tensor:
         return self.tune_step_sizes[key(name)][step]

@@ -206,8 +206,8 @@ def _header(data: bytes) -> Image.Image:
         raise ImageError("invalid_image", f"not a decodable image: {exc.__class__.__name__}") from None
 
 
-def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> Image.Image:
-    """PNG/JPEG bytes -> `square_gray`, with `open_image`'s checks."""
+def decode_square(data: bytes, max_pixels: int, max_side: int | None = None, on_size=None) -> np.ndarray:
+    """PNG/JPEG bytes -> `square_gray`'s levels, with `open_image`'s checks."""
     return square_gray(open_image(data, max_pixels, max_side, on_size))
 
 
